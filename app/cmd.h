@@ -7,7 +7,8 @@
 int cmd_run(int argc, char **argv);         /* cmd_run.c */
 int cmd_logits(int argc, char **argv);      /* cmd_run.c */
 int cmd_tokenize(int argc, char **argv);    /* cmd_tokenize.c */
-int cmd_model(int argc, char **argv);       /* cmd_model.c: info, synth, import-tokenizer */
+int cmd_model(int argc, char **argv);       /* cmd_model.c: info, synth; passes import-tokenizer on */
+int cmd_model_import_tokenizer(int argc, char **argv); /* cmd_import.c */
 int cmd_bench(int argc, char **argv);       /* cmd_bench.c */
 int cmd_serve(int argc, char **argv);       /* cmd_serve.c */
 int cmd_key(int argc, char **argv);         /* cmd_xfer.c */
