@@ -1,0 +1,271 @@
+/* model.c - opens a GGUF and binds the tensors of one stage.
+ *
+ * Matrices stay in the mapping (cm_weight points at them); small vectors
+ * (norms, biases, rope factors) are converted to f32 copies the model owns.
+ * Each tensor is checked for presence, a type the kernels support and its
+ * exact shape, with a message naming the tensor, before anything runs. Tensor
+ * names follow llama.cpp (token_embd.weight, blk.N.attn_q.weight, ...). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/status.h"
+#include "kernels/kernels.h"
+#include "model/model_internal.h"
+
+static const char *mpath(const cm_model *m) {
+    const char *p = cm_gguf_path(m->gguf);
+    return p ? p : "model";
+}
+
+static int own(cm_model *m, void *p) {
+    if (m->n_owned == m->cap_owned) {
+        int cap = m->cap_owned ? m->cap_owned * 2 : 64;
+        void **n = realloc(m->owned, (size_t)cap * sizeof *n);
+        if (!n) return CM_ENOMEM;
+        m->owned = n;
+        m->cap_owned = cap;
+    }
+    m->owned[m->n_owned++] = p;
+    return CM_OK;
+}
+
+static const cm_gguf_tensor *find(cm_model *m, const char *name, bool required, int *rc) {
+    const cm_gguf_tensor *t = cm_gguf_find_tensor(m->gguf, name);
+    if (!t && required)
+        *rc = cm_errorf(CM_EFORMAT, "%s: tensor %s is missing (needed by %s)", mpath(m), name, m->hp.arch_name);
+    return t;
+}
+
+static int check_shape(cm_model *m, const cm_gguf_tensor *t, int n_dims, int64_t ne0, int64_t ne1, int64_t ne2) {
+    int64_t want[3] = {ne0, ne1, ne2};
+    bool ok = true;
+    for (int d = 0; d < CM_GGUF_MAX_DIMS; d++) {
+        int64_t w = d < n_dims ? want[d] : 1;
+        if (t->ne[d] != w) ok = false;
+    }
+    if (!ok)
+        return cm_errorf(CM_EFORMAT, "%s: tensor %s has shape [%lld, %lld, %lld, %lld], expected [%lld, %lld, %lld]",
+                         mpath(m), t->name, (long long)t->ne[0], (long long)t->ne[1], (long long)t->ne[2],
+                         (long long)t->ne[3], (long long)ne0, (long long)(n_dims > 1 ? ne1 : 1),
+                         (long long)(n_dims > 2 ? ne2 : 1));
+    return CM_OK;
+}
+
+/* Binds a matrix (n_mat == 1) or a stack of expert matrices. */
+static int bind_weight(cm_model *m, const char *name, int64_t n_cols, int64_t n_rows, int64_t n_mat, bool required,
+                       cm_weight *w) {
+    int rc = CM_OK;
+    memset(w, 0, sizeof *w);
+    const cm_gguf_tensor *t = find(m, name, required, &rc);
+    if (!t) return rc;
+    if ((rc = check_shape(m, t, n_mat > 1 ? 3 : 2, n_cols, n_rows, n_mat))) return rc;
+    const cm_type_traits *tr = cm_type_traits_get(t->type);
+    if (!tr || !tr->vec_dot || !tr->to_float)
+        return cm_errorf(CM_EUNSUPPORTED, "%s: tensor %s has type %s, which cellm cannot compute with", mpath(m),
+                         t->name, cm_type_name(t->type) ? cm_type_name(t->type) : "(unknown)");
+    if (n_cols % tr->block_elems)
+        return cm_errorf(CM_EFORMAT, "%s: tensor %s has rows of %lld elements, not a multiple of %s's block of %d",
+                         mpath(m), t->name, (long long)n_cols, tr->name, tr->block_elems);
+    w->name = t->name;
+    w->type = t->type;
+    w->n_cols = n_cols;
+    w->n_rows = n_rows;
+    w->n_mat = n_mat;
+    w->row_bytes = cm_type_row_bytes(t->type, n_cols);
+    w->mat_bytes = w->row_bytes * (size_t)n_rows;
+    w->data = t->data;
+    if ((uint64_t)w->mat_bytes * (uint64_t)n_mat > t->n_bytes)
+        return cm_errorf(CM_EFORMAT, "%s: tensor %s holds %llu bytes, fewer than its shape needs", mpath(m), t->name,
+                         (unsigned long long)t->n_bytes);
+    return CM_OK;
+}
+
+/* Converts a 1-D tensor of n elements to an owned f32 copy. */
+static int bind_vec(cm_model *m, const char *name, int64_t n, bool required, float **out) {
+    int rc = CM_OK;
+    *out = NULL;
+    const cm_gguf_tensor *t = find(m, name, required, &rc);
+    if (!t) return rc;
+    if ((rc = check_shape(m, t, 1, n, 1, 1))) return rc;
+    const cm_type_traits *tr = cm_type_traits_get(t->type);
+    if (!tr || !tr->to_float || n % tr->block_elems)
+        return cm_errorf(CM_EUNSUPPORTED, "%s: tensor %s has type %s, which cellm cannot read as a vector", mpath(m),
+                         t->name, cm_type_name(t->type) ? cm_type_name(t->type) : "(unknown)");
+    float *v = malloc((size_t)n * sizeof *v);
+    if (!v || own(m, v)) {
+        free(v);
+        return CM_ENOMEM;
+    }
+    tr->to_float(t->data, v, n);
+    *out = v;
+    return CM_OK;
+}
+
+static int bind_layer(cm_model *m, int il, cm_layer *L) {
+    const cm_hparams *hp = &m->hp;
+    int64_t n_q = (int64_t)hp->n_head * hp->head_dim, n_kv = (int64_t)hp->n_head_kv * hp->head_dim;
+    char name[96];
+    int rc;
+#define NAME(s) (snprintf(name, sizeof name, "blk.%d." s, il), name)
+    if ((rc = bind_vec(m, NAME("attn_norm.weight"), hp->n_embd, true, &L->attn_norm))) return rc;
+    if ((rc = bind_weight(m, NAME("attn_q.weight"), hp->n_embd, n_q, 1, true, &L->wq))) return rc;
+    if ((rc = bind_weight(m, NAME("attn_k.weight"), hp->n_embd, n_kv, 1, true, &L->wk))) return rc;
+    if ((rc = bind_weight(m, NAME("attn_v.weight"), hp->n_embd, n_kv, 1, true, &L->wv))) return rc;
+    if ((rc = bind_weight(m, NAME("attn_output.weight"), n_q, hp->n_embd, 1, true, &L->wo))) return rc;
+    /* Qwen2 requires the biases; llama files may carry them too (some
+     * fine-tunes do), so they are optional there. */
+    bool need_bias = hp->arch == CM_ARCH_QWEN2;
+    if ((rc = bind_vec(m, NAME("attn_q.bias"), n_q, need_bias, &L->bq))) return rc;
+    if ((rc = bind_vec(m, NAME("attn_k.bias"), n_kv, need_bias, &L->bk))) return rc;
+    if ((rc = bind_vec(m, NAME("attn_v.bias"), n_kv, need_bias, &L->bv))) return rc;
+    if (hp->arch == CM_ARCH_QWEN3 || hp->arch == CM_ARCH_QWEN3MOE) {
+        if ((rc = bind_vec(m, NAME("attn_q_norm.weight"), hp->head_dim, true, &L->q_norm))) return rc;
+        if ((rc = bind_vec(m, NAME("attn_k_norm.weight"), hp->head_dim, true, &L->k_norm))) return rc;
+    }
+    if ((rc = bind_vec(m, NAME("ffn_norm.weight"), hp->n_embd, true, &L->ffn_norm))) return rc;
+    if (hp->n_expert > 0) {
+        if ((rc = bind_weight(m, NAME("ffn_gate_inp.weight"), hp->n_embd, hp->n_expert, 1, true, &L->gate_inp)))
+            return rc;
+        int64_t ne = hp->n_expert, ff = hp->n_ff_expert;
+        if ((rc = bind_weight(m, NAME("ffn_gate_exps.weight"), hp->n_embd, ff, ne, true, &L->gate_exps))) return rc;
+        if ((rc = bind_weight(m, NAME("ffn_up_exps.weight"), hp->n_embd, ff, ne, true, &L->up_exps))) return rc;
+        if ((rc = bind_weight(m, NAME("ffn_down_exps.weight"), ff, hp->n_embd, ne, true, &L->down_exps))) return rc;
+    } else {
+        if ((rc = bind_weight(m, NAME("ffn_gate.weight"), hp->n_embd, hp->n_ff, 1, true, &L->ffn_gate))) return rc;
+        if ((rc = bind_weight(m, NAME("ffn_up.weight"), hp->n_embd, hp->n_ff, 1, true, &L->ffn_up))) return rc;
+        if ((rc = bind_weight(m, NAME("ffn_down.weight"), hp->n_ff, hp->n_embd, 1, true, &L->ffn_down))) return rc;
+    }
+#undef NAME
+    return CM_OK;
+}
+
+static int bind_rope(cm_model *m) {
+    cm_hparams *hp = &m->hp;
+    int half = hp->rope_dim / 2, rc = CM_OK;
+    m->rope_freq = malloc((size_t)half * sizeof(float));
+    if (!m->rope_freq || own(m, m->rope_freq)) {
+        free(m->rope_freq);
+        m->rope_freq = NULL;
+        return CM_ENOMEM;
+    }
+    cm_rope_freqs_default(hp, m->rope_freq);
+    /* A rope_freqs.weight tensor (written by converters for Llama 3.1)
+     * overrides the computed llama3 factors: angle speed is divided by it. */
+    const cm_gguf_tensor *t = cm_gguf_find_tensor(m->gguf, "rope_freqs.weight");
+    if (t) {
+        float *f;
+        if ((rc = bind_vec(m, "rope_freqs.weight", half, true, &f))) return rc;
+        cm_hparams plain = *hp;
+        plain.rope_scale_factor = 0; /* the tensor is the scaling */
+        cm_rope_freqs_default(&plain, m->rope_freq);
+        for (int i = 0; i < half; i++) {
+            if (!(f[i] > 0))
+                return cm_errorf(CM_EFORMAT, "%s: rope_freqs.weight[%d] = %g is not positive", mpath(m), i, f[i]);
+            m->rope_freq[i] /= f[i];
+        }
+    }
+    /* Linear scaling: every angle slowed by the same factor. */
+    char key[160];
+    const char *stype = NULL;
+    snprintf(key, sizeof key, "%s.rope.scaling.type", hp->arch_name);
+    if (cm_gguf_get_str(m->gguf, key, &stype, NULL) == CM_OK && !strcmp(stype, "linear")) {
+        float factor = 1;
+        snprintf(key, sizeof key, "%s.rope.scaling.factor", hp->arch_name);
+        if (cm_gguf_get_f32(m->gguf, key, &factor) == CM_OK && factor > 0)
+            for (int i = 0; i < half; i++) m->rope_freq[i] /= factor;
+    }
+    return CM_OK;
+}
+
+int cm_model_load(const char *path, const cm_model_params *params, cm_model **out) {
+    *out = NULL;
+    int rc;
+    cm_model *m = calloc(1, sizeof *m);
+    if (!m) return CM_ENOMEM;
+    cm_kernels_init(false);
+    if ((rc = cm_gguf_open(path, &m->gguf))) goto fail;
+    if ((rc = cm_hparams_load(m->gguf, &m->hp))) goto fail;
+    cm_hparams *hp = &m->hp;
+    m->layer_begin = params ? params->layer_begin : 0;
+    m->layer_end = params && params->layer_end >= 0 ? params->layer_end : hp->n_layer;
+    if (m->layer_begin < 0 || m->layer_end > hp->n_layer || m->layer_begin >= m->layer_end) {
+        rc = cm_errorf(CM_EINVAL, "%s: stage layers [%d, %d) do not fit the model's %d layers", path, m->layer_begin,
+                       m->layer_end, hp->n_layer);
+        goto fail;
+    }
+    m->moe_norm_topk = true;
+    if (hp->n_expert > 0) {
+        char key[160];
+        snprintf(key, sizeof key, "%s.expert_weights_norm", hp->arch_name);
+        bool b;
+        if (cm_gguf_get_bool(m->gguf, key, &b) == CM_OK) m->moe_norm_topk = b;
+    }
+    m->layers = calloc((size_t)(m->layer_end - m->layer_begin), sizeof *m->layers);
+    if (!m->layers) {
+        rc = CM_ENOMEM;
+        goto fail;
+    }
+    bool first = m->layer_begin == 0, last = m->layer_end == hp->n_layer;
+    if (first || (last && hp->tied_output)) {
+        if ((rc = bind_weight(m, "token_embd.weight", hp->n_embd, hp->n_vocab, 1, true, &m->tok_embd))) goto fail;
+    }
+    for (int il = m->layer_begin; il < m->layer_end; il++)
+        if ((rc = bind_layer(m, il, &m->layers[il - m->layer_begin]))) goto fail;
+    if (last) {
+        if ((rc = bind_vec(m, "output_norm.weight", hp->n_embd, true, &m->output_norm))) goto fail;
+        if (hp->tied_output) {
+            m->output = m->tok_embd;
+        } else if ((rc = bind_weight(m, "output.weight", hp->n_embd, hp->n_vocab, 1, true, &m->output))) {
+            goto fail;
+        }
+    }
+    if ((rc = bind_rope(m))) goto fail;
+    *out = m;
+    return CM_OK;
+fail:
+    cm_model_destroy(m);
+    return rc;
+}
+
+void cm_model_destroy(cm_model *m) {
+    if (!m) return;
+    for (int i = 0; i < m->n_owned; i++) free(m->owned[i]);
+    free(m->owned);
+    free(m->layers);
+    cm_gguf_close(m->gguf);
+    free(m);
+}
+
+const cm_hparams *cm_model_hparams(const cm_model *m) { return &m->hp; }
+const cm_gguf *cm_model_gguf(const cm_model *m) { return m->gguf; }
+int cm_model_layer_begin(const cm_model *m) { return m->layer_begin; }
+int cm_model_layer_end(const cm_model *m) { return m->layer_end; }
+bool cm_model_is_first(const cm_model *m) { return m->layer_begin == 0; }
+bool cm_model_is_last(const cm_model *m) { return m->layer_end == m->hp.n_layer; }
+
+static uint64_t wbytes(const cm_weight *w) { return w->data ? (uint64_t)w->mat_bytes * (uint64_t)w->n_mat : 0; }
+
+uint64_t cm_model_weight_bytes(const cm_model *m) {
+    const cm_hparams *hp = &m->hp;
+    uint64_t b = 0;
+    /* The embedding is a lookup: a token reads one row of it. */
+    if (cm_model_is_first(m) && m->tok_embd.data) b += m->tok_embd.row_bytes;
+    for (int i = 0; i < m->layer_end - m->layer_begin; i++) {
+        const cm_layer *L = &m->layers[i];
+        b += wbytes(&L->wq) + wbytes(&L->wk) + wbytes(&L->wv) + wbytes(&L->wo);
+        b += wbytes(&L->ffn_gate) + wbytes(&L->ffn_up) + wbytes(&L->ffn_down) + wbytes(&L->gate_inp);
+        if (hp->n_expert > 0)
+            b += (uint64_t)hp->n_expert_used *
+                 (L->gate_exps.mat_bytes + L->up_exps.mat_bytes + L->down_exps.mat_bytes);
+        b += (uint64_t)(2 * hp->n_embd) * sizeof(float);
+    }
+    if (cm_model_is_last(m)) b += wbytes(&m->output) + (uint64_t)hp->n_embd * sizeof(float);
+    return b;
+}
+
+uint64_t cm_model_kv_bytes_per_token(const cm_model *m) {
+    const cm_hparams *hp = &m->hp;
+    return (uint64_t)(m->layer_end - m->layer_begin) * 2u * (uint64_t)hp->n_head_kv * (uint64_t)hp->head_dim *
+           sizeof(cm_f16);
+}

@@ -1,0 +1,123 @@
+/* model_internal.h - the structures behind cm_model and cm_ctx, shared by the
+ * files of src/model (model.c binds, ctx.c allocates, forward.c, attention.c
+ * and rope.c compute). Not part of any other layer's view.
+ *
+ * Invariants once cm_model_load returns:
+ *   - every cm_weight points inside the model's mmap'd GGUF, has a type with
+ *     kernels (cm_type_traits_get != NULL) and ne[0] a multiple of its block;
+ *   - every small vector (norms, biases, rope factors) is an f32 copy owned by
+ *     the model (they are tiny, and copying lets norms be stored as f16/bf16);
+ *   - layers[] holds exactly the stage's layers, layers[i] is layer
+ *     layer_begin + i. */
+#ifndef CM_MODEL_INTERNAL_H
+#define CM_MODEL_INTERNAL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "base/fp16.h"
+#include "base/pool.h"
+#include "gguf/gguf.h"
+#include "model/model.h"
+
+/* A 2-D (or 3-D, for stacked experts) weight matrix as the file stores it:
+ * n_mat matrices of n_rows rows of n_cols elements, rows row_bytes apart. */
+typedef struct cm_weight {
+    const char *name;
+    int type;
+    int64_t n_cols;   /* ne[0]: the input dimension */
+    int64_t n_rows;   /* ne[1]: the output dimension */
+    int64_t n_mat;    /* ne[2]: experts; 1 otherwise */
+    size_t row_bytes;
+    size_t mat_bytes; /* n_rows * row_bytes */
+    const uint8_t *data;
+} cm_weight;
+
+typedef struct cm_layer {
+    float *attn_norm;               /* (n_embd) */
+    cm_weight wq;                   /* (n_head*head_dim rows, n_embd cols) */
+    cm_weight wk, wv;               /* (n_head_kv*head_dim rows, n_embd cols) */
+    cm_weight wo;                   /* (n_embd rows, n_head*head_dim cols) */
+    float *bq, *bk, *bv;            /* qwen2 biases, NULL elsewhere */
+    float *q_norm, *k_norm;         /* (head_dim) qwen3/qwen3moe, NULL elsewhere */
+    float *ffn_norm;                /* (n_embd) */
+    cm_weight ffn_gate, ffn_up;     /* dense: (n_ff rows, n_embd cols) */
+    cm_weight ffn_down;             /* dense: (n_embd rows, n_ff cols) */
+    cm_weight gate_inp;             /* MoE router: (n_expert rows, n_embd cols) */
+    cm_weight gate_exps, up_exps;   /* MoE: n_expert x (n_ff_expert rows, n_embd cols) */
+    cm_weight down_exps;            /* MoE: n_expert x (n_embd rows, n_ff_expert cols) */
+} cm_layer;
+
+struct cm_model {
+    cm_gguf *gguf;
+    cm_hparams hp;
+    int layer_begin, layer_end;
+    bool moe_norm_topk;   /* renormalize the top-k router weights */
+    cm_layer *layers;     /* layer_end - layer_begin */
+    cm_weight tok_embd;   /* (n_vocab rows, n_embd cols); bound on the first stage, and on the last when tied */
+    float *output_norm;   /* (n_embd) last stage */
+    cm_weight output;     /* (n_vocab rows, n_embd cols) last stage; == tok_embd when tied */
+    float *rope_freq;     /* (rope_dim/2) angle per position of each rotated pair, scaling applied */
+    void **owned;         /* f32 copies to free */
+    int n_owned, cap_owned;
+};
+
+/* Per-forward view of the batch with validated per-entry data. */
+struct cm_ctx {
+    cm_model *model;
+    cm_ctx_params params;
+    cm_pool *pool;
+    int n_layer_stage;
+    int n_q, n_kv;             /* n_head*head_dim, n_head_kv*head_dim */
+    int n_ff_max;              /* widest FFN hidden (dense or expert) */
+    cm_f16 **k_cache, **v_cache; /* per stage layer: (n_seq_max, n_ctx, n_kv) f16 */
+    int32_t *seq_len;          /* positions each sequence holds */
+    int32_t *next_pos;         /* (n_seq_max) validation scratch */
+    /* scratch, all sized for n_batch_max tokens */
+    float *x;                  /* (n_batch, n_embd) residual stream */
+    float *xb;                 /* (n_batch, n_embd) normed input */
+    float *xo;                 /* (n_batch, n_embd) layer output before residual add */
+    float *q;                  /* (n_batch, n_q) */
+    float *k, *v;              /* (n_batch, n_kv) */
+    float *att;                /* (n_batch, n_q) attention output */
+    float *hb, *hb2;           /* (n_batch, n_ff_max) */
+    void *mm_scratch;          /* activations converted for cm_matmul */
+    size_t mm_scratch_bytes;
+    float *logits;             /* (n_batch, n_vocab) last stage */
+    int32_t *logit_row;        /* (n_batch) entry -> row in logits, -1 = none */
+    /* MoE scratch */
+    float *router;             /* (n_batch, n_expert) */
+    int32_t *sel;              /* (n_batch, n_expert_used) chosen experts */
+    float *sel_w;              /* (n_batch, n_expert_used) their weights */
+    int32_t *exp_count;        /* (n_expert) */
+    int32_t *exp_tok;          /* (n_expert, n_batch) token of each routed slot */
+    float *exp_w;              /* (n_expert, n_batch) weight of each routed slot */
+    float *gx;                 /* (n_batch, n_embd) gathered tokens of one expert */
+    float *gy;                 /* (n_batch, n_embd) that expert's output */
+    /* attention: per-thread tile scratch */
+    float *att_scratch;        /* (n_threads, att_scratch_stride) */
+    int att_scratch_stride;
+    uint64_t kv_bytes, scratch_bytes;
+};
+
+/* Positions per attention tile: the score buffer of one thread. */
+#define CM_ATT_TILE 128
+
+/* rope.c */
+/* Fills freq[rope_dim/2] with the rotation speed of each pair: base^(-2i/d)
+ * divided by the scaling factor of that pair (1 without scaling). */
+void cm_rope_freqs_default(const cm_hparams *hp, float *freq);
+/* Llama 3.1 factor of pair i (the amount its frequency is divided by). */
+float cm_rope_llama3_factor(const cm_hparams *hp, int i);
+/* Rotates one head vector x[head_dim] in place for position pos. */
+void cm_rope_apply(const cm_hparams *hp, const float *freq, float *x, int pos);
+
+/* attention.c: att[t, h] = softmax(q[t,h] . K[seq, 0..pos]) V for every
+ * entry t of the batch and every head h, reading the cache of stage layer il. */
+void cm_attention(cm_ctx *c, int il, const cm_batch *batch);
+
+/* forward.c helpers used by others */
+void cm_rmsnorm(float *y, const float *x, const float *w, int n, float eps);
+
+#endif
