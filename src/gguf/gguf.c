@@ -462,11 +462,11 @@ static int parse(struct parser *p) {
     uint64_t left = p->size - p->pos;
     if (n_kv > left / KV_MIN_BYTES)
         return perr(p, "n_kv at byte 16 is %" PRIu64 " but the remaining %" PRIu64 " bytes can hold at most %" PRIu64
-                       " key/values",
+                       " key/values (truncated or corrupt file?)",
                     n_kv, left, left / KV_MIN_BYTES);
     if (n_tensors > (left - n_kv * KV_MIN_BYTES) / TENSOR_MIN_BYTES)
         return perr(p, "n_tensors at byte 8 is %" PRIu64 " but the remaining %" PRIu64
-                       " bytes can hold at most %" PRIu64 " tensor infos",
+                       " bytes can hold at most %" PRIu64 " tensor infos (truncated or corrupt file?)",
                     n_tensors, left, (left - n_kv * KV_MIN_BYTES) / TENSOR_MIN_BYTES);
     g->n_kv = (int64_t)n_kv;
     g->n_tensors = (int64_t)n_tensors;
