@@ -10,10 +10,13 @@ typedef enum cm_chat_format {
     CM_CHAT_UNKNOWN = 0,
     CM_CHAT_LLAMA3,
     CM_CHAT_CHATML,   /* Qwen and other <|im_start|> templates */
-    CM_CHAT_MISTRAL,  /* [INST] ... [/INST] (also Llama 2 style) */
+    CM_CHAT_MISTRAL,  /* [INST] ... [/INST] (Mistral; Llama 2 templates without <<SYS>>) */
     CM_CHAT_GEMMA,
     CM_CHAT_PHI3,
-    CM_CHAT_DEEPSEEK,
+    CM_CHAT_DEEPSEEK, /* DeepSeek V3 / R1: <｜User｜> <｜Assistant｜> */
+    CM_CHAT_LLAMA2,         /* [INST] <<SYS>> ... <</SYS>> (Llama 2 chat) */
+    CM_CHAT_DEEPSEEK2,      /* DeepSeek LLM / V2: "User: ... Assistant:" */
+    CM_CHAT_DEEPSEEK_CODER, /* "### Instruction: ... ### Response:" */
 } cm_chat_format;
 
 typedef struct cm_chat_msg {
