@@ -1,0 +1,253 @@
+/* avx512.c - AVX-512 kernels (F/BW/VL/DQ + VNNI) for the types that carry
+ * most of a model's bytes: q4_0, q8_0, q4_K, q6_K (a Q4_K_M file is q4_K
+ * plus q6_K) and the float dots. Other types keep their AVX2 kernel.
+ *
+ * Compiled with the AVX-512 flags (CMakeLists.txt matches "avx512" in the
+ * name); x86.c registers these only on CPUs with all of the above.
+ *
+ * The 32-wide formats do two blocks per 512-bit register with VNNI's
+ * dpbusd (unsigned x signed bytes summed into i32 lanes). The K formats
+ * multiply bytes with maddubs and fold the per-sub-block scales in with
+ * VNNI's dpwssd (i16 pairs x i16 scales into i32), one instruction where
+ * AVX2 needs two. Integer sums are exact; only float summation order
+ * differs from the reference. As in avx2.c, activation quants are in
+ * [-127, 127] (the q8 quantizers never write -128), which the sign moves
+ * below rely on. */
+#include <immintrin.h>
+#include <string.h>
+
+#include "kernels/quants.h"
+#include "kernels/x86/x86.h"
+
+static inline float f16_load(cm_f16 h) { return _cvtsh_ss(h); }
+
+/* Two 16-byte nibble arrays -> 64 bytes: [lo0 hi0 lo1 hi1], each 16 wide,
+ * the element order of two consecutive 32-wide blocks. */
+static inline __m512i nibbles_2x32(const uint8_t *p0, const uint8_t *p1) {
+    __m128i a = _mm_loadu_si128((const __m128i *)p0);
+    __m128i b = _mm_loadu_si128((const __m128i *)p1);
+    __m512i v = _mm512_castsi128_si512(a);
+    v = _mm512_inserti32x4(v, _mm_srli_epi16(a, 4), 1);
+    v = _mm512_inserti32x4(v, b, 2);
+    v = _mm512_inserti32x4(v, _mm_srli_epi16(b, 4), 3);
+    return _mm512_and_si512(v, _mm512_set1_epi8(0x0f));
+}
+
+static inline __m512i load_2x32(const int8_t *p0, const int8_t *p1) {
+    __m512i v = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)p0));
+    return _mm512_inserti64x4(v, _mm256_loadu_si256((const __m256i *)p1), 1);
+}
+
+/* 16 f32: lanes 0..7 = a, 8..15 = b */
+static inline __m512 pair_ps(float a, float b) {
+    return _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_set1_ps(a)), _mm256_set1_ps(b), 1);
+}
+
+/* ---- float dots ---- */
+
+void cm_vec_dot_f32_f32_avx512(int n, float *s, const void *vx, const void *vy) {
+    const float *x = vx, *y = vy;
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int i = 0;
+    for (; i + 64 <= n; i += 64) {
+        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i), a0);
+        a1 = _mm512_fmadd_ps(_mm512_loadu_ps(x + i + 16), _mm512_loadu_ps(y + i + 16), a1);
+        a2 = _mm512_fmadd_ps(_mm512_loadu_ps(x + i + 32), _mm512_loadu_ps(y + i + 32), a2);
+        a3 = _mm512_fmadd_ps(_mm512_loadu_ps(x + i + 48), _mm512_loadu_ps(y + i + 48), a3);
+    }
+    for (; i < n; i += 16) {
+        __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
+        a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, x + i), _mm512_maskz_loadu_ps(m, y + i), a0);
+    }
+    *s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+}
+
+static inline __m512 ld_f16(const cm_f16 *p, __mmask16 m) {
+    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, (const void *)p));
+}
+
+void cm_vec_dot_f16_f16_avx512(int n, float *s, const void *vx, const void *vy) {
+    const cm_f16 *x = vx, *y = vy;
+    const __mmask16 all = 0xffff;
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int i = 0;
+    for (; i + 64 <= n; i += 64) {
+        a0 = _mm512_fmadd_ps(ld_f16(x + i, all), ld_f16(y + i, all), a0);
+        a1 = _mm512_fmadd_ps(ld_f16(x + i + 16, all), ld_f16(y + i + 16, all), a1);
+        a2 = _mm512_fmadd_ps(ld_f16(x + i + 32, all), ld_f16(y + i + 32, all), a2);
+        a3 = _mm512_fmadd_ps(ld_f16(x + i + 48, all), ld_f16(y + i + 48, all), a3);
+    }
+    for (; i < n; i += 16) {
+        __mmask16 m = n - i >= 16 ? all : (__mmask16)((1u << (n - i)) - 1);
+        a0 = _mm512_fmadd_ps(ld_f16(x + i, m), ld_f16(y + i, m), a0);
+    }
+    *s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+}
+
+static inline __m512 ld_bf16(const cm_bf16 *p, __mmask16 m) {
+    __m512i w = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, (const void *)p));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+}
+
+void cm_vec_dot_bf16_bf16_avx512(int n, float *s, const void *vx, const void *vy) {
+    const cm_bf16 *x = vx, *y = vy;
+    const __mmask16 all = 0xffff;
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int i = 0;
+    for (; i + 64 <= n; i += 64) {
+        a0 = _mm512_fmadd_ps(ld_bf16(x + i, all), ld_bf16(y + i, all), a0);
+        a1 = _mm512_fmadd_ps(ld_bf16(x + i + 16, all), ld_bf16(y + i + 16, all), a1);
+        a2 = _mm512_fmadd_ps(ld_bf16(x + i + 32, all), ld_bf16(y + i + 32, all), a2);
+        a3 = _mm512_fmadd_ps(ld_bf16(x + i + 48, all), ld_bf16(y + i + 48, all), a3);
+    }
+    for (; i < n; i += 16) {
+        __mmask16 m = n - i >= 16 ? all : (__mmask16)((1u << (n - i)) - 1);
+        a0 = _mm512_fmadd_ps(ld_bf16(x + i, m), ld_bf16(y + i, m), a0);
+    }
+    *s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+}
+
+/* ---- 32-wide formats ---- */
+
+void cm_vec_dot_q4_0_q8_0_avx512(int n, float *s, const void *vx, const void *vy) {
+    const cm_block_q4_0 *x = vx;
+    const cm_block_q8_0 *y = vy;
+    const int nb = n / CM_QK;
+    const __m512i eight = _mm512_set1_epi8(8);
+    __m512 acc = _mm512_setzero_ps();
+    int i = 0;
+    for (; i + 2 <= nb; i += 2) {
+        __m512i qx = nibbles_2x32(x[i].qs, x[i + 1].qs);
+        __m512i qy = load_2x32(y[i].qs, y[i + 1].qs);
+        /* sum (q - 8) * y = sum q*y - sum 8*y, both unsigned x signed */
+        __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), qx, qy);
+        __m512i m = _mm512_dpbusd_epi32(_mm512_setzero_si512(), eight, qy);
+        __m512 d = pair_ps(f16_load(x[i].d) * f16_load(y[i].d), f16_load(x[i + 1].d) * f16_load(y[i + 1].d));
+        acc = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(_mm512_sub_epi32(p, m)), acc);
+    }
+    float sum = _mm512_reduce_add_ps(acc);
+    for (; i < nb; i++) {
+        int sumi = 0;
+        for (int j = 0; j < CM_QK / 2; j++) {
+            sumi += ((x[i].qs[j] & 15) - 8) * y[i].qs[j];
+            sumi += ((x[i].qs[j] >> 4) - 8) * y[i].qs[j + CM_QK / 2];
+        }
+        sum += (float)sumi * (f16_load(x[i].d) * f16_load(y[i].d));
+    }
+    *s = sum;
+}
+
+void cm_vec_dot_q8_0_q8_0_avx512(int n, float *s, const void *vx, const void *vy) {
+    const cm_block_q8_0 *x = vx;
+    const cm_block_q8_0 *y = vy;
+    const int nb = n / CM_QK;
+    __m512 acc = _mm512_setzero_ps();
+    int i = 0;
+    for (; i + 2 <= nb; i += 2) {
+        __m512i qx = load_2x32(x[i].qs, x[i + 1].qs);
+        __m512i qy = load_2x32(y[i].qs, y[i + 1].qs);
+        /* |x| read unsigned (so -128 is 128) against y carrying x's sign */
+        __mmask64 neg = _mm512_movepi8_mask(qx);
+        __m512i sy = _mm512_mask_sub_epi8(qy, neg, _mm512_setzero_si512(), qy);
+        __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_abs_epi8(qx), sy);
+        __m512 d = pair_ps(f16_load(x[i].d) * f16_load(y[i].d), f16_load(x[i + 1].d) * f16_load(y[i + 1].d));
+        acc = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(p), acc);
+    }
+    float sum = _mm512_reduce_add_ps(acc);
+    for (; i < nb; i++) {
+        int sumi = 0;
+        for (int j = 0; j < CM_QK; j++) sumi += x[i].qs[j] * y[i].qs[j];
+        sum += (float)sumi * (f16_load(x[i].d) * f16_load(y[i].d));
+    }
+    *s = sum;
+}
+
+/* ---- K formats ---- */
+
+static inline void unpack_k4_scales(const uint8_t *q, uint8_t sc[8], uint8_t mn[8]) {
+    for (int j = 0; j < 4; j++) {
+        sc[j] = q[j] & 63;
+        mn[j] = q[j + 4] & 63;
+        sc[j + 4] = (uint8_t)((q[j + 8] & 0x0f) | ((q[j] >> 6) << 4));
+        mn[j + 4] = (uint8_t)((q[j + 8] >> 4) | ((q[j + 4] >> 6) << 4));
+    }
+}
+
+/* 32 i16 lanes: 0..15 = a, 16..31 = b */
+static inline __m512i pair_epi16(int a, int b) {
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi16((short)a)), _mm256_set1_epi16((short)b), 1);
+}
+
+void cm_vec_dot_q4_K_q8_K_avx512(int n, float *s, const void *vx, const void *vy) {
+    const cm_block_q4_K *x = vx;
+    const cm_block_q8_K *y = vy;
+    const int nb = n / CM_QK_K;
+    const __m256i m4 = _mm256_set1_epi8(0x0f);
+    __m512 acc = _mm512_setzero_ps();
+    float summ = 0.0f;
+    for (int i = 0; i < nb; i++) {
+        const float d = y[i].d * f16_load(x[i].d);
+        const float dmin = y[i].d * f16_load(x[i].dmin);
+        uint8_t sc[8], mn[8];
+        unpack_k4_scales(x[i].scales, sc, mn);
+        int mins = 0;
+        for (int j = 0; j < 8; j++) mins += mn[j] * (y[i].bsums[2 * j] + y[i].bsums[2 * j + 1]);
+        summ -= dmin * (float)mins;
+        __m512i sumi = _mm512_setzero_si512();
+        for (int j = 0; j < 4; j++) {
+            /* 32 bytes of nibbles -> [low nibbles | high nibbles], which is
+             * the order of the 64 activations they multiply */
+            __m256i q4 = _mm256_loadu_si256((const __m256i *)(x[i].qs + 32 * j));
+            __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(q4, m4)),
+                                           _mm256_and_si256(_mm256_srli_epi16(q4, 4), m4), 1);
+            __m512i p = _mm512_maddubs_epi16(q, _mm512_loadu_si512((const void *)(y[i].qs + 64 * j)));
+            sumi = _mm512_dpwssd_epi32(sumi, p, pair_epi16(sc[2 * j], sc[2 * j + 1]));
+        }
+        acc = _mm512_fmadd_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(sumi), acc);
+    }
+    *s = _mm512_reduce_add_ps(acc) + summ;
+}
+
+void cm_vec_dot_q6_K_q8_K_avx512(int n, float *s, const void *vx, const void *vy) {
+    const cm_block_q6_K *x = vx;
+    const cm_block_q8_K *y = vy;
+    const int nb = n / CM_QK_K;
+    const __m512i m4 = _mm512_set1_epi8(0x0f);
+    const __m512i m3 = _mm512_set1_epi8(3);
+    /* the 2 high bits of the first register of a pair sit at qh >> 0 / >> 4,
+     * of the second at qh >> 2 / >> 6 (per 256-bit half) */
+    const __m512i sh_a = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(2), 1);
+    const __m512i sh_b = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(6), 1);
+    /* i16 lane l of a maddubs result covers bytes 2l, 2l+1: its 16-byte
+     * group (one scale) is l / 8 */
+    const __m512i idx_a = _mm512_set_epi16(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2, 1, 1, 1, 1, 1, 1, 1, 1, 0,
+                                           0, 0, 0, 0, 0, 0, 0);
+    const __m512i idx_b = _mm512_add_epi16(idx_a, _mm512_set1_epi16(4));
+    __m512 acc = _mm512_setzero_ps();
+    for (int i = 0; i < nb; i++) {
+        const float d = y[i].d * f16_load(x[i].d);
+        const int8_t *sc = x[i].scales;
+        /* value = q6 - 32, q6 in 0..63: dot the unsigned part, take
+         * 32 * sum(y) per 16-group back out through bsums */
+        int corr = 0;
+        for (int k = 0; k < 16; k++) corr += sc[k] * y[i].bsums[k];
+        __m512i sumi = _mm512_setzero_si512();
+        for (int h = 0; h < 2; h++) {
+            __m512i l = _mm512_loadu_si512((const void *)(x[i].ql + 64 * h));
+            __m512i qh = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(x[i].qh + 32 * h)));
+            __m512i ha = _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi16(qh, sh_a), m3), 4);
+            __m512i hb = _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi16(qh, sh_b), m3), 4);
+            __m512i qa = _mm512_or_si512(_mm512_and_si512(l, m4), ha);
+            __m512i qb = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l, 4), m4), hb);
+            __m512i sc16 = _mm512_broadcast_i32x4(_mm_cvtepi8_epi16(_mm_loadl_epi64((const __m128i *)(sc + 8 * h))));
+            const int8_t *q8 = y[i].qs + 128 * h;
+            __m512i pa = _mm512_maddubs_epi16(qa, _mm512_loadu_si512((const void *)q8));
+            __m512i pb = _mm512_maddubs_epi16(qb, _mm512_loadu_si512((const void *)(q8 + 64)));
+            sumi = _mm512_dpwssd_epi32(sumi, pa, _mm512_permutexvar_epi16(idx_a, sc16));
+            sumi = _mm512_dpwssd_epi32(sumi, pb, _mm512_permutexvar_epi16(idx_b, sc16));
+        }
+        sumi = _mm512_sub_epi32(sumi, _mm512_maskz_set1_epi32(1, 32 * corr));
+        acc = _mm512_fmadd_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(sumi), acc);
+    }
+    *s = _mm512_reduce_add_ps(acc);
+}

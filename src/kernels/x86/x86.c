@@ -1,0 +1,96 @@
+/* x86.c - chooses the x86 kernels for this CPU and puts them in the traits
+ * table (see kernels/simd.h for the contract).
+ *
+ * Compiled without ISA flags, so it runs on any x86-64; it only takes the
+ * addresses of the kernels in avx2.c / avx512.c, and only after the CPU (and
+ * the OS, which must save the wider registers: __builtin_cpu_supports checks
+ * XCR0 too) has been found to have what they need:
+ *   avx2          AVX2 + FMA + F16C + BMI2
+ *   avx512-vnni   the above + AVX-512 F/BW/VL/DQ + VNNI
+ * CELLM_KERNELS=avx2 caps the choice at AVX2 (so the AVX2 kernels can be
+ * tested on an AVX-512 machine); CELLM_KERNELS=ref is handled by the
+ * dispatcher before this runs. A kernel replaces an entry only when the
+ * entry's vec_dot_type is the activation type the kernel was written for. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/log.h"
+#include "kernels/simd.h"
+#include "kernels/x86/x86.h"
+
+static const char *chosen;
+
+const char *cm_kernels_x86_name(void) { return chosen; }
+
+static void set_dot(cm_type_traits *table, int n_types, int type, int act_type, cm_vec_dot_fn fn) {
+    if (type >= n_types || !table[type].name || !table[type].vec_dot) return;
+    if (table[type].vec_dot_type != act_type) return;
+    table[type].vec_dot = fn;
+}
+
+static void set_from_float(cm_type_traits *table, int n_types, int type, cm_from_float_fn fn) {
+    if (type >= n_types || !table[type].name) return;
+    table[type].from_float = fn;
+}
+
+static void set_to_float(cm_type_traits *table, int n_types, int type, cm_to_float_fn fn) {
+    if (type >= n_types || !table[type].name) return;
+    table[type].to_float = fn;
+}
+
+static int has_avx2(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c") &&
+           __builtin_cpu_supports("bmi2");
+}
+
+static int has_avx512_vnni(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("avx512vnni");
+}
+
+static void register_avx2(cm_type_traits *t, int n) {
+    set_dot(t, n, CM_TYPE_F32, CM_TYPE_F32, cm_vec_dot_f32_f32_avx2);
+    set_dot(t, n, CM_TYPE_F16, CM_TYPE_F16, cm_vec_dot_f16_f16_avx2);
+    set_dot(t, n, CM_TYPE_BF16, CM_TYPE_BF16, cm_vec_dot_bf16_bf16_avx2);
+    set_dot(t, n, CM_TYPE_Q4_0, CM_TYPE_Q8_0, cm_vec_dot_q4_0_q8_0_avx2);
+    set_dot(t, n, CM_TYPE_Q4_1, CM_TYPE_Q8_1, cm_vec_dot_q4_1_q8_1_avx2);
+    set_dot(t, n, CM_TYPE_Q5_0, CM_TYPE_Q8_0, cm_vec_dot_q5_0_q8_0_avx2);
+    set_dot(t, n, CM_TYPE_Q5_1, CM_TYPE_Q8_1, cm_vec_dot_q5_1_q8_1_avx2);
+    set_dot(t, n, CM_TYPE_Q8_0, CM_TYPE_Q8_0, cm_vec_dot_q8_0_q8_0_avx2);
+    set_dot(t, n, CM_TYPE_Q2_K, CM_TYPE_Q8_K, cm_vec_dot_q2_K_q8_K_avx2);
+    set_dot(t, n, CM_TYPE_Q3_K, CM_TYPE_Q8_K, cm_vec_dot_q3_K_q8_K_avx2);
+    set_dot(t, n, CM_TYPE_Q4_K, CM_TYPE_Q8_K, cm_vec_dot_q4_K_q8_K_avx2);
+    set_dot(t, n, CM_TYPE_Q5_K, CM_TYPE_Q8_K, cm_vec_dot_q5_K_q8_K_avx2);
+    set_dot(t, n, CM_TYPE_Q6_K, CM_TYPE_Q8_K, cm_vec_dot_q6_K_q8_K_avx2);
+    set_from_float(t, n, CM_TYPE_Q8_0, cm_quantize_q8_0_avx2);
+    set_from_float(t, n, CM_TYPE_Q8_1, cm_quantize_q8_1_avx2);
+    set_from_float(t, n, CM_TYPE_Q8_K, cm_quantize_q8_K_avx2);
+    set_from_float(t, n, CM_TYPE_F16, cm_quantize_f16_avx2);
+    set_to_float(t, n, CM_TYPE_F16, cm_dequantize_f16_avx2);
+}
+
+static void register_avx512(cm_type_traits *t, int n) {
+    set_dot(t, n, CM_TYPE_F32, CM_TYPE_F32, cm_vec_dot_f32_f32_avx512);
+    set_dot(t, n, CM_TYPE_F16, CM_TYPE_F16, cm_vec_dot_f16_f16_avx512);
+    set_dot(t, n, CM_TYPE_BF16, CM_TYPE_BF16, cm_vec_dot_bf16_bf16_avx512);
+    set_dot(t, n, CM_TYPE_Q4_0, CM_TYPE_Q8_0, cm_vec_dot_q4_0_q8_0_avx512);
+    set_dot(t, n, CM_TYPE_Q8_0, CM_TYPE_Q8_0, cm_vec_dot_q8_0_q8_0_avx512);
+    set_dot(t, n, CM_TYPE_Q4_K, CM_TYPE_Q8_K, cm_vec_dot_q4_K_q8_K_avx512);
+    set_dot(t, n, CM_TYPE_Q6_K, CM_TYPE_Q8_K, cm_vec_dot_q6_K_q8_K_avx512);
+}
+
+void cm_kernels_register_x86(cm_type_traits *table, int n_types) {
+    const char *want = getenv("CELLM_KERNELS");
+    int cap_avx2 = want && !strcmp(want, "avx2");
+    if (want && *want && !cap_avx2 && strcmp(want, "ref") && strcmp(want, "auto") && strcmp(want, "avx512-vnni"))
+        CM_LOGW("CELLM_KERNELS=%s is not one of ref, avx2, avx512-vnni, auto: choosing from the CPU", want);
+    if (!has_avx2()) return; /* the reference is all there is */
+    register_avx2(table, n_types);
+    chosen = "avx2";
+    if (cap_avx2 || !has_avx512_vnni()) return;
+    register_avx512(table, n_types);
+    chosen = "avx512-vnni";
+}

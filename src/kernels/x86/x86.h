@@ -1,0 +1,47 @@
+/* x86.h - the x86 kernels of avx2.c and avx512.c, private to x86.c (which
+ * registers them) and to the tests. Each function has the signature of a
+ * cm_vec_dot_fn / cm_from_float_fn and computes what its _ref twin in
+ * ref.c computes, within the per-type tolerance. A function may only be
+ * called on a CPU that x86.c found to have its ISA: calling an avx512
+ * kernel elsewhere is an illegal instruction. */
+#ifndef CM_KERNELS_X86_X86_H
+#define CM_KERNELS_X86_X86_H
+
+#include <stdint.h>
+
+#define CM_X86_DOTS(X, isa)      \
+    X(f32_f32, isa)              \
+    X(f16_f16, isa)              \
+    X(bf16_bf16, isa)            \
+    X(q4_0_q8_0, isa)            \
+    X(q4_1_q8_1, isa)            \
+    X(q5_0_q8_0, isa)            \
+    X(q5_1_q8_1, isa)            \
+    X(q8_0_q8_0, isa)            \
+    X(q2_K_q8_K, isa)            \
+    X(q3_K_q8_K, isa)            \
+    X(q4_K_q8_K, isa)            \
+    X(q5_K_q8_K, isa)            \
+    X(q6_K_q8_K, isa)
+
+#define CM_X86_DECLARE_DOT(t, isa) void cm_vec_dot_##t##_##isa(int n, float *s, const void *x, const void *y);
+CM_X86_DOTS(CM_X86_DECLARE_DOT, avx2)
+#undef CM_X86_DECLARE_DOT
+
+void cm_quantize_q8_0_avx2(const float *x, void *y, int64_t n);
+void cm_quantize_q8_1_avx2(const float *x, void *y, int64_t n);
+void cm_quantize_q8_K_avx2(const float *x, void *y, int64_t n);
+void cm_quantize_f16_avx2(const float *x, void *y, int64_t n);
+void cm_dequantize_f16_avx2(const void *x, float *y, int64_t n);
+
+/* AVX-512 F/BW/VL/DQ + VNNI. Types without an entry here keep the AVX2
+ * kernel on such CPUs. */
+void cm_vec_dot_f32_f32_avx512(int n, float *s, const void *x, const void *y);
+void cm_vec_dot_f16_f16_avx512(int n, float *s, const void *x, const void *y);
+void cm_vec_dot_bf16_bf16_avx512(int n, float *s, const void *x, const void *y);
+void cm_vec_dot_q4_0_q8_0_avx512(int n, float *s, const void *x, const void *y);
+void cm_vec_dot_q8_0_q8_0_avx512(int n, float *s, const void *x, const void *y);
+void cm_vec_dot_q4_K_q8_K_avx512(int n, float *s, const void *x, const void *y);
+void cm_vec_dot_q6_K_q8_K_avx512(int n, float *s, const void *x, const void *y);
+
+#endif
