@@ -599,8 +599,43 @@ void cm_vec_dot_q6_K_q8_K_ref(int n, float *s, const void *vx, const void *vy) {
  * again against the scales as they will be decoded, so rounding of the
  * scales does not add to the error twice. */
 
+/* Squared error of x against step*L + mn, L rounded into [0, nmax]. */
+static float asym_error(const float *x, int n, int nmax, float step, float mn, uint8_t *L) {
+    float err = 0;
+    for (int i = 0; i < n; i++) {
+        L[i] = (uint8_t)clampi(nearest((x[i] - mn) / step), 0, nmax);
+        const float e = step * L[i] + mn - x[i];
+        err += e * e;
+    }
+    return err;
+}
+
+/* Least-squares step and offset for fixed L, the offset kept <= 0. */
+static int asym_lsq(const float *x, const uint8_t *L, int n, float *step, float *mn) {
+    float sl = 0, sl2 = 0, sx = 0, sxl = 0;
+    for (int i = 0; i < n; i++) {
+        sl += L[i];
+        sl2 += (float)L[i] * L[i];
+        sx += x[i];
+        sxl += x[i] * L[i];
+    }
+    const float det = n * sl2 - sl * sl;
+    if (!(det > 0)) return 0;
+    float s = (n * sxl - sx * sl) / det, m = (sl2 * sx - sl * sxl) / det;
+    if (m > 0) {
+        m = 0;
+        s = sxl / sl2;
+    }
+    if (!(s > 0)) return 0;
+    *step = s;
+    *mn = m;
+    return 1;
+}
+
 /* Fits x ~= scale*L - the_min with L in [0, nmax] and the_min >= 0 (the
- * formats subtract a non-negative min). Returns scale >= 0. */
+ * formats subtract a non-negative min). Starts from min/max, then tries a
+ * few steps around (max-min)/nmax, each refitted by least squares, and keeps
+ * the one with the least squared error. Returns scale >= 0. */
 static float fit_asym(const float *x, int n, int nmax, float *the_min) {
     float lo, hi;
     minmax(x, n, &lo, &hi);
@@ -609,67 +644,57 @@ static float fit_asym(const float *x, int n, int nmax, float *the_min) {
         *the_min = -lo;
         return 0;
     }
-    float scale = (hi - lo) / nmax, mn = lo, err = 0;
     uint8_t L[32];
-    for (int i = 0; i < n; i++) {
-        L[i] = (uint8_t)clampi(nearest((x[i] - mn) / scale), 0, nmax);
-        float e = scale * L[i] + mn - x[i];
-        err += e * e;
-    }
-    for (int iter = 0; iter < 4; iter++) {
-        float sl = 0, sl2 = 0, sx = 0, sxl = 0;
-        for (int i = 0; i < n; i++) {
-            sl += L[i];
-            sl2 += (float)L[i] * L[i];
-            sx += x[i];
-            sxl += x[i] * L[i];
+    float scale = (hi - lo) / nmax, mn = lo;
+    float best = asym_error(x, n, nmax, scale, mn, L);
+    for (int k = -10; k <= 10; k++) {
+        float s, m;
+        asym_error(x, n, nmax, (hi - lo) / (nmax + 0.1f * k), lo, L);
+        if (!asym_lsq(x, L, n, &s, &m)) continue;
+        const float err = asym_error(x, n, nmax, s, m, L);
+        if (err < best) {
+            best = err;
+            scale = s;
+            mn = m;
         }
-        float det = n * sl2 - sl * sl;
-        if (det <= 0) break;
-        float s2 = (n * sxl - sx * sl) / det, m2 = (sl2 * sx - sl * sxl) / det;
-        if (m2 > 0) {
-            m2 = 0;
-            s2 = sxl / sl2;
-        }
-        if (!(s2 > 0)) break;
-        uint8_t L2[32];
-        float err2 = 0;
-        for (int i = 0; i < n; i++) {
-            L2[i] = (uint8_t)clampi(nearest((x[i] - m2) / s2), 0, nmax);
-            float e = s2 * L2[i] + m2 - x[i];
-            err2 += e * e;
-        }
-        if (!(err2 < err)) break;
-        err = err2;
-        scale = s2;
-        mn = m2;
-        memcpy(L, L2, (size_t)n);
     }
     *the_min = -mn;
     return scale;
 }
 
-/* Fits x ~= scale*L with L in [-nlo, nlo-1]; the scale is signed so that
- * the value of largest magnitude lands on -nlo. */
-static float fit_sym(const float *x, int n, int nlo) {
-    const float mx = signed_absmax(x, n);
-    if (mx == 0) return 0;
-    float scale = mx / -nlo, err = 0, sxl = 0, sl2 = 0;
+/* Squared error of x against step*L, L rounded into [-nlo, nlo-1]; also
+ * the least-squares step for that L. */
+static float sym_error(const float *x, int n, int nlo, float step, float *lsq_step) {
+    float err = 0, sxl = 0, sl2 = 0;
     for (int i = 0; i < n; i++) {
-        int l = clampi(nearest(x[i] / scale), -nlo, nlo - 1);
-        float e = scale * l - x[i];
+        const int l = clampi(nearest(x[i] / step), -nlo, nlo - 1);
+        const float e = step * l - x[i];
         err += e * e;
         sxl += x[i] * l;
         sl2 += (float)l * l;
     }
-    if (sl2 == 0 || sxl == 0) return scale;
-    float s2 = sxl / sl2, err2 = 0;
-    for (int i = 0; i < n; i++) {
-        int l = clampi(nearest(x[i] / s2), -nlo, nlo - 1);
-        float e = s2 * l - x[i];
-        err2 += e * e;
+    *lsq_step = sl2 > 0 && sxl != 0 ? sxl / sl2 : step;
+    return err;
+}
+
+/* Fits x ~= scale*L with L in [-nlo, nlo-1]. The scale is signed so that
+ * the value of largest magnitude lands near -nlo, the end without a positive
+ * twin; a few steps around that are tried, each refitted by least squares. */
+static float fit_sym(const float *x, int n, int nlo) {
+    const float mx = signed_absmax(x, n);
+    if (mx == 0) return 0;
+    float lsq, scale = mx / -nlo;
+    float best = sym_error(x, n, nlo, scale, &lsq);
+    for (int k = -10; k <= 10; k++) {
+        sym_error(x, n, nlo, mx / -(nlo + 0.1f * k), &lsq);
+        float unused;
+        const float err = sym_error(x, n, nlo, lsq, &unused);
+        if (err < best) {
+            best = err;
+            scale = lsq;
+        }
     }
-    return err2 < err ? s2 : scale;
+    return scale;
 }
 
 /* Quantizes n_sub non-negative values v to integers in [0, qmax] against

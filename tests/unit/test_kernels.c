@@ -40,15 +40,15 @@ static double roundtrip_bound(int type) {
     case CM_TYPE_Q8_0: return 0.0065;  /* 0.00535 */
     case CM_TYPE_Q8_1: return 0.0065;  /* 0.00533 */
     case CM_TYPE_Q8_K: return 0.0085;  /* 0.00685 */
-    case CM_TYPE_Q6_K: return 0.022;   /* 0.0184 */
+    case CM_TYPE_Q6_K: return 0.022;   /* 0.0172 */
     case CM_TYPE_Q5_0: return 0.05;    /* 0.0418 */
     case CM_TYPE_Q5_1: return 0.045;   /* 0.0379 */
-    case CM_TYPE_Q5_K: return 0.045;   /* 0.0368 */
+    case CM_TYPE_Q5_K: return 0.045;   /* 0.0356 */
     case CM_TYPE_Q4_0: return 0.10;    /* 0.0866 */
     case CM_TYPE_Q4_1: return 0.09;    /* 0.0775 */
-    case CM_TYPE_Q4_K: return 0.09;    /* 0.0728 */
-    case CM_TYPE_Q3_K: return 0.18;    /* 0.150 */
-    case CM_TYPE_Q2_K: return 0.33;    /* 0.272 */
+    case CM_TYPE_Q4_K: return 0.09;    /* 0.0709 */
+    case CM_TYPE_Q3_K: return 0.18;    /* 0.144 */
+    case CM_TYPE_Q2_K: return 0.33;    /* 0.266 */
     }
     return 0;
 }
