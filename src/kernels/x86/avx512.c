@@ -38,9 +38,20 @@ static inline __m512i load_2x32(const int8_t *p0, const int8_t *p1) {
     return _mm512_inserti64x4(v, _mm256_loadu_si256((const __m256i *)p1), 1);
 }
 
-/* 16 f32: lanes 0..7 = a, 8..15 = b */
-static inline __m512 pair_ps(float a, float b) {
-    return _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_set1_ps(a)), _mm256_set1_ps(b), 1);
+/* The f16 scales `field` of 8 consecutive blocks, packed for one
+ * conversion to 8 floats. Scalar loads assemble two 64-bit words, so only
+ * two moves touch the vector shuffle port; a _cvtsh_ss per field costs two
+ * shuffle-port uops each and made scales the bottleneck, and a hardware
+ * gather measured slower still. */
+#define GATHER8_F16(blk, field)                                                                            \
+    _mm_set_epi64x((long long)((uint64_t)blk[4].field | (uint64_t)blk[5].field << 16 |                    \
+                               (uint64_t)blk[6].field << 32 | (uint64_t)blk[7].field << 48),               \
+                   (long long)((uint64_t)blk[0].field | (uint64_t)blk[1].field << 16 |                    \
+                               (uint64_t)blk[2].field << 32 | (uint64_t)blk[3].field << 48))
+
+/* permutexvar indices: lanes 0..7 <- 2k, 8..15 <- 2k+1 */
+static inline __m512i pair_idx(int k) {
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi32(2 * k)), _mm256_set1_epi32(2 * k + 1), 1);
 }
 
 /* ---- float dots ---- */
@@ -114,18 +125,28 @@ void cm_vec_dot_q4_0_q8_0_avx512(int n, float *s, const void *vx, const void *vy
     const cm_block_q8_0 *y = vy;
     const int nb = n / CM_QK;
     const __m512i eight = _mm512_set1_epi8(8);
-    __m512 acc = _mm512_setzero_ps();
+    const __m512i idx0 = pair_idx(0), idx1 = pair_idx(1), idx2 = pair_idx(2), idx3 = pair_idx(3);
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = acc0;
     int i = 0;
-    for (; i + 2 <= nb; i += 2) {
-        __m512i qx = nibbles_2x32(x[i].qs, x[i + 1].qs);
-        __m512i qy = load_2x32(y[i].qs, y[i + 1].qs);
-        /* sum (q - 8) * y = sum q*y - sum 8*y, both unsigned x signed */
-        __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), qx, qy);
-        __m512i m = _mm512_dpbusd_epi32(_mm512_setzero_si512(), eight, qy);
-        __m512 d = pair_ps(f16_load(x[i].d) * f16_load(y[i].d), f16_load(x[i + 1].d) * f16_load(y[i + 1].d));
-        acc = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(_mm512_sub_epi32(p, m)), acc);
+    for (; i + 8 <= nb; i += 8) {
+        const cm_block_q4_0 *xb = x + i;
+        const cm_block_q8_0 *yb = y + i;
+        __m512 dd = _mm512_castps256_ps512(
+            _mm256_mul_ps(_mm256_cvtph_ps(GATHER8_F16(xb, d)), _mm256_cvtph_ps(GATHER8_F16(yb, d))));
+        __m512i p[4];
+        for (int k = 0; k < 4; k++) {
+            __m512i qx = nibbles_2x32(xb[2 * k].qs, xb[2 * k + 1].qs);
+            __m512i qy = load_2x32(yb[2 * k].qs, yb[2 * k + 1].qs);
+            /* sum (q - 8) * y = sum q*y - sum 8*y, both unsigned x signed */
+            __m512i m = _mm512_dpbusd_epi32(_mm512_setzero_si512(), eight, qy);
+            p[k] = _mm512_sub_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), qx, qy), m);
+        }
+        acc0 = _mm512_fmadd_ps(_mm512_permutexvar_ps(idx0, dd), _mm512_cvtepi32_ps(p[0]), acc0);
+        acc1 = _mm512_fmadd_ps(_mm512_permutexvar_ps(idx1, dd), _mm512_cvtepi32_ps(p[1]), acc1);
+        acc0 = _mm512_fmadd_ps(_mm512_permutexvar_ps(idx2, dd), _mm512_cvtepi32_ps(p[2]), acc0);
+        acc1 = _mm512_fmadd_ps(_mm512_permutexvar_ps(idx3, dd), _mm512_cvtepi32_ps(p[3]), acc1);
     }
-    float sum = _mm512_reduce_add_ps(acc);
+    float sum = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
     for (; i < nb; i++) {
         int sumi = 0;
         for (int j = 0; j < CM_QK / 2; j++) {
@@ -141,19 +162,29 @@ void cm_vec_dot_q8_0_q8_0_avx512(int n, float *s, const void *vx, const void *vy
     const cm_block_q8_0 *x = vx;
     const cm_block_q8_0 *y = vy;
     const int nb = n / CM_QK;
-    __m512 acc = _mm512_setzero_ps();
+    const __m512i idx0 = pair_idx(0), idx1 = pair_idx(1), idx2 = pair_idx(2), idx3 = pair_idx(3);
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = acc0;
     int i = 0;
-    for (; i + 2 <= nb; i += 2) {
-        __m512i qx = load_2x32(x[i].qs, x[i + 1].qs);
-        __m512i qy = load_2x32(y[i].qs, y[i + 1].qs);
-        /* |x| read unsigned (so -128 is 128) against y carrying x's sign */
-        __mmask64 neg = _mm512_movepi8_mask(qx);
-        __m512i sy = _mm512_mask_sub_epi8(qy, neg, _mm512_setzero_si512(), qy);
-        __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_abs_epi8(qx), sy);
-        __m512 d = pair_ps(f16_load(x[i].d) * f16_load(y[i].d), f16_load(x[i + 1].d) * f16_load(y[i + 1].d));
-        acc = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(p), acc);
+    for (; i + 8 <= nb; i += 8) {
+        const cm_block_q8_0 *xb = x + i;
+        const cm_block_q8_0 *yb = y + i;
+        __m512 dd = _mm512_castps256_ps512(
+            _mm256_mul_ps(_mm256_cvtph_ps(GATHER8_F16(xb, d)), _mm256_cvtph_ps(GATHER8_F16(yb, d))));
+        __m512i p[4];
+        for (int k = 0; k < 4; k++) {
+            __m512i qx = load_2x32(xb[2 * k].qs, xb[2 * k + 1].qs);
+            __m512i qy = load_2x32(yb[2 * k].qs, yb[2 * k + 1].qs);
+            /* |x| read unsigned (so -128 is 128) against y carrying x's sign */
+            __mmask64 neg = _mm512_movepi8_mask(qx);
+            __m512i sy = _mm512_mask_sub_epi8(qy, neg, _mm512_setzero_si512(), qy);
+            p[k] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_abs_epi8(qx), sy);
+        }
+        acc0 = _mm512_fmadd_ps(_mm512_permutexvar_ps(idx0, dd), _mm512_cvtepi32_ps(p[0]), acc0);
+        acc1 = _mm512_fmadd_ps(_mm512_permutexvar_ps(idx1, dd), _mm512_cvtepi32_ps(p[1]), acc1);
+        acc0 = _mm512_fmadd_ps(_mm512_permutexvar_ps(idx2, dd), _mm512_cvtepi32_ps(p[2]), acc0);
+        acc1 = _mm512_fmadd_ps(_mm512_permutexvar_ps(idx3, dd), _mm512_cvtepi32_ps(p[3]), acc1);
     }
-    float sum = _mm512_reduce_add_ps(acc);
+    float sum = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
     for (; i < nb; i++) {
         int sumi = 0;
         for (int j = 0; j < CM_QK; j++) sumi += x[i].qs[j] * y[i].qs[j];

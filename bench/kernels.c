@@ -1,0 +1,128 @@
+/* kernels.c - throughput of cm_matmul per weight type, one JSON line each.
+ *
+ *   bench_kernels [-t THREADS] [-n N] [--types q4_0,q8_0,...] [--tokens T] [--hot]
+ *
+ * For each type: an N x N weight matrix (default 4096) times one token
+ * (matrix-vector, the decode case) and times T tokens (default 64, the
+ * prompt case), through cm_matmul on a pool of THREADS (default 2).
+ * Several copies of the matrix, together much larger than the last-level
+ * cache, are used in turn so that every call streams its weights from
+ * memory as decode does (--hot: one copy, which stays in cache when it
+ * fits: the kernels' compute speed rather than the memory's). Reports the median of the timed runs:
+ *   gb_s     weight bytes / second (matrix-vector)
+ *   gflop_s  2*N*N*T / second (T tokens)
+ * The kernels are whatever cm_kernels_init picks; CELLM_KERNELS=ref (or
+ * avx2) in the environment selects others, so
+ *   CELLM_KERNELS=ref bench_kernels ; bench_kernels
+ * compares the reference with the SIMD path. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/pool.h"
+#include "base/rng.h"
+#include "base/time.h"
+#include "kernels/kernels.h"
+
+#define N_REPS 7
+#define CACHE_DEFEAT_BYTES (256u << 20)
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double median(double *v, int n) {
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    return v[n / 2];
+}
+
+static int bench_type(cm_pool *pool, int type, int n, int n_tok, int hot, const char *kname) {
+    const cm_type_traits *t = cm_type_traits_get(type);
+    if (!t || !t->vec_dot) return 0;
+    const size_t rb = (size_t)(n / t->block_elems) * t->block_bytes;
+    const size_t mat_bytes = rb * (size_t)n;
+    int n_copies = hot ? 1 : (int)(CACHE_DEFEAT_BYTES / mat_bytes) + 1;
+    if (!hot && n_copies < 2) n_copies = 2;
+    uint8_t *w = malloc(mat_bytes * (size_t)n_copies);
+    float *x = malloc((size_t)n * n_tok * sizeof(float));
+    float *y = malloc((size_t)n * n_tok * sizeof(float));
+    void *scratch = malloc(cm_matmul_scratch_bytes(type, n, n_tok) + 64);
+    float *row = malloc((size_t)n * sizeof(float));
+    if (!w || !x || !y || !scratch || !row) {
+        fprintf(stderr, "bench_kernels: out of memory for %s\n", t->name);
+        free(w), free(x), free(y), free(scratch), free(row);
+        return -1;
+    }
+    cm_rng r;
+    cm_rng_init(&r, 42);
+    /* 64 distinct quantized rows, tiled over every row of every copy */
+    const int distinct = 64;
+    for (int i = 0; i < distinct; i++) {
+        for (int k = 0; k < n; k++) row[k] = cm_rng_normal(&r);
+        cm_type_traits_ref(type)->from_float(row, w + (size_t)i * rb, n);
+    }
+    for (size_t i = distinct; i < (size_t)n * n_copies; i++) memcpy(w + i * rb, w + (i % distinct) * rb, rb);
+    for (size_t k = 0; k < (size_t)n * n_tok; k++) x[k] = cm_rng_normal(&r);
+
+    double tv[N_REPS], tm[N_REPS];
+    int c = 0;
+    for (int rep = -1; rep < N_REPS; rep++) {
+        /* matrix-vector: one pass over every copy */
+        double t0 = cm_now_s();
+        for (int k = 0; k < n_copies; k++, c++)
+            cm_matmul(pool, type, w + (size_t)(c % n_copies) * mat_bytes, rb, n, n, x, 1, y, scratch);
+        double t1 = cm_now_s();
+        cm_matmul(pool, type, w + (size_t)(c++ % n_copies) * mat_bytes, rb, n, n, x, n_tok, y, scratch);
+        double t2 = cm_now_s();
+        if (rep >= 0) tv[rep] = (t1 - t0) / n_copies, tm[rep] = t2 - t1;
+    }
+    double sv = median(tv, N_REPS), sm = median(tm, N_REPS);
+    printf("{\"bench\":\"kernels\",\"kernels\":\"%s\",\"weights\":\"%s\",\"type\":\"%s\",\"n\":%d,\"threads\":%d,"
+           "\"matvec_ms\":%.3f,\"gb_s\":%.2f,\"tokens\":%d,\"matmul_ms\":%.2f,\"gflop_s\":%.2f}\n",
+           kname, hot ? "cache" : "memory", t->name, n, cm_pool_n_threads(pool), sv * 1e3, (double)mat_bytes / sv / 1e9, n_tok, sm * 1e3,
+           2.0 * n * n * n_tok / sm / 1e9);
+    fflush(stdout);
+    free(w), free(x), free(y), free(scratch), free(row);
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    int n_threads = 2, n = 4096, n_tok = 64, hot = 0;
+    const char *types = "f32,f16,bf16,q4_0,q4_1,q5_0,q5_1,q8_0,q2_K,q3_K,q4_K,q5_K,q6_K";
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "-t") && i + 1 < argc) n_threads = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "-n") && i + 1 < argc) n = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--tokens") && i + 1 < argc) n_tok = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--types") && i + 1 < argc) types = argv[++i];
+        else if (!strcmp(argv[i], "--hot")) hot = 1;
+        else {
+            fprintf(stderr, "usage: %s [-t THREADS] [-n N] [--tokens T] [--types q4_0,q8_0,...] [--hot]\n", argv[0]);
+            return 2;
+        }
+    }
+    if (n <= 0 || n % 256 || n_tok <= 0) {
+        fprintf(stderr, "bench_kernels: -n must be a positive multiple of 256 and --tokens positive\n");
+        return 2;
+    }
+    const char *kname = cm_kernels_init(false);
+    cm_pool *pool = NULL;
+    if (cm_pool_create(n_threads, &pool) != 0) {
+        fprintf(stderr, "bench_kernels: cannot create a pool of %d threads\n", n_threads);
+        return 1;
+    }
+    char buf[256];
+    snprintf(buf, sizeof buf, "%s", types);
+    int rc = 0;
+    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        int type = cm_type_from_name(tok);
+        if (type < 0 || !cm_type_traits_get(type)) {
+            fprintf(stderr, "bench_kernels: unknown type %s\n", tok);
+            rc = 2;
+            continue;
+        }
+        if (bench_type(pool, type, n, n_tok, hot, kname) != 0) rc = 1;
+    }
+    cm_pool_destroy(pool);
+    return rc;
+}
