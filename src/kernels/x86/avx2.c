@@ -344,16 +344,6 @@ void cm_vec_dot_q8_0_q8_0_avx2(int n, float *s, const void *vx, const void *vy) 
 
 /* ---- K formats ---- */
 
-/* q4_K/q5_K: 8 six-bit scales and 8 six-bit mins packed in 12 bytes. */
-static inline void unpack_k4_scales(const uint8_t *q, uint8_t sc[8], uint8_t mn[8]) {
-    for (int j = 0; j < 4; j++) {
-        sc[j] = q[j] & 63;
-        mn[j] = q[j + 4] & 63;
-        sc[j + 4] = (uint8_t)((q[j + 8] & 0x0f) | ((q[j] >> 6) << 4));
-        mn[j + 4] = (uint8_t)((q[j + 8] >> 4) | ((q[j + 4] >> 6) << 4));
-    }
-}
-
 /* q3_K: 16 six-bit scales (stored +32) packed in 12 bytes. */
 static inline void unpack_k3_scales(const uint8_t *q, int sc[16]) {
     for (int k = 0; k < 16; k++) {
@@ -434,21 +424,46 @@ void cm_vec_dot_q3_K_q8_K_avx2(int n, float *s, const void *vx, const void *vy) 
     *s = hsum_f32x8(acc);
 }
 
+/* The 8 scales and 8 mins of a q4_K/q5_K block as bytes, with 32-bit
+ * masks rather than a loop: scales 0..3 / mins 0..3 are the low 6 bits of
+ * bytes 0..3 / 4..7; scales 4..7 / mins 4..7 take their low 4 bits from the
+ * nibbles of bytes 8..11 and their top 2 bits from the top of bytes
+ * 0..3 / 4..7. */
+static inline void k4_scales_mins(const uint8_t *q, uint64_t *sc, uint64_t *mn) {
+    uint32_t a0, a1, a2;
+    memcpy(&a0, q, 4);
+    memcpy(&a1, q + 4, 4);
+    memcpy(&a2, q + 8, 4);
+    uint32_t sc_lo = a0 & 0x3f3f3f3fu, mn_lo = a1 & 0x3f3f3f3fu;
+    uint32_t sc_hi = (a2 & 0x0f0f0f0fu) | ((a0 >> 2) & 0x30303030u);
+    uint32_t mn_hi = ((a2 >> 4) & 0x0f0f0f0fu) | ((a1 >> 2) & 0x30303030u);
+    *sc = (uint64_t)sc_hi << 32 | sc_lo;
+    *mn = (uint64_t)mn_hi << 32 | mn_lo;
+}
+
+/* sum_j mn[j] * (bsums[2j] + bsums[2j+1]) in 8 i32 lanes */
+static inline __m256i k4_mins_dot(uint64_t mn, const int16_t *bsums) {
+    __m128i m = _mm_cvtsi64_si128((long long)mn);
+    __m256i m16 = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m, m)); /* each min twice */
+    return _mm256_madd_epi16(m16, _mm256_loadu_si256((const __m256i *)bsums));
+}
+
+/* pshufb pattern that copies i16 lane `l` (of a 128-bit lane) everywhere */
+static inline __m256i lane16(int l) { return _mm256_set1_epi16((short)((2 * l + 1) << 8 | (2 * l))); }
+
 void cm_vec_dot_q4_K_q8_K_avx2(int n, float *s, const void *vx, const void *vy) {
     const cm_block_q4_K *x = vx;
     const cm_block_q8_K *y = vy;
     const int nb = n / CM_QK_K;
     const __m256i m4 = _mm256_set1_epi8(0x0f);
-    __m256 acc = _mm256_setzero_ps();
-    float summ = 0.0f;
+    __m256 acc = _mm256_setzero_ps(), accm = _mm256_setzero_ps();
     for (int i = 0; i < nb; i++) {
         const float d = y[i].d * f16_load(x[i].d);
         const float dmin = y[i].d * f16_load(x[i].dmin);
-        uint8_t sc[8], mn[8];
-        unpack_k4_scales(x[i].scales, sc, mn);
-        int mins = 0;
-        for (int j = 0; j < 8; j++) mins += mn[j] * (y[i].bsums[2 * j] + y[i].bsums[2 * j + 1]);
-        summ -= dmin * (float)mins;
+        uint64_t sc8, mn8;
+        k4_scales_mins(x[i].scales, &sc8, &mn8);
+        accm = _mm256_fmadd_ps(_mm256_set1_ps(dmin), _mm256_cvtepi32_ps(k4_mins_dot(mn8, y[i].bsums)), accm);
+        const __m256i sc = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)sc8)));
         __m256i sumi = _mm256_setzero_si256();
         for (int j = 0; j < 4; j++) {
             __m256i q4 = _mm256_loadu_si256((const __m256i *)(x[i].qs + 32 * j));
@@ -456,13 +471,13 @@ void cm_vec_dot_q4_K_q8_K_avx2(int n, float *s, const void *vx, const void *vy) 
             __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q4, 4), m4);
             __m256i pl = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)(y[i].qs + 64 * j)));
             __m256i ph = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(y[i].qs + 64 * j + 32)));
-            pl = _mm256_madd_epi16(pl, _mm256_set1_epi16(sc[2 * j]));
-            ph = _mm256_madd_epi16(ph, _mm256_set1_epi16(sc[2 * j + 1]));
+            pl = _mm256_madd_epi16(pl, _mm256_shuffle_epi8(sc, lane16(2 * j)));
+            ph = _mm256_madd_epi16(ph, _mm256_shuffle_epi8(sc, lane16(2 * j + 1)));
             sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(pl, ph));
         }
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
     }
-    *s = hsum_f32x8(acc) + summ;
+    *s = hsum_f32x8(_mm256_sub_ps(acc, accm));
 }
 
 void cm_vec_dot_q5_K_q8_K_avx2(int n, float *s, const void *vx, const void *vy) {
@@ -471,16 +486,14 @@ void cm_vec_dot_q5_K_q8_K_avx2(int n, float *s, const void *vx, const void *vy) 
     const int nb = n / CM_QK_K;
     const __m256i m4 = _mm256_set1_epi8(0x0f);
     const __m256i b4 = _mm256_set1_epi8(0x10);
-    __m256 acc = _mm256_setzero_ps();
-    float summ = 0.0f;
+    __m256 acc = _mm256_setzero_ps(), accm = _mm256_setzero_ps();
     for (int i = 0; i < nb; i++) {
         const float d = y[i].d * f16_load(x[i].d);
         const float dmin = y[i].d * f16_load(x[i].dmin);
-        uint8_t sc[8], mn[8];
-        unpack_k4_scales(x[i].scales, sc, mn);
-        int mins = 0;
-        for (int j = 0; j < 8; j++) mins += mn[j] * (y[i].bsums[2 * j] + y[i].bsums[2 * j + 1]);
-        summ -= dmin * (float)mins;
+        uint64_t sc8, mn8;
+        k4_scales_mins(x[i].scales, &sc8, &mn8);
+        accm = _mm256_fmadd_ps(_mm256_set1_ps(dmin), _mm256_cvtepi32_ps(k4_mins_dot(mn8, y[i].bsums)), accm);
+        const __m256i sc = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)sc8)));
         __m256i qh = _mm256_loadu_si256((const __m256i *)x[i].qh);
         __m256i sumi = _mm256_setzero_si256();
         for (int j = 0; j < 4; j++) {
@@ -492,13 +505,13 @@ void cm_vec_dot_q5_K_q8_K_avx2(int n, float *s, const void *vx, const void *vy) 
             __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q4, 4), m4), hh);
             __m256i pl = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)(y[i].qs + 64 * j)));
             __m256i ph = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(y[i].qs + 64 * j + 32)));
-            pl = _mm256_madd_epi16(pl, _mm256_set1_epi16(sc[2 * j]));
-            ph = _mm256_madd_epi16(ph, _mm256_set1_epi16(sc[2 * j + 1]));
+            pl = _mm256_madd_epi16(pl, _mm256_shuffle_epi8(sc, lane16(2 * j)));
+            ph = _mm256_madd_epi16(ph, _mm256_shuffle_epi8(sc, lane16(2 * j + 1)));
             sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(pl, ph));
         }
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
     }
-    *s = hsum_f32x8(acc) + summ;
+    *s = hsum_f32x8(_mm256_sub_ps(acc, accm));
 }
 
 void cm_vec_dot_q6_K_q8_K_avx2(int n, float *s, const void *vx, const void *vy) {

@@ -195,18 +195,24 @@ void cm_vec_dot_q8_0_q8_0_avx512(int n, float *s, const void *vx, const void *vy
 
 /* ---- K formats ---- */
 
-static inline void unpack_k4_scales(const uint8_t *q, uint8_t sc[8], uint8_t mn[8]) {
-    for (int j = 0; j < 4; j++) {
-        sc[j] = q[j] & 63;
-        mn[j] = q[j + 4] & 63;
-        sc[j + 4] = (uint8_t)((q[j + 8] & 0x0f) | ((q[j] >> 6) << 4));
-        mn[j + 4] = (uint8_t)((q[j + 8] >> 4) | ((q[j + 4] >> 6) << 4));
-    }
+/* The 8 scales and 8 mins of a q4_K block as bytes (see avx2.c). */
+static inline void k4_scales_mins(const uint8_t *q, uint64_t *sc, uint64_t *mn) {
+    uint32_t a0, a1, a2;
+    memcpy(&a0, q, 4);
+    memcpy(&a1, q + 4, 4);
+    memcpy(&a2, q + 8, 4);
+    uint32_t sc_lo = a0 & 0x3f3f3f3fu, mn_lo = a1 & 0x3f3f3f3fu;
+    uint32_t sc_hi = (a2 & 0x0f0f0f0fu) | ((a0 >> 2) & 0x30303030u);
+    uint32_t mn_hi = ((a2 >> 4) & 0x0f0f0f0fu) | ((a1 >> 2) & 0x30303030u);
+    *sc = (uint64_t)sc_hi << 32 | sc_lo;
+    *mn = (uint64_t)mn_hi << 32 | mn_lo;
 }
 
-/* 32 i16 lanes: 0..15 = a, 16..31 = b */
-static inline __m512i pair_epi16(int a, int b) {
-    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi16((short)a)), _mm256_set1_epi16((short)b), 1);
+/* pshufb pattern: i16 lane a of each 128-bit lane into the low 256 bits,
+ * lane b into the high 256 bits */
+static inline __m512i lanes16(int a, int b) {
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi16((short)((2 * a + 1) << 8 | (2 * a)))),
+                              _mm256_set1_epi16((short)((2 * b + 1) << 8 | (2 * b))), 1);
 }
 
 void cm_vec_dot_q4_K_q8_K_avx512(int n, float *s, const void *vx, const void *vy) {
@@ -214,16 +220,21 @@ void cm_vec_dot_q4_K_q8_K_avx512(int n, float *s, const void *vx, const void *vy
     const cm_block_q8_K *y = vy;
     const int nb = n / CM_QK_K;
     const __m256i m4 = _mm256_set1_epi8(0x0f);
+    const __m512i sh0 = lanes16(0, 1), sh1 = lanes16(2, 3), sh2 = lanes16(4, 5), sh3 = lanes16(6, 7);
     __m512 acc = _mm512_setzero_ps();
-    float summ = 0.0f;
+    __m256 accm = _mm256_setzero_ps();
     for (int i = 0; i < nb; i++) {
         const float d = y[i].d * f16_load(x[i].d);
         const float dmin = y[i].d * f16_load(x[i].dmin);
-        uint8_t sc[8], mn[8];
-        unpack_k4_scales(x[i].scales, sc, mn);
-        int mins = 0;
-        for (int j = 0; j < 8; j++) mins += mn[j] * (y[i].bsums[2 * j] + y[i].bsums[2 * j + 1]);
-        summ -= dmin * (float)mins;
+        uint64_t sc8, mn8;
+        k4_scales_mins(x[i].scales, &sc8, &mn8);
+        /* min term: sum_j mn[j] * (bsums[2j] + bsums[2j+1]) */
+        __m128i m = _mm_cvtsi64_si128((long long)mn8);
+        __m256i mins = _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m, m)),
+                                         _mm256_loadu_si256((const __m256i *)y[i].bsums));
+        accm = _mm256_fmadd_ps(_mm256_set1_ps(dmin), _mm256_cvtepi32_ps(mins), accm);
+        const __m512i sc = _mm512_broadcast_i32x4(_mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)sc8)));
+        const __m512i shuf[4] = {sh0, sh1, sh2, sh3};
         __m512i sumi = _mm512_setzero_si512();
         for (int j = 0; j < 4; j++) {
             /* 32 bytes of nibbles -> [low nibbles | high nibbles], which is
@@ -232,11 +243,16 @@ void cm_vec_dot_q4_K_q8_K_avx512(int n, float *s, const void *vx, const void *vy
             __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(q4, m4)),
                                            _mm256_and_si256(_mm256_srli_epi16(q4, 4), m4), 1);
             __m512i p = _mm512_maddubs_epi16(q, _mm512_loadu_si512((const void *)(y[i].qs + 64 * j)));
-            sumi = _mm512_dpwssd_epi32(sumi, p, pair_epi16(sc[2 * j], sc[2 * j + 1]));
+            sumi = _mm512_dpwssd_epi32(sumi, p, _mm512_shuffle_epi8(sc, shuf[j]));
         }
         acc = _mm512_fmadd_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(sumi), acc);
     }
-    *s = _mm512_reduce_add_ps(acc) + summ;
+    __m256 a8 = _mm256_add_ps(_mm512_castps512_ps256(acc), _mm512_extractf32x8_ps(acc, 1));
+    a8 = _mm256_sub_ps(a8, accm);
+    __m128 r = _mm_add_ps(_mm256_castps256_ps128(a8), _mm256_extractf128_ps(a8, 1));
+    r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+    r = _mm_add_ss(r, _mm_movehdup_ps(r));
+    *s = _mm_cvtss_f32(r);
 }
 
 void cm_vec_dot_q6_K_q8_K_avx512(int n, float *s, const void *vx, const void *vy) {
