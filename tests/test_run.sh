@@ -139,6 +139,33 @@ check "no template: warns and names --chat-template" grep -aq -- '--chat-templat
 printf 'Hello world' | "$bin" run -m "$model" -n 3 --seed 5 -v >/dev/null 2>"$tmp/stdin.err"
 check "prompt from stdin" test "$(prompt_ids "$tmp/stdin.err")" = "$(prompt_ids "$tmp/a.err")"
 
+# --- real chat templates: models carrying Llama 3's and Qwen3's tokenizer and template ---
+hf=${CELLM_TESTDATA:-}/hf-tokenizers
+if [ -n "${CELLM_TESTDATA:-}" ] && [ -f "$hf/llama3-tokenizer.json" ] && [ -f "$hf/qwen3-tokenizer.json" ]; then
+  for fam in llama3 qwen3; do
+    arch=llama; [ $fam = qwen3 ] && arch=qwen3
+    "$bin" model import-tokenizer "$hf/$fam-tokenizer.json" --config "$hf/$fam-tokenizer_config.json" \
+      -o "$tmp/$fam-vocab.gguf" >/dev/null 2>&1 &&
+    "$bin" model synth -o "$tmp/$fam.gguf" --arch $arch --embd 64 --layers 2 --heads 4 --kv-heads 2 --ffn 128 \
+      --vocab-from "$tmp/$fam-vocab.gguf" --type f16 --seed 1 >/dev/null 2>&1 ||
+      bad "$fam: could not build a model with the $fam tokenizer"
+    "$bin" run -m "$tmp/$fam.gguf" --chat --system "Be brief." -p "Hello there" -n 2 --seed 1 -v \
+      >/dev/null 2>"$tmp/$fam.err"
+    rm -f "$tmp/$fam.gguf" "$tmp/$fam-vocab.gguf"
+  done
+  # the special tokens land where each template puts them:
+  # Llama 3: <|begin_of_text|> <|start_header_id|> system <|end_header_id|> \n\n ... <|eot_id|>
+  check "llama3: template detected" grep -aq 'chat template llama3' "$tmp/llama3.err"
+  check "llama3: chat prompt ids" test "$(prompt_ids "$tmp/llama3.err")" = \
+    "128000 128006 9125 128007 271 3513 10015 13 128009 128006 882 128007 271 9906 1070 128009 128006 78191 128007 271"
+  # Qwen3 (ChatML, no BOS): <|im_start|> system \n ... <|im_end|> \n
+  check "qwen3: template detected as chatml" grep -aq 'chat template chatml' "$tmp/qwen3.err"
+  check "qwen3: chat prompt ids" test "$(prompt_ids "$tmp/qwen3.err")" = \
+    "151644 8948 198 3430 9814 13 151645 198 151644 872 198 9707 1052 151645 198 151644 77091 198"
+else
+  echo "skip real chat templates: CELLM_TESTDATA/hf-tokenizers is absent"
+fi
+
 # --- interactive chat keeps the KV cache across turns (needs a pty) ---
 if command -v script >/dev/null && command -v timeout >/dev/null; then
   (printf 'hello\n'; sleep 2; printf 'and again\n'; sleep 2; printf '/exit\n'; sleep 1) |
