@@ -595,8 +595,12 @@ static int spm_fragment(const cm_tokenizer *t, struct scratch *s, const char *te
     if ((rc = reserve_syms(s, n))) return rc;
     int32_t n_syms = 0;
     for (size_t off = 0; off < n;) {
-        size_t cl = (size_t)cm_utf8_seq_len((uint8_t)s->buf[off]);
-        if (cl > n - off) cl = n - off;
+        /* A valid UTF-8 character is one symbol; a byte that does not start
+         * one is a symbol of its own, so it cannot swallow the next character
+         * (the lead-byte-length rule alone would). */
+        uint32_t cp;
+        size_t cl = (size_t)cm_utf8_decode((const uint8_t *)s->buf + off, n - off, &cp);
+        if (cl == 0) cl = 1;
         s->syms[n_syms] = (struct sym){n_syms - 1, -1, (uint32_t)off, (uint32_t)cl, -1};
         if (n_syms > 0) s->syms[n_syms - 1].next = n_syms;
         n_syms++;

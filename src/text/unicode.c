@@ -8,11 +8,6 @@
 
 #include <string.h>
 
-int cm_utf8_seq_len(uint8_t lead) {
-    static const uint8_t by_nibble[16] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 3, 4};
-    return by_nibble[lead >> 4];
-}
-
 int cm_utf8_decode(const uint8_t *s, size_t n, uint32_t *cp) {
     if (n == 0) return 0;
     uint8_t b0 = s[0];

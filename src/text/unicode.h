@@ -7,12 +7,6 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Length of the UTF-8 sequence a lead byte announces, by its high nibble
- * (1 for ASCII and for stray continuation bytes, 2, 3 or 4). This is the
- * rule SentencePiece-style tokenizers use to cut text into symbols; it does
- * not validate the following bytes. */
-int cm_utf8_seq_len(uint8_t lead);
-
 /* Decodes one strictly valid UTF-8 sequence at s[0..n). Returns its length
  * (1..4) and sets *cp, or 0 when the bytes there are not valid UTF-8 (then
  * *cp is untouched). */
