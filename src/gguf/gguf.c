@@ -27,7 +27,9 @@
 #include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <float.h>
 #include <inttypes.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -799,6 +801,8 @@ int cm_gguf_get_f32(const cm_gguf *g, const char *key, float *out) {
     int rc = lookup(g, key, &kv);
     if (rc) return rc;
     if (kv->type != CM_GGUF_FLOAT32 && kv->type != CM_GGUF_FLOAT64) return type_error(g, kv, "f32 or f64");
+    if (isfinite(kv->f) && fabs(kv->f) > FLT_MAX)
+        return cm_errorf(CM_EFORMAT, "%s: key '%s' = %g (f64) does not fit in f32", g->path, key, kv->f);
     *out = (float)kv->f;
     return CM_OK;
 }

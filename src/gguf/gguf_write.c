@@ -405,7 +405,8 @@ int cm_gguf_writer_write(cm_gguf_writer *w, const char *path, cm_gguf_fill_fn fi
         if ((rc = fill(user, (int64_t)i, t->name, data, t->n_bytes))) goto fail;
         if ((rc = put(f, data, (size_t)t->n_bytes)) || (rc = pad(f, t->offset + t->n_bytes, al))) goto io_fail;
     }
-    if (fflush(f) || ferror(f)) goto io_fail;
+    /* flushed and synced before the rename, so PATH is never a partial file */
+    if (fflush(f) || ferror(f) || fsync(fileno(f))) goto io_fail;
     int c = fclose(f);
     f = NULL;
     if (c) goto io_fail;

@@ -322,6 +322,21 @@ static void check_sample(const cm_gguf *g, uint32_t alignment, int kv_offset) {
     CHECK(cm_gguf_find_kv(g, "nope") == -1);
 }
 
+static uint8_t *read_file(const char *path, size_t *n) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    *n = (size_t)ftell(f);
+    fseek(f, 0, SEEK_SET);
+    uint8_t *p = malloc(*n);
+    if (fread(p, 1, *n, f) != *n) {
+        free(p);
+        p = NULL;
+    }
+    fclose(f);
+    return p;
+}
+
 static bool file_exists(const char *p) {
     struct stat st;
     return stat(p, &st) == 0;
@@ -390,6 +405,57 @@ TEST(copy_kv_reproduces_metadata) {
     unlink(src), unlink(dst);
 }
 
+/* The header, metadata and tensor infos ggml's own gguf writer produces for
+ * the same content (gguf_write_to_file with only_meta, a reference taken once
+ * from ggml): the writer must match it byte for byte, padding included. */
+static const char g_ggml_meta_hex[] =
+    "474755460300000002000000000000000400000000000000140000000000000067656e6572616c2e6172636869746563"
+    "747572650800000005000000000000006c6c616d6111000000000000006c6c616d612e626c6f636b5f636f756e740400"
+    "000002000000010000000000000061090000000600000002000000000000000000c03f000000c0010000000000000074"
+    "090000000800000002000000000000000100000000000000780200000000000000797a01000000000000007702000000"
+    "040000000000000002000000000000000000000000000000000000000100000000000000710100000020000000000000"
+    "00080000002000000000000000000000";
+
+static int fill_11(void *user, int64_t i, const char *name, void *buf, uint64_t n_bytes) {
+    memset(buf, 0x11, n_bytes);
+    return CM_OK;
+}
+
+TEST(writer_bytes_match_ggml) {
+    const char *path = tmp_path("golden.gguf");
+    cm_gguf_writer *w;
+    CHECK_OK(cm_gguf_writer_create(&w));
+    CHECK_OK(cm_gguf_writer_set_str(w, "general.architecture", "llama"));
+    CHECK_OK(cm_gguf_writer_set_u32(w, "llama.block_count", 2));
+    const float arr[] = {1.5f, -2.0f};
+    CHECK_OK(cm_gguf_writer_set_arr(w, "a", CM_GGUF_FLOAT32, arr, 2));
+    const char *const strs[] = {"x", "yz"};
+    const size_t lens[] = {1, 2};
+    CHECK_OK(cm_gguf_writer_set_arr_str(w, "t", strs, lens, 2));
+    const int64_t ne_w[2] = {4, 2}, ne_q[1] = {32};
+    CHECK_OK(cm_gguf_writer_add_tensor(w, "w", CM_TYPE_F32, 2, ne_w));
+    CHECK_OK(cm_gguf_writer_add_tensor(w, "q", CM_TYPE_Q8_0, 1, ne_q));
+    CHECK_OK(cm_gguf_writer_write(w, path, fill_11, NULL));
+    cm_gguf_writer_destroy(w);
+    size_t n = 0;
+    uint8_t *file = read_file(path, &n);
+    size_t n_meta = sizeof g_ggml_meta_hex / 2;
+    /* meta (256) | w: 32 bytes | q: 34 bytes | zero padding to 352 */
+    CHECK(file && n == n_meta + 32 + 34 + 30);
+    if (!file || n < n_meta) return;
+    int bad_meta = 0, bad_data = 0;
+    for (size_t i = 0; i < n_meta; i++) {
+        unsigned v;
+        sscanf(g_ggml_meta_hex + 2 * i, "%2x", &v);
+        bad_meta += file[i] != v;
+    }
+    for (size_t i = n_meta; i < n; i++) bad_data += file[i] != (i < n_meta + 66 ? 0x11 : 0);
+    CHECK_MSG(bad_meta == 0, "%d metadata bytes differ from ggml's", bad_meta);
+    CHECK(bad_data == 0);
+    free(file);
+    unlink(path);
+}
+
 TEST(writer_failure_leaves_no_file) {
     const char *path = tmp_path("fail.gguf");
     char tmp[600];
@@ -439,7 +505,7 @@ TEST(writer_rejects_bad_input) {
 
 TEST(every_scalar_type_and_getter_rules) {
     struct gb b = {0};
-    gb_hdr(&b, 2, 0, 14);
+    gb_hdr(&b, 2, 0, 15);
     gb_key(&b, "u8", CM_GGUF_UINT8), gb_u8(&b, 200);
     gb_key(&b, "i8", CM_GGUF_INT8), gb_u8(&b, 0x80); /* -128 */
     gb_key(&b, "u16", CM_GGUF_UINT16), gb_u16(&b, 65535);
@@ -453,12 +519,13 @@ TEST(every_scalar_type_and_getter_rules) {
     gb_key(&b, "i64", CM_GGUF_INT64), gb_u64(&b, (uint64_t)INT64_MIN);
     gb_key(&b, "f64", CM_GGUF_FLOAT64), gb_u64(&b, 0xc004000000000000ull); /* -2.5 */
     gb_key(&b, "small_u64", CM_GGUF_UINT64), gb_u64(&b, 7);
+    gb_key(&b, "big_f64", CM_GGUF_FLOAT64), gb_u64(&b, 0x7e37e43c8800759cull); /* 1e300 */
     gb_key(&b, "arr", CM_GGUF_ARRAY), gb_u32(&b, CM_GGUF_UINT16), gb_u64(&b, 2), gb_u16(&b, 1), gb_u16(&b, 2);
     cm_gguf *g = NULL;
     CHECK_OK(open_bytes(b.p, b.n, &g));
     free(b.p);
     if (!g) return;
-    CHECK(cm_gguf_version(g) == 2 && cm_gguf_n_kv(g) == 14 && cm_gguf_n_tensors(g) == 0);
+    CHECK(cm_gguf_version(g) == 2 && cm_gguf_n_kv(g) == 15 && cm_gguf_n_tensors(g) == 0);
     uint32_t u;
     int64_t v;
     float f;
@@ -477,6 +544,7 @@ TEST(every_scalar_type_and_getter_rules) {
     CHECK(!cm_gguf_get_f32(g, "f32", &f) && f == 1.5f);
     CHECK(!cm_gguf_get_f32(g, "f64", &f) && f == -2.5f);
     CHECK(!cm_gguf_get_bool(g, "bool", &bo) && bo);
+    CHECK(cm_gguf_get_f32(g, "big_f64", &f) == CM_EFORMAT); /* beyond FLT_MAX */
     CHECK(!cm_gguf_get_str(g, "str", &s, &len) && len == 3 && !strcmp(s, "abc"));
     CHECK(cm_gguf_get_i64(g, "u64", &v) == CM_EFORMAT); /* > INT64_MAX */
     CHECK(!cm_gguf_get_i64(g, "i64", &v) && v == INT64_MIN);
@@ -664,21 +732,6 @@ TEST(open_errors) {
 
 /* ---- truncation and byte flips over a whole written file ---- */
 
-static uint8_t *read_file(const char *path, size_t *n) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    *n = (size_t)ftell(f);
-    fseek(f, 0, SEEK_SET);
-    uint8_t *p = malloc(*n);
-    if (fread(p, 1, *n, f) != *n) {
-        free(p);
-        p = NULL;
-    }
-    fclose(f);
-    return p;
-}
-
 TEST(truncation_everywhere_fails_cleanly) {
     const char *path = tmp_path("trunc.gguf");
     int calls = 0;
@@ -809,6 +862,7 @@ int main(void) {
     RUN(roundtrip_every_kv_type_and_tensors);
     RUN(roundtrip_alignment_64);
     RUN(copy_kv_reproduces_metadata);
+    RUN(writer_bytes_match_ggml);
     RUN(writer_failure_leaves_no_file);
     RUN(writer_rejects_bad_input);
     RUN(every_scalar_type_and_getter_rules);
