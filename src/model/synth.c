@@ -486,7 +486,10 @@ int cm_synth_write(const cm_synth_params *p_in, const char *path) {
             (rc = cm_gguf_writer_set_u32(w, K("expert_feed_forward_length"), (uint32_t)p.n_ff_expert)))
             goto done;
     }
-    if (p.rope_llama3_factor > 0) {
+    /* Converters express Llama 3.1 scaling as the rope_freqs.weight tensor
+     * only; llama.cpp refuses a rope.scaling.type of "llama3", so the keys
+     * are written only when asked for instead of the tensor. */
+    if (p.rope_llama3_factor > 0 && p.rope_llama3_keys_only) {
         if ((rc = cm_gguf_writer_set_str(w, K("rope.scaling.type"), "llama3"))) goto done;
         if ((rc = cm_gguf_writer_set_f32(w, K("rope.scaling.factor"), p.rope_llama3_factor))) goto done;
         if ((rc = cm_gguf_writer_set_f32(w, K("rope.scaling.low_freq_factor"), p.rope_low_freq_factor))) goto done;
