@@ -319,7 +319,7 @@ static int parse_kv(struct parser *p, uint64_t idx) {
         uint64_t left = p->size - p->pos;
         if (n > left / esize)
             return perr(p, "array length at byte %" PRIu64 " is %" PRIu64 " elements of %s but only %" PRIu64
-                           " bytes are left in the file",
+                           " bytes are left in the file (truncated or corrupt file?)",
                         n_pos, n, g_type_names[et], left);
         kv->elem_type = (int)et;
         kv->n = n;
