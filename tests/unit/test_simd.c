@@ -90,7 +90,22 @@ static void collect(void) {
     }
 #endif
 #if defined(HAVE_ARM_KERNELS)
-    cm_arm_collect_kernels(add_dot, add_quant);
+    add_dot("neon", CM_TYPE_F32, cm_vec_dot_f32_f32_neon);
+    add_dot("neon", CM_TYPE_F16, cm_vec_dot_f16_f16_neon);
+    add_dot("neon", CM_TYPE_Q4_0, cm_vec_dot_q4_0_q8_0_neon);
+    add_dot("neon", CM_TYPE_Q8_0, cm_vec_dot_q8_0_q8_0_neon);
+    add_dot("neon", CM_TYPE_Q4_K, cm_vec_dot_q4_K_q8_K_neon);
+    add_dot("neon", CM_TYPE_Q6_K, cm_vec_dot_q6_K_q8_K_neon);
+    add_quant("neon", CM_TYPE_Q8_0, cm_quantize_q8_0_neon);
+    add_quant("neon", CM_TYPE_Q8_K, cm_quantize_q8_K_neon);
+    if (cm_arm_has_dotprod()) {
+        add_dot("dotprod", CM_TYPE_Q4_0, cm_vec_dot_q4_0_q8_0_dotprod);
+        add_dot("dotprod", CM_TYPE_Q8_0, cm_vec_dot_q8_0_q8_0_dotprod);
+        add_dot("dotprod", CM_TYPE_Q4_K, cm_vec_dot_q4_K_q8_K_dotprod);
+        add_dot("dotprod", CM_TYPE_Q6_K, cm_vec_dot_q6_K_q8_K_dotprod);
+    } else {
+        fprintf(stderr, "     this CPU has no dot-product extension: dotprod kernels not checked\n");
+    }
 #endif
 }
 
