@@ -213,14 +213,15 @@ int32_t cm_sampler_sample(cm_sampler *s, float *logits, float *logprob) {
     }
 
     /* softmax at temperature */
-    const double inv_t = 1.0 / s->p.temperature;
+    const float inv_t = 1.0f / s->p.temperature;
     double sum = 0;
     for (int i = 0; i < n; i++) {
-        float e = (float)exp(((double)c[i].v - vmax) * inv_t);
+        float e = expf((c[i].v - vmax) * inv_t);
         c[i].v = e;
         sum += e;
     }
-    for (int i = 0; i < n; i++) c[i].v = (float)(c[i].v / sum);
+    const float inv_sum = (float)(1.0 / sum);
+    for (int i = 0; i < n; i++) c[i].v *= inv_sum;
     const float pmax = c[i_max].v;
 
     /* Both top-p and min-p keep a prefix of the candidates ranked by
