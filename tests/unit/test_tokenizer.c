@@ -505,6 +505,210 @@ static void hf_vocab(const char *name, const char *hf, const char *want_pre) {
     free_case(&c);
 }
 
+
+/* ---- importer on a hand-written tokenizer.json ---- */
+
+static bool write_text(const char *path, const char *text) {
+    FILE *f = fopen(path, "wb");
+    if (!f) return false;
+    fputs(text, f);
+    return fclose(f) == 0;
+}
+
+static const char k_tiny_json[] =
+    "{\"version\":\"1.0\",\"added_tokens\":["
+    "{\"id\":6,\"content\":\"<s>\",\"special\":true},"
+    "{\"id\":7,\"content\":\"<x y>\",\"special\":false},"
+    "{\"id\":8,\"content\":\"<|foo|>\",\"special\":false}],"
+    "\"pre_tokenizer\":%s,"
+    "\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":1,\"ab\":2,\"\\u0120\":3,\"\\u0120ab\":5},"
+    "\"merges\":%s}}";
+
+static char *import_tiny(const char *pre_tokenizer, const char *merges, const char *config, const char *pre,
+                         int *rc_out, cm_hf_import_info *info) {
+    static char json_path[512], cfg_path[512], out_path[512];
+    char json[2048];
+    snprintf(json, sizeof json, k_tiny_json, pre_tokenizer, merges);
+    snprintf(json_path, sizeof json_path, "%s/tok-tiny-tokenizer.json", test_tmpdir());
+    snprintf(cfg_path, sizeof cfg_path, "%s/tok-tiny-config.json", test_tmpdir());
+    snprintf(out_path, sizeof out_path, "%s/tok-tiny.gguf", test_tmpdir());
+    if (!write_text(json_path, json) || (config && !write_text(cfg_path, config))) return NULL;
+    cm_gguf_writer *w;
+    if (cm_gguf_writer_create(&w)) return NULL;
+    cm_hf_import_opts opts = {pre};
+    int rc = cm_hf_import(json_path, config ? cfg_path : NULL, w, &opts, info);
+    if (!rc) rc = cm_gguf_writer_write(w, out_path, NULL, NULL);
+    cm_gguf_writer_destroy(w);
+    *rc_out = rc;
+    return rc ? NULL : out_path;
+}
+
+static const char k_llama3_pre[] =
+    "{\"type\":\"Sequence\",\"pretokenizers\":[{\"type\":\"Split\",\"pattern\":{\"Regex\":"
+    "\"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\\\r\\\\n\\\\p{L}\\\\p{N}]?\\\\p{L}+|\\\\p{N}{1,3}| ?[^\\\\s\\\\p{L}\\\\p{N}]+"
+    "[\\\\r\\\\n]*|\\\\s*[\\\\r\\\\n]+|\\\\s+(?!\\\\S)|\\\\s+\"},\"behavior\":\"Isolated\",\"invert\":false},"
+    "{\"type\":\"ByteLevel\",\"add_prefix_space\":false,\"trim_offsets\":true,\"use_regex\":false}]}";
+
+TEST(hf_import_tiny) {
+    int rc = 0;
+    cm_hf_import_info info;
+    const char *cfg = "{\"bos_token\":{\"content\":\"<s>\",\"lstrip\":false},\"eos_token\":\"<|foo|>\","
+                      "\"chat_template\":[{\"name\":\"tool_use\",\"template\":\"T\"},{\"name\":\"default\",\"template\":\"D\"}]}";
+    /* Array-form merges, a gap at id 4, added tokens of each kind. */
+    const char *path = import_tiny(k_llama3_pre, "[[\"a\",\"b\"],[\"\\u0120\",\"ab\"]]", cfg, NULL, &rc, &info);
+    CHECK_OK(rc);
+    if (!path) return;
+    CHECK(info.n_vocab == 9 && info.n_gaps == 1 && info.n_merges == 2 && info.n_added == 3);
+    CHECK(!strcmp(info.pre, "llama-bpe"));
+    CHECK(info.bos == 6 && info.eos == 8 && info.add_bos);
+    cm_gguf *g = NULL;
+    CHECK_OK(cm_gguf_open(path, &g));
+    if (!g) return;
+    const char *s;
+    size_t len;
+    CHECK(cm_gguf_get_str(g, "tokenizer.ggml.model", &s, NULL) == CM_OK && !strcmp(s, "gpt2"));
+    CHECK(cm_gguf_get_str(g, "tokenizer.ggml.pre", &s, NULL) == CM_OK && !strcmp(s, "llama-bpe"));
+    CHECK(cm_gguf_get_str(g, "tokenizer.chat_template", &s, NULL) == CM_OK && !strcmp(s, "D"));
+    CHECK(cm_gguf_get_arr_str(g, "tokenizer.ggml.tokens", 4, &s, &len) == CM_OK && !strcmp(s, "[PAD4]"));
+    CHECK(cm_gguf_get_arr_str(g, "tokenizer.ggml.tokens", 5, &s, &len) == CM_OK && !strcmp(s, "\xc4\xa0" "ab"));
+    CHECK(cm_gguf_get_arr_str(g, "tokenizer.ggml.tokens", 7, &s, &len) == CM_OK && !strcmp(s, "<x y>"));
+    CHECK(cm_gguf_get_arr_str(g, "tokenizer.ggml.merges", 1, &s, &len) == CM_OK && !strcmp(s, "\xc4\xa0 ab"));
+    const void *types;
+    uint64_t n;
+    CHECK_OK(cm_gguf_get_arr_data(g, "tokenizer.ggml.token_type", &types, &n));
+    if (n == 9) {
+        int32_t ty[9];
+        memcpy(ty, types, sizeof ty);
+        CHECK(ty[0] == 1 && ty[4] == 5 && ty[5] == 1 && ty[6] == 3 && ty[7] == 4 && ty[8] == 3);
+    }
+    cm_tokenizer *t = NULL;
+    CHECK_OK(cm_tokenizer_load(g, &t));
+    if (t) {
+        check_ids(t, "ab ab", true, false, (int32_t[]){6, 2, 5}, 3);
+        /* user-defined "<x y>" matches without parse_special, control "<s>" does not */
+        check_ids(t, "<x y>ab", false, false, (int32_t[]){7, 2}, 2);
+        check_ids(t, "<s>ab", false, true, (int32_t[]){6, 2}, 2);
+        CHECK(cm_tokenizer_is_eog(t, 8));
+    }
+    cm_tokenizer_destroy(t);
+    cm_gguf_close(g);
+
+    /* String-form merges and a GPT-2 ByteLevel pre-tokenizer; no config. */
+    path = import_tiny("{\"type\":\"ByteLevel\",\"add_prefix_space\":false,\"use_regex\":true}", "[\"a b\",\"\\u0120 ab\"]",
+                       NULL, NULL, &rc, &info);
+    CHECK_OK(rc);
+    CHECK(path && !strcmp(info.pre, "gpt-2") && info.n_merges == 2 && info.bos == -1 && !info.add_bos);
+
+    /* An unknown regex is refused unless the pre-tokenizer is named. */
+    const char *odd = "{\"type\":\"Split\",\"pattern\":{\"Regex\":\"[a-z]+\"},\"behavior\":\"Isolated\"}";
+    path = import_tiny(odd, "[]", NULL, NULL, &rc, &info);
+    CHECK(path == NULL && rc == CM_EUNSUPPORTED && strstr(cm_last_error(rc), "--pre"));
+    path = import_tiny(odd, "[]", NULL, "qwen2", &rc, &info);
+    CHECK(path != NULL && !strcmp(info.pre, "qwen2"));
+
+    /* Malformed files give a message naming the file. */
+    char bad[512];
+    snprintf(bad, sizeof bad, "%s/tok-bad.json", test_tmpdir());
+    write_text(bad, "{\"model\": {\"type\": \"BPE\", \"vocab\": [1,2]");
+    cm_gguf_writer *w;
+    CHECK_OK(cm_gguf_writer_create(&w));
+    rc = cm_hf_import(bad, NULL, w, NULL, NULL);
+    CHECK(rc == CM_EFORMAT && strstr(cm_last_error(rc), "tok-bad.json"));
+    rc = cm_hf_import("/nonexistent/tokenizer.json", NULL, w, NULL, NULL);
+    CHECK(rc == CM_EIO);
+    cm_gguf_writer_destroy(w);
+}
+
+/* ---- special tokens on real vocabularies ---- */
+
+/* tokenize(pre + special + post, parse_special) == tok(pre) + [id] + tok(post),
+ * and without parse_special the special id does not appear and the text
+ * round-trips. */
+static void check_special_split(const cm_tokenizer *t, const char *pre, const char *special, const char *post) {
+    int32_t id = cm_tokenizer_find(t, special);
+    CHECK_MSG(id >= 0, "%s is not in the vocabulary", special);
+    if (id < 0) return;
+    char text[256];
+    snprintf(text, sizeof text, "%s%s%s", pre, special, post);
+    int32_t *a = NULL, *b = NULL, *c = NULL, *plain = NULL;
+    int na = tok(t, pre, strlen(pre), false, true, &a);
+    int nb = tok(t, post, strlen(post), false, true, &b);
+    int nc = tok(t, text, strlen(text), false, true, &c);
+    int np = tok(t, text, strlen(text), false, false, &plain);
+    CHECK(na >= 0 && nb >= 0 && nc == na + 1 + nb);
+    if (nc == na + 1 + nb) {
+        CHECK(na == 0 || !memcmp(c, a, sizeof(int32_t) * (size_t)na));
+        CHECK(c[na] == id);
+        CHECK(nb == 0 || !memcmp(c + na + 1, b, sizeof(int32_t) * (size_t)nb));
+        check_text(t, c, nc, true, text);
+    }
+    bool found = false;
+    for (int i = 0; i < np; i++) found |= plain[i] == id;
+    CHECK_MSG(np > 1 && !found, "%s matched without parse_special", special);
+    if (np > 0) check_text(t, plain, np, false, text);
+    free(a), free(b), free(c), free(plain);
+}
+
+TEST(special_tokens_real) {
+    const char *dir = test_datadir();
+    char path[1024];
+    if (dir) snprintf(path, sizeof path, "%s/hf-tokenizers/qwen3-tokenizer.json", dir);
+    if (!dir || !file_exists(path)) TEST_SKIP("no testdata (CELLM_TESTDATA/hf-tokenizers)");
+
+    cm_gguf *g = NULL;
+    cm_hf_import_info info;
+    cm_tokenizer *t = import_hf(dir, "llama3", "llama-bpe", &g, &info);
+    CHECK(t != NULL);
+    if (t) {
+        CHECK(cm_tokenizer_bos(t) == 128000 && cm_tokenizer_eos(t) == 128001 && cm_tokenizer_add_bos(t));
+        CHECK(cm_tokenizer_find(t, "<|eot_id|>") == 128009);
+        CHECK(cm_tokenizer_is_eog(t, 128009) && cm_tokenizer_is_eog(t, 128001) && !cm_tokenizer_is_eog(t, 128000));
+        CHECK(cm_tokenizer_is_control(t, 128006) && !cm_tokenizer_is_control(t, 9906));
+        check_special_split(t, "Hello world", "<|eot_id|>", " and more");
+        check_special_split(t, "", "<|start_header_id|>", "user");
+        /* The longest special token wins where several start at a position. */
+        check_special_split(t, "x", "<|reserved_special_token_10|>", "");
+        int32_t *ids = NULL;
+        int n = tok(t, "Hello", 5, true, false, &ids);
+        CHECK(n == 2 && ids[0] == 128000);
+        if (n > 0) check_text(t, ids, n, false, "Hello");
+        free(ids);
+    }
+    cm_tokenizer_destroy(t);
+    cm_gguf_close(g);
+
+    t = import_hf(dir, "qwen3", "qwen2", &g, &info);
+    CHECK(t != NULL);
+    if (t) {
+        CHECK(cm_tokenizer_bos(t) == -1 && !cm_tokenizer_add_bos(t) && cm_tokenizer_eos(t) == 151645);
+        CHECK(cm_tokenizer_is_eog(t, 151645) && cm_tokenizer_is_eog(t, 151643));
+        check_special_split(t, "", "<|im_start|>", "user\nhi");
+        check_special_split(t, "hi", "<|im_end|>", "\n");
+        /* <think> is a non-special added token: matched even without parse_special. */
+        int32_t think = cm_tokenizer_find(t, "<think>");
+        int32_t *ids = NULL;
+        int n = tok(t, "a<think>b", 9, false, false, &ids);
+        CHECK(think >= 0 && n == 3 && ids[1] == think);
+        if (n > 0) check_text(t, ids, n, false, "a<think>b");
+        free(ids);
+    }
+    cm_tokenizer_destroy(t);
+    cm_gguf_close(g);
+
+    snprintf(path, sizeof path, "%s/vocab/ggml-vocab-llama-spm.gguf", dir);
+    t = load_path(path, &g);
+    if (t) {
+        check_ids(t, "<s>", false, true, (int32_t[]){1}, 1);
+        int32_t *ids = NULL;
+        int n = tok(t, "Hello</s>", 9, true, true, &ids);
+        CHECK(n >= 3 && ids[0] == 1 && ids[n - 1] == 2);
+        if (n > 0) check_text(t, ids, n, false, "Hello");
+        free(ids);
+    }
+    cm_tokenizer_destroy(t);
+    cm_gguf_close(g);
+}
+
 TEST(vocab_gpt2) { gguf_vocab("gpt-2"); }
 TEST(vocab_llama_spm) { gguf_vocab("llama-spm"); }
 TEST(vocab_deepseek_llm) { gguf_vocab("deepseek-llm"); }
@@ -524,5 +728,7 @@ int main(void) {
     RUN(vocab_falcon);
     RUN(vocab_llama_bpe);
     RUN(vocab_qwen2);
+    RUN(hf_import_tiny);
+    RUN(special_tokens_real);
     return test_summary();
 }
