@@ -78,6 +78,7 @@ int cm_ctx_create(cm_model *m, const cm_ctx_params *params, cm_ctx **out) {
     if (!(c->att = zalloc(nb * (size_t)c->n_q * sizeof(float), sb))) goto fail;
     if (!(c->hb = zalloc(nb * (size_t)c->n_ff_max * sizeof(float), sb))) goto fail;
     if (!(c->hb2 = zalloc(nb * (size_t)c->n_ff_max * sizeof(float), sb))) goto fail;
+    if (!(c->rope_cs = zalloc(nb * (size_t)hp->rope_dim * sizeof(float), sb))) goto fail;
     if (!(c->logit_row = zalloc(nb * sizeof(int32_t), sb))) goto fail;
     for (size_t i = 0; i < nb; i++) c->logit_row[i] = -1;
     if (cm_model_is_last(m))
@@ -124,7 +125,7 @@ void cm_ctx_destroy(cm_ctx *c) {
     }
     free(c->k_cache);
     free(c->v_cache);
-    void *bufs[] = {c->seq_len, c->next_pos, c->x, c->xb, c->xo, c->q, c->k, c->v, c->att, c->hb, c->hb2,
+    void *bufs[] = {c->seq_len, c->next_pos, c->x, c->xb, c->xo, c->q, c->k, c->v, c->att, c->hb, c->hb2, c->rope_cs,
                     c->mm_scratch, c->logits, c->logit_row, c->router, c->sel, c->sel_w, c->exp_count,
                     c->exp_tok, c->exp_w, c->gx, c->gy, c->att_scratch};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);

@@ -157,15 +157,16 @@ static void layer_forward(cm_ctx *c, int il, const cm_batch *b) {
     add_bias(c->k, L->bk, n, n_kv);
     add_bias(c->v, L->bv, n, n_kv);
     for (int t = 0; t < n; t++) {
+        const float *cs = c->rope_cs + (size_t)t * hp->rope_dim;
         for (int h = 0; h < hp->n_head; h++) {
             float *q = c->q + (size_t)t * n_q + (size_t)h * hd;
             if (L->q_norm) cm_rmsnorm(q, q, L->q_norm, hd, hp->norm_eps);
-            cm_rope_apply(hp, m->rope_freq, q, b->pos[t]);
+            cm_rope_apply(hp, cs, q);
         }
         for (int h = 0; h < hp->n_head_kv; h++) {
             float *k = c->k + (size_t)t * n_kv + (size_t)h * hd;
             if (L->k_norm) cm_rmsnorm(k, k, L->k_norm, hd, hp->norm_eps);
-            cm_rope_apply(hp, m->rope_freq, k, b->pos[t]);
+            cm_rope_apply(hp, cs, k);
         }
         size_t slot = ((size_t)b->seq_id[t] * (size_t)c->params.n_ctx + (size_t)b->pos[t]) * (size_t)n_kv;
         cm_f16 *kd = c->k_cache[il] + slot, *vd = c->v_cache[il] + slot;
@@ -198,6 +199,7 @@ int cm_stage_forward(cm_ctx *c, const cm_batch *b, const float *hidden_in, float
         embed(c, b);
     else
         memcpy(c->x, hidden_in, (size_t)n * ne * sizeof(float));
+    for (int t = 0; t < n; t++) cm_rope_angles(hp, m->rope_freq, b->pos[t], c->rope_cs + (size_t)t * hp->rope_dim);
     for (int il = 0; il < c->n_layer_stage; il++) layer_forward(c, il, b);
 
     for (int i = 0; i < c->params.n_batch_max; i++) c->logit_row[i] = -1;

@@ -82,6 +82,7 @@ struct cm_ctx {
     float *k, *v;              /* (n_batch, n_kv) */
     float *att;                /* (n_batch, n_q) attention output */
     float *hb, *hb2;           /* (n_batch, n_ff_max) */
+    float *rope_cs;            /* (n_batch, rope_dim/2, 2) cos, sin of each entry's angles */
     void *mm_scratch;          /* activations converted for cm_matmul */
     size_t mm_scratch_bytes;
     float *logits;             /* (n_batch, n_vocab) last stage */
@@ -110,8 +111,11 @@ struct cm_ctx {
 void cm_rope_freqs_default(const cm_hparams *hp, float *freq);
 /* Llama 3.1 factor of pair i (the amount its frequency is divided by). */
 float cm_rope_llama3_factor(const cm_hparams *hp, int i);
-/* Rotates one head vector x[head_dim] in place for position pos. */
-void cm_rope_apply(const cm_hparams *hp, const float *freq, float *x, int pos);
+/* cs[rope_dim/2][2] = cos, sin of pos * freq[i]: computed once per entry
+ * and shared by every head of every layer. */
+void cm_rope_angles(const cm_hparams *hp, const float *freq, int pos, float *cs);
+/* Rotates one head vector x[head_dim] in place by the angles cs. */
+void cm_rope_apply(const cm_hparams *hp, const float *cs, float *x);
 
 /* attention.c: att[t, h] = softmax(q[t,h] . K[seq, 0..pos]) V for every
  * entry t of the batch and every head h, reading the cache of stage layer il. */

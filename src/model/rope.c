@@ -35,11 +35,18 @@ void cm_rope_freqs_default(const cm_hparams *hp, float *freq) {
     }
 }
 
-void cm_rope_apply(const cm_hparams *hp, const float *freq, float *x, int pos) {
+void cm_rope_angles(const cm_hparams *hp, const float *freq, int pos, float *cs) {
+    for (int i = 0; i < hp->rope_dim / 2; i++) {
+        double theta = (double)pos * freq[i];
+        cs[2 * i] = (float)cos(theta);
+        cs[2 * i + 1] = (float)sin(theta);
+    }
+}
+
+void cm_rope_apply(const cm_hparams *hp, const float *cs, float *x) {
     int half = hp->rope_dim / 2;
     for (int i = 0; i < half; i++) {
-        double theta = (double)pos * freq[i];
-        float c = (float)cos(theta), s = (float)sin(theta);
+        float c = cs[2 * i], s = cs[2 * i + 1];
         int i0 = hp->rope_neox ? i : 2 * i;
         int i1 = hp->rope_neox ? i + half : 2 * i + 1;
         float a = x[i0], b = x[i1];
