@@ -105,6 +105,9 @@ if [ "$nr" -eq 6 ]; then
 else # run stops at the end-of-generation token; logits goes on
   check "logits greedy starts with run --temp 0" test "$(echo $lgreedy | cut -d' ' -f1-"$nr")" = "$rgreedy"
 fi
+# the prompt in batches of 4 tokens generates the same
+"$bin" run -m "$model" -p "Hello world" -n 6 --temp 0 -b 4 -v >/dev/null 2>"$tmp/gb.err"
+check "run with -b 4 = one batch" test "$(gen_ids "$tmp/gb.err")" = "$rgreedy"
 # greedy does not depend on the seed
 "$bin" run -m "$model" -p "Hello world" -n 6 --temp 0 --seed 123 >"$tmp/g2.out" 2>/dev/null
 check "greedy ignores the seed" cmp -s "$tmp/g.out" "$tmp/g2.out"
