@@ -211,37 +211,43 @@ static bool is_eog_text(const char *s, size_t n) {
     return false;
 }
 
-static const cm_tokenizer *g_sort_tok; /* qsort has no context argument in C11 */
+struct spec_key {
+    uint8_t first;
+    uint32_t len;
+    int32_t id;
+};
 
 static int cmp_special(const void *pa, const void *pb) {
-    const cm_tokenizer *t = g_sort_tok;
-    int32_t a = *(const int32_t *)pa, b = *(const int32_t *)pb;
-    uint8_t fa = (uint8_t)tok_text(t, a)[0], fb = (uint8_t)tok_text(t, b)[0];
-    if (fa != fb) return fa < fb ? -1 : 1;
-    if (t->toks[a].len != t->toks[b].len) return t->toks[a].len > t->toks[b].len ? -1 : 1;
-    return a < b ? -1 : a > b;
+    const struct spec_key *a = pa, *b = pb;
+    if (a->first != b->first) return a->first < b->first ? -1 : 1;
+    if (a->len != b->len) return a->len > b->len ? -1 : 1;
+    return a->id < b->id ? -1 : a->id > b->id;
 }
+
+static bool is_special_type(uint8_t ty) { return ty == TT_CONTROL || ty == TT_USER || ty == TT_UNKNOWN; }
 
 static int build_specials(cm_tokenizer *t) {
     int n = 0;
-    for (int i = 0; i < t->n_vocab; i++) {
-        uint8_t ty = t->toks[i].type;
-        if ((ty == TT_CONTROL || ty == TT_USER || ty == TT_UNKNOWN) && t->toks[i].len > 0) n++;
-    }
+    for (int i = 0; i < t->n_vocab; i++)
+        if (is_special_type(t->toks[i].type) && t->toks[i].len > 0) n++;
+    struct spec_key *keys = malloc((size_t)(n ? n : 1) * sizeof *keys);
     t->specials = malloc((size_t)(n ? n : 1) * sizeof *t->specials);
-    if (!t->specials) return cm_errorf(CM_ENOMEM, "tokenizer: out of memory");
-    n = 0;
-    for (int i = 0; i < t->n_vocab; i++) {
-        uint8_t ty = t->toks[i].type;
-        if ((ty == TT_CONTROL || ty == TT_USER || ty == TT_UNKNOWN) && t->toks[i].len > 0) t->specials[n++] = i;
+    if (!keys || !t->specials) {
+        free(keys);
+        return cm_errorf(CM_ENOMEM, "tokenizer: out of memory");
     }
-    /* The sort runs at load only, where single-threaded use is the contract. */
-    g_sort_tok = t;
-    qsort(t->specials, (size_t)n, sizeof *t->specials, cmp_special);
-    g_sort_tok = NULL;
+    n = 0;
+    for (int i = 0; i < t->n_vocab; i++)
+        if (is_special_type(t->toks[i].type) && t->toks[i].len > 0)
+            keys[n++] = (struct spec_key){(uint8_t)tok_text(t, i)[0], t->toks[i].len, i};
+    qsort(keys, (size_t)n, sizeof *keys, cmp_special);
     memset(t->spec_start, 0, sizeof t->spec_start);
-    for (int i = 0; i < n; i++) t->spec_start[(uint8_t)tok_text(t, t->specials[i])[0] + 1]++;
+    for (int i = 0; i < n; i++) {
+        t->specials[i] = keys[i].id;
+        t->spec_start[keys[i].first + 1]++;
+    }
     for (int b = 0; b < 256; b++) t->spec_start[b + 1] += t->spec_start[b];
+    free(keys);
     return CM_OK;
 }
 
