@@ -49,6 +49,10 @@
 #define KV_MIN_BYTES 13
 #define TENSOR_MIN_BYTES 32
 #define DEFAULT_ALIGNMENT 32
+/* Real files have well under a hundred keys (a vocabulary is one array kv);
+ * the cap keeps a hostile file of millions of tiny kvs from making us
+ * allocate ~9 bytes of table per byte of file. */
+#define MAX_KV (1u << 20)
 
 struct strref {
     const char *s;
@@ -466,6 +470,8 @@ static int parse(struct parser *p) {
         return perr(p, "n_kv at byte 16 is %" PRIu64 " but the remaining %" PRIu64 " bytes can hold at most %" PRIu64
                        " key/values (truncated or corrupt file?)",
                     n_kv, left, left / KV_MIN_BYTES);
+    if (n_kv > MAX_KV)
+        return perr(p, "n_kv at byte 16 is %" PRIu64 ", more than the %u key/values cellm accepts", n_kv, MAX_KV);
     if (n_tensors > (left - n_kv * KV_MIN_BYTES) / TENSOR_MIN_BYTES)
         return perr(p, "n_tensors at byte 8 is %" PRIu64 " but the remaining %" PRIu64
                        " bytes can hold at most %" PRIu64 " tensor infos (truncated or corrupt file?)",

@@ -624,6 +624,10 @@ TEST(malformed_header) {
     s = default_spec();
     s.n_kv_hdr = 1ull << 62;
     CHECK(spec_fails(s, CM_EFORMAT, "n_kv at byte 16", "4611686018427387904"));
+    /* more kvs than accepted, though the bytes could hold them */
+    size_t big = ((1u << 20) + 1) * 13;
+    gb_hdr(&b, 3, 0, (1u << 20) + 1), gb_zeros(&b, big);
+    CHECK(open_fails_with(&b, CM_EFORMAT, "n_kv at byte 16 is 1048577", "accepts"));
     s = default_spec();
     s.n_tensors_hdr = 1ull << 62;
     CHECK(spec_fails(s, CM_EFORMAT, "n_tensors at byte 8", NULL));
