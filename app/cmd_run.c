@@ -514,11 +514,11 @@ static int generate(engine *e, cm_sampler *smp, cm_stop *stop, int i_entry, int 
         if (cm_tokenizer_is_eog(e->tok, t)) break;
         n_done++;
         if (gen_ids) gen_ids[(*n_gen_ids)++] = t;
-        const char *p = NULL;
+        const char *p = "";
         int np = token_text(e, t, &p);
-        if (np < 0) {
-            rc = np;
-            break;
+        if (np < 0) { /* an id past the tokenizer's vocabulary (a padded output layer): no text */
+            p = "";
+            np = 0;
         }
         bool stopped = cm_stop_feed(stop, p, (size_t)np, &em, &n_em);
         emit(em, n_em, answer);
