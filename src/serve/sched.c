@@ -630,7 +630,9 @@ int cm_sched_submit(cm_sched *s, cm_req *r) {
     int rc = CM_OK;
     if (s->closed) {
         rc = cm_errorf(CM_ECLOSED, "the server is shutting down");
-    } else if (s->n_queued >= s->p.max_queue && s->n_active >= s->e->n_seq_max) {
+    } else if (s->n_queued >= s->p.max_queue + (s->e->n_seq_max - s->n_active)) {
+        /* Queued requests that free slots will take at the next step do not
+         * count against max_queue. */
         rc = cm_errorf(CM_EFULL, "%d requests are waiting already; try again shortly", s->n_queued);
     } else {
         r->refs++;

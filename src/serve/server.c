@@ -276,7 +276,7 @@ static bool stream_fill(struct stream *st) {
             return false;
         }
     }
-    cm_sbuf_put(&st->hold, r->text + st->seen_text, r->n_text - st->seen_text);
+    if (r->n_text > st->seen_text) cm_sbuf_put(&st->hold, r->text + st->seen_text, r->n_text - st->seen_text);
     st->seen_text = r->n_text;
     int n_new = r->n_toks - st->seen_toks;
     if (n_new > st->cap_toks) {
@@ -300,8 +300,10 @@ static bool stream_fill(struct stream *st) {
     cm_sbuf clean = {0};
     cm_sbuf_puts(&clean, "");
     size_t used = cm_utf8_clean(&clean, st->hold.p ? st->hold.p : "", st->hold.n, done);
-    memmove(st->hold.p, st->hold.p + used, st->hold.n - used);
-    st->hold.n -= used;
+    if (used) {
+        memmove(st->hold.p, st->hold.p + used, st->hold.n - used);
+        st->hold.n -= used;
+    }
     if (clean.n || n_new > 0 || !st->role_sent)
         cm_api_chunk(&st->out, &st->q, &st->meta, clean.p ? clean.p : "", clean.n, st->toks, n_new, !st->role_sent,
                      CM_FINISH_NONE);

@@ -24,7 +24,7 @@ static bool sbuf_reserve(cm_sbuf *b, size_t extra) {
 
 void cm_sbuf_put(cm_sbuf *b, const char *s, size_t n) {
     if (!sbuf_reserve(b, n)) return;
-    memcpy(b->p + b->n, s, n);
+    if (n) memcpy(b->p + b->n, s, n);
     b->n += n;
     b->p[b->n] = 0;
 }
