@@ -89,6 +89,9 @@ static bool has_component(const cJSON *pt, const char *want) {
     cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(pt, "pretokenizers")) {
         if (has_component(it, want)) return true;
     }
+    cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(pt, "decoders")) {
+        if (has_component(it, want)) return true;
+    }
     return false;
 }
 
@@ -159,6 +162,18 @@ int cm_hf_import(const char *tokenizer_json_path, const char *tokenizer_config_p
     if (mtype && (!cJSON_IsString(mtype) || strcmp(mtype->valuestring, "BPE"))) {
         rc = cm_errorf(CM_EUNSUPPORTED, "%s: model.type is %s; only byte-level BPE tokenizers can be imported", path,
                        cJSON_IsString(mtype) ? mtype->valuestring : "not a string");
+        goto fail;
+    }
+    /* Llama 2 / Mistral style tokenizer.json files are BPE too, but
+     * SentencePiece-flavoured (U+2581 for spaces, byte fallback); written
+     * as "gpt2" they would tokenize wrongly, so they are refused. */
+    if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(model, "byte_fallback")) ||
+        has_component(cJSON_GetObjectItemCaseSensitive(root, "pre_tokenizer"), "Metaspace") ||
+        has_component(cJSON_GetObjectItemCaseSensitive(root, "decoder"), "Metaspace")) {
+        rc = cm_errorf(CM_EUNSUPPORTED,
+                       "%s: a SentencePiece-style tokenizer (Metaspace / byte_fallback); only byte-level BPE "
+                       "tokenizer.json files can be imported (use a GGUF converted from tokenizer.model)",
+                       path);
         goto fail;
     }
     const cJSON *vocab = cJSON_GetObjectItemCaseSensitive(model, "vocab");

@@ -606,6 +606,10 @@ TEST(hf_import_tiny) {
     path = import_tiny(odd, "[]", NULL, "qwen2", &rc, &info);
     CHECK(path != NULL && !strcmp(info.pre, "qwen2"));
 
+    /* SentencePiece-style tokenizer.json (Llama 2, Mistral) is refused. */
+    path = import_tiny("{\"type\":\"Metaspace\",\"replacement\":\"\\u2581\"}", "[]", NULL, NULL, &rc, &info);
+    CHECK(path == NULL && rc == CM_EUNSUPPORTED && strstr(cm_last_error(rc), "SentencePiece"));
+
     /* Malformed files give a message naming the file. */
     char bad[512];
     snprintf(bad, sizeof bad, "%s/tok-bad.json", test_tmpdir());
