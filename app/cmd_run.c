@@ -695,11 +695,16 @@ static int chat_loop(engine *e, cm_sampler *smp, cm_stop *stop) {
     cm_chat_format fmt = pick_template(e);
     convo cv = {0};
     int32_t *hist = malloc((size_t)e->n_ctx * sizeof *hist);
+    int32_t *gen_ids = malloc(((size_t)e->n_ctx + 1) * sizeof *gen_ids); /* one answer's ids, for -v */
     int n_hist = 0, rc = CM_OK;
     char *line = NULL;
     size_t line_cap = 0;
     const char *why = NULL;
-    if (!hist) return cm_errorf(CM_ENOMEM, "out of memory");
+    if (!hist || !gen_ids) {
+        free(hist);
+        free(gen_ids);
+        return cm_errorf(CM_ENOMEM, "out of memory");
+    }
     if (o->system && (rc = convo_add(&cv, "system", o->system, strlen(o->system)))) goto done;
 
     /* Ctrl-C cuts an answer short; at the prompt it ends the chat (no
@@ -769,11 +774,17 @@ static int chat_loop(engine *e, cm_sampler *smp, cm_stop *stop) {
 
         int n_past = n_hist;
         text answer = {0};
+        int n_gen_ids = 0;
         cm_stop_reset(stop);
-        rc = generate(e, smp, stop, (n_hist - keep - 1) % e->n_batch, &n_past, hist, &n_hist, &answer, NULL, NULL,
-                      &why);
+        rc = generate(e, smp, stop, (n_hist - keep - 1) % e->n_batch, &n_past, hist, &n_hist, &answer, gen_ids,
+                      &n_gen_ids, &why);
         fputc('\n', stdout);
         fflush(stdout);
+        if (o->verbose) {
+            fprintf(stderr, "(generated ids:");
+            for (int i = 0; i < n_gen_ids; i++) fprintf(stderr, " %d", gen_ids[i]);
+            fprintf(stderr, ")\n");
+        }
         int rc2 = convo_add(&cv, "assistant", answer.p ? answer.p : "", answer.n);
         free(answer.p);
         if (rc || (rc = rc2)) goto done;
@@ -787,6 +798,7 @@ done:
     signal(SIGINT, SIG_DFL);
     free(line);
     free(hist);
+    free(gen_ids);
     convo_free(&cv);
     return rc;
 }

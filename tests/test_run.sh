@@ -171,10 +171,25 @@ fi
 
 # --- interactive chat keeps the KV cache across turns (needs a pty) ---
 if command -v script >/dev/null && command -v timeout >/dev/null; then
-  (printf 'hello\n'; sleep 2; printf 'and again\n'; sleep 2; printf '/exit\n'; sleep 1) |
-    timeout 60 script -qec "'$bin' run -m '$model' -n 4 --seed 2 -v" /dev/null >"$tmp/ia.out" 2>&1
+  (printf 'hello\n'; sleep 1; printf 'and again\n'; sleep 1; printf '/exit\n'; sleep 1) |
+    timeout 60 script -qec "'$bin' run -m '$model' --chat-template chatml -n 4 --temp 0 -v" /dev/null \
+    >"$tmp/ia.out" 2>&1
   kept=$(grep -a 'kept [0-9]* cached' "$tmp/ia.out" | sed -n 2p | sed 's/.*kept \([0-9]*\).*/\1/')
   check "interactive: second turn reuses the cache" test "${kept:-0}" -gt 0
+  # the second answer, computed on a cache that kept the first turn, must be
+  # what a fresh pass over the whole conversation gives
+  turn2=$(grep -a '(generated ids:' "$tmp/ia.out" | sed -n 2p | sed 's/.*ids:\(.*\)).*/\1/' | xargs)
+  "$bin" run -m "$model" --chat-template chatml -p hello -n 4 --temp 0 >"$tmp/answer1" 2>/dev/null
+  { printf '<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\n'; cat "$tmp/answer1"
+    printf '<|im_end|>\n<|im_start|>user\nand again<|im_end|>\n<|im_start|>assistant\n'; } >"$tmp/conv.txt"
+  fresh=$("$bin" logits -m "$model" -k 1 -n 4 <"$tmp/conv.txt" 2>/dev/null | tail -1 | sed 's/.*\[//; s/\].*//; s/,/ /g')
+  nt=$(count $turn2)
+  if [ "$nt" -gt 0 ]; then
+    check "interactive: second answer = fresh pass over the conversation" \
+      test "$turn2" = "$(echo $fresh | cut -d' ' -f1-"$nt")"
+  else
+    check "interactive: empty second answer means end of generation first" grep -aq '(generated ids:)' "$tmp/ia.out"
+  fi
 else
   echo "skip interactive chat check: needs script(1) and timeout(1)"
 fi
