@@ -417,6 +417,45 @@ static bool have_type(int type) {
     return t && t->from_float && t->vec_dot && cm_type_traits_ref(type) && cm_type_traits_ref(type)->to_float;
 }
 
+
+/* Copies a GGUF, dropping one key or one tensor, or declaring one tensor
+ * with its first two dimensions swapped (data copied as is). */
+typedef struct rewrite_ctx {
+    cm_gguf *src;
+} rewrite_ctx;
+
+static int rewrite_fill(void *user, int64_t i, const char *name, void *buf, uint64_t n_bytes) {
+    rewrite_ctx *r = user;
+    const cm_gguf_tensor *t = cm_gguf_find_tensor(r->src, name);
+    if (!t || t->n_bytes != n_bytes) return CM_EINVAL;
+    memcpy(buf, t->data, n_bytes);
+    return CM_OK;
+}
+
+static int rewrite(const char *src, const char *dst, const char *drop_key, const char *drop_tensor,
+                   const char *swap_tensor) {
+    rewrite_ctx r = {NULL};
+    cm_gguf_writer *w = NULL;
+    int rc = cm_gguf_open(src, &r.src);
+    if (rc) return rc;
+    if ((rc = cm_gguf_writer_create(&w))) goto done;
+    for (int64_t i = 0; i < cm_gguf_n_kv(r.src); i++)
+        if ((!drop_key || strcmp(cm_gguf_kv_key(r.src, i), drop_key)) && (rc = cm_gguf_writer_copy_kv(w, r.src, i)))
+            goto done;
+    for (int64_t i = 0; i < cm_gguf_n_tensors(r.src); i++) {
+        const cm_gguf_tensor *t = cm_gguf_tensor_at(r.src, i);
+        if (drop_tensor && !strcmp(t->name, drop_tensor)) continue;
+        int64_t ne[4] = {t->ne[0], t->ne[1], t->ne[2], t->ne[3]};
+        if (swap_tensor && !strcmp(t->name, swap_tensor)) ne[0] = t->ne[1], ne[1] = t->ne[0];
+        if ((rc = cm_gguf_writer_add_tensor(w, t->name, t->type, t->n_dims, ne))) goto done;
+    }
+    rc = cm_gguf_writer_write(w, dst, rewrite_fill, &r);
+done:
+    cm_gguf_writer_destroy(w);
+    cm_gguf_close(r.src);
+    return rc;
+}
+
 /* ---------------- tests ---------------- */
 
 static void naive_types(const char *arch, const int *types, int n_types, int n_expert) {
@@ -804,6 +843,34 @@ TEST(load_errors) {
     CHECK_OK(cm_synth_write(&p, path));
     cm_model_params bad = {1, 5};
     CHECK(cm_model_load(path, &bad, &m) == CM_EINVAL && m == NULL);
+    /* a broken file names what is wrong */
+    char bad_path[512];
+    model_path(bad_path, sizeof bad_path, "broken");
+    struct {
+        const char *key, *tensor, *swap, *expect;
+    } cases[] = {
+        {"llama.embedding_length", NULL, NULL, "llama.embedding_length is missing"},
+        {"general.architecture", NULL, NULL, "general.architecture is missing"},
+        {NULL, "blk.1.ffn_up.weight", NULL, "tensor blk.1.ffn_up.weight is missing"},
+        {NULL, "output_norm.weight", NULL, "tensor output_norm.weight is missing"},
+        {NULL, NULL, "blk.0.attn_output.weight", NULL}, /* square: swapping changes nothing */
+        {NULL, NULL, "blk.0.attn_k.weight", "tensor blk.0.attn_k.weight has shape [32, 64"},
+        {NULL, NULL, "blk.1.ffn_down.weight", "tensor blk.1.ffn_down.weight has shape [64, 96"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        CHECK_OK(rewrite(path, bad_path, cases[i].key, cases[i].tensor, cases[i].swap));
+        int rc = cm_model_load(bad_path, NULL, &m);
+        if (!cases[i].expect) {
+            CHECK_OK(rc);
+            cm_model_destroy(m);
+            m = NULL;
+            continue;
+        }
+        CHECK(rc == CM_EFORMAT && m == NULL);
+        CHECK_MSG(strstr(cm_last_error(rc), cases[i].expect) != NULL, "got '%s', want '%s'", cm_last_error(rc),
+                  cases[i].expect);
+    }
+    unlink(bad_path);
     cm_model_params mid = {1, 2};
     CHECK_OK(cm_model_load(path, &mid, &m));
     if (m) {
