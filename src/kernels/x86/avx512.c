@@ -120,12 +120,41 @@ void cm_vec_dot_bf16_bf16_avx512(int n, float *s, const void *vx, const void *vy
 
 /* ---- 32-wide formats ---- */
 
+/* idx for permutexvar: 128-bit lanes 0, 2 <- scale 2k; lanes 1, 3 <- 2k+1
+ * (the block order of the interleaved q4_0 registers below) */
+static inline __m512i interleave_idx(int k) {
+    const __m128i a = _mm_set1_epi32(2 * k), b = _mm_set1_epi32(2 * k + 1);
+    __m512i v = _mm512_castsi128_si512(a);
+    v = _mm512_inserti32x4(v, b, 1);
+    v = _mm512_inserti32x4(v, a, 2);
+    return _mm512_inserti32x4(v, b, 3);
+}
+
+/* 16-byte runs of blocks A and B interleaved: [A lo, B lo, A hi, B hi] for
+ * nibbles, and the same order for the activations they multiply. Inserting
+ * from memory costs no shuffle-port uop; only the one 256-bit insert does. */
+static inline __m512i q4_pair(const uint8_t *a, const uint8_t *b) {
+    __m256i v = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)a)),
+                                        _mm_loadu_si128((const __m128i *)b), 1);
+    __m512i w = _mm512_inserti64x4(_mm512_castsi256_si512(v), _mm256_srli_epi16(v, 4), 1);
+    return _mm512_and_si512(w, _mm512_set1_epi8(0x0f));
+}
+
+static inline __m512i q8_pair_interleaved(const int8_t *a, const int8_t *b) {
+    __m256i lo = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)a)),
+                                         _mm_loadu_si128((const __m128i *)b), 1);
+    __m256i hi = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(a + 16))),
+                                         _mm_loadu_si128((const __m128i *)(b + 16)), 1);
+    return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+}
+
 void cm_vec_dot_q4_0_q8_0_avx512(int n, float *s, const void *vx, const void *vy) {
     const cm_block_q4_0 *x = vx;
     const cm_block_q8_0 *y = vy;
     const int nb = n / CM_QK;
     const __m512i eight = _mm512_set1_epi8(8);
-    const __m512i idx0 = pair_idx(0), idx1 = pair_idx(1), idx2 = pair_idx(2), idx3 = pair_idx(3);
+    const __m512i idx0 = interleave_idx(0), idx1 = interleave_idx(1), idx2 = interleave_idx(2),
+                  idx3 = interleave_idx(3);
     __m512 acc0 = _mm512_setzero_ps(), acc1 = acc0;
     int i = 0;
     for (; i + 8 <= nb; i += 8) {
@@ -135,8 +164,8 @@ void cm_vec_dot_q4_0_q8_0_avx512(int n, float *s, const void *vx, const void *vy
             _mm256_mul_ps(_mm256_cvtph_ps(GATHER8_F16(xb, d)), _mm256_cvtph_ps(GATHER8_F16(yb, d))));
         __m512i p[4];
         for (int k = 0; k < 4; k++) {
-            __m512i qx = nibbles_2x32(xb[2 * k].qs, xb[2 * k + 1].qs);
-            __m512i qy = load_2x32(yb[2 * k].qs, yb[2 * k + 1].qs);
+            __m512i qx = q4_pair(xb[2 * k].qs, xb[2 * k + 1].qs);
+            __m512i qy = q8_pair_interleaved(yb[2 * k].qs, yb[2 * k + 1].qs);
             /* sum (q - 8) * y = sum q*y - sum 8*y, both unsigned x signed */
             __m512i m = _mm512_dpbusd_epi32(_mm512_setzero_si512(), eight, qy);
             p[k] = _mm512_sub_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), qx, qy), m);
