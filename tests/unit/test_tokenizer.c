@@ -225,10 +225,12 @@ TEST(spm_synthetic) {
  * ids 0..255: the byte-level code point of byte i; then merges
  *   h e -> 256 he, l l -> 257 ll, he ll -> 258 hell, hell o -> 259 hello,
  *   Ġ hello -> 260 Ġhello, Ġ w -> 261 Ġw, o r -> 262 or, Ġw or -> 263 Ġwor
- * 264 <|endoftext|> (control, EOS), 265 <|im_end|> (control), 266 <tool> (user). */
-static const char *write_bpe_vocab(char *path, size_t n_path) {
-    snprintf(path, n_path, "%s/tok-synth-bpe.gguf", test_tmpdir());
-    enum { N = 267 };
+ * 264 <|endoftext|> (control, EOS), 265 <|im_end|> (control), 266 <tool> (user),
+ * then 3 4 -> 267 34, 2 3 -> 268 23, 1 23 -> 269 123 (digits show which
+ * pre-tokenizer ran). */
+static const char *write_bpe_vocab(char *path, size_t n_path, const char *pre) {
+    snprintf(path, n_path, "%s/tok-synth-bpe-%s.gguf", test_tmpdir(), pre);
+    enum { N = 270 };
     char store[256][4];
     const char *strs[N];
     size_t lens[N];
@@ -240,22 +242,23 @@ static const char *write_bpe_vocab(char *path, size_t n_path) {
         types[i] = 1;
     }
     const char *more[] = {"he", "ll", "hell", "hello", "\xc4\xa0hello", "\xc4\xa0w", "or", "\xc4\xa0wor",
-                          "<|endoftext|>", "<|im_end|>", "<tool>"};
+                          "<|endoftext|>", "<|im_end|>", "<tool>", "34", "23", "123"};
     for (int i = 256; i < N; i++) {
         strs[i] = more[i - 256];
         lens[i] = strlen(strs[i]);
-        types[i] = i < 264 ? 1 : i < 266 ? 3 : 4;
+        types[i] = (i < 264 || i > 266) ? 1 : i < 266 ? 3 : 4;
     }
-    const char *merges[] = {"h e", "l l", "he ll", "hell o", "\xc4\xa0 hello", "\xc4\xa0 w", "o r", "\xc4\xa0w or"};
-    size_t mlens[8];
-    for (int i = 0; i < 8; i++) mlens[i] = strlen(merges[i]);
+    const char *merges[] = {"h e", "l l", "he ll", "hell o", "\xc4\xa0 hello", "\xc4\xa0 w", "o r", "\xc4\xa0w or",
+                            "3 4", "2 3", "1 23"};
+    size_t mlens[11];
+    for (int i = 0; i < 11; i++) mlens[i] = strlen(merges[i]);
     cm_gguf_writer *w;
     if (cm_gguf_writer_create(&w)) return NULL;
     int rc = cm_gguf_writer_set_str(w, "tokenizer.ggml.model", "gpt2");
-    if (!rc) rc = cm_gguf_writer_set_str(w, "tokenizer.ggml.pre", "gpt-2");
+    if (!rc) rc = cm_gguf_writer_set_str(w, "tokenizer.ggml.pre", pre);
     if (!rc) rc = cm_gguf_writer_set_arr_str(w, "tokenizer.ggml.tokens", strs, lens, N);
     if (!rc) rc = cm_gguf_writer_set_arr(w, "tokenizer.ggml.token_type", CM_GGUF_INT32, types, N);
-    if (!rc) rc = cm_gguf_writer_set_arr_str(w, "tokenizer.ggml.merges", merges, mlens, 8);
+    if (!rc) rc = cm_gguf_writer_set_arr_str(w, "tokenizer.ggml.merges", merges, mlens, 11);
     if (!rc) rc = cm_gguf_writer_set_u32(w, "tokenizer.ggml.eos_token_id", 264);
     if (!rc) rc = cm_gguf_writer_write(w, path, NULL, NULL);
     cm_gguf_writer_destroy(w);
@@ -264,7 +267,7 @@ static const char *write_bpe_vocab(char *path, size_t n_path) {
 
 TEST(bpe_synthetic) {
     char path[512];
-    if (!write_bpe_vocab(path, sizeof path)) {
+    if (!write_bpe_vocab(path, sizeof path, "gpt-2")) {
         CHECK(!"writing the synthetic vocabulary failed");
         return;
     }
@@ -272,7 +275,7 @@ TEST(bpe_synthetic) {
     cm_tokenizer *t = load_path(path, &g);
     CHECK(t != NULL);
     if (!t) return;
-    CHECK(cm_tokenizer_n_vocab(t) == 267);
+    CHECK(cm_tokenizer_n_vocab(t) == 270);
     CHECK(cm_tokenizer_bos(t) == -1 && cm_tokenizer_eos(t) == 264);
     CHECK(!cm_tokenizer_add_bos(t));
     CHECK(cm_tokenizer_is_eog(t, 264) && cm_tokenizer_is_eog(t, 265) && !cm_tokenizer_is_eog(t, 259));
@@ -311,6 +314,36 @@ TEST(bpe_synthetic) {
     }
     cm_tokenizer_destroy(t);
     cm_gguf_close(g);
+}
+
+/* The digits of "1234" are cut differently by each pre-tokenizer: one piece
+ * (gpt-2: merges 3 4 first), 123|4 (llama-bpe), 1|2|3|4 (qwen2). An unknown
+ * name falls back to gpt-2's regex. */
+TEST(bpe_pre_tokenizers) {
+    static const struct {
+        const char *pre;
+        int32_t want[4];
+        int n;
+    } cases[] = {
+        {"gpt-2", {'1', '2', 267}, 3},
+        {"llama-bpe", {269, '4'}, 2},
+        {"qwen2", {'1', '2', '3', '4'}, 4},
+        {"starcoder", {'1', '2', '3', '4'}, 4},
+        {"no-such-pre", {'1', '2', 267}, 3},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char path[512];
+        if (!write_bpe_vocab(path, sizeof path, cases[i].pre)) {
+            CHECK(!"writing the synthetic vocabulary failed");
+            return;
+        }
+        cm_gguf *g = NULL;
+        cm_tokenizer *t = load_path(path, &g);
+        CHECK(t != NULL);
+        if (t) check_ids(t, "1234", false, false, cases[i].want, cases[i].n);
+        cm_tokenizer_destroy(t);
+        cm_gguf_close(g);
+    }
 }
 
 TEST(no_tokenizer_metadata) {
@@ -724,6 +757,7 @@ TEST(vocab_qwen2) { hf_vocab("qwen2", "qwen3", "qwen2"); }
 int main(void) {
     RUN(spm_synthetic);
     RUN(bpe_synthetic);
+    RUN(bpe_pre_tokenizers);
     RUN(no_tokenizer_metadata);
     RUN(vocab_gpt2);
     RUN(vocab_llama_spm);
