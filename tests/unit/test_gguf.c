@@ -6,6 +6,8 @@
 #include <dirent.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <signal.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -472,6 +474,36 @@ TEST(writer_failure_leaves_no_file) {
     cm_gguf_writer_destroy(w);
 }
 
+/* Write errors (a full disk, here a file size limit) and a failed rename
+ * report CM_EIO and leave neither PATH nor PATH.tmp behind. */
+TEST(writer_io_errors_leave_no_file) {
+    const char *path = tmp_path("efbig.gguf");
+    char tmp[600];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    struct rlimit old;
+    getrlimit(RLIMIT_FSIZE, &old);
+    struct rlimit lim = {200, old.rlim_max};
+    void (*prev)(int) = signal(SIGXFSZ, SIG_IGN);
+    int calls = 0, rc = CM_OK;
+    if (setrlimit(RLIMIT_FSIZE, &lim) == 0) {
+        rc = write_sample(path, 0, &calls);
+        setrlimit(RLIMIT_FSIZE, &old);
+        CHECK(rc == CM_EIO);
+        CHECK(strstr(cm_last_error(rc), "write failed"));
+        CHECK(!file_exists(path) && !file_exists(tmp));
+    }
+    signal(SIGXFSZ, prev);
+
+    /* PATH is a directory: the rename fails */
+    const char *dir = tmp_path("isdir.gguf");
+    snprintf(tmp, sizeof tmp, "%s.tmp", dir);
+    CHECK(mkdir(dir, 0700) == 0);
+    CHECK(write_sample(dir, 0, &calls) == CM_EIO);
+    CHECK(strstr(cm_last_error(CM_EIO), "rename"));
+    CHECK(!file_exists(tmp));
+    rmdir(dir);
+}
+
 TEST(writer_rejects_bad_input) {
     cm_gguf_writer *w;
     CHECK_OK(cm_gguf_writer_create(&w));
@@ -669,6 +701,17 @@ TEST(malformed_alignment) {
     CHECK(spec_fails(s, CM_EFORMAT, "general.alignment", "48"));
     s.alignment_kind = 2;
     CHECK(spec_fails(s, CM_EFORMAT, "general.alignment", "string"));
+    /* any integer type is read; a negative one is not a power of two */
+    struct gb b = {0};
+    gb_hdr(&b, 3, 0, 1), gb_key(&b, "general.alignment", CM_GGUF_INT32), gb_u32(&b, 64);
+    cm_gguf *g = NULL;
+    CHECK_OK(open_bytes(b.p, b.n, &g));
+    if (g) CHECK(cm_gguf_alignment(g) == 64);
+    close_bytes(g);
+    free(b.p);
+    memset(&b, 0, sizeof b);
+    gb_hdr(&b, 3, 0, 1), gb_key(&b, "general.alignment", CM_GGUF_INT32), gb_u32(&b, (uint32_t)-64);
+    CHECK(open_fails_with(&b, CM_EFORMAT, "general.alignment", "power of two"));
     s = default_spec();
     s.alignment_kind = 1, s.alignment = 64, s.offset = 32;
     s.data_bytes = 128;
@@ -868,6 +911,7 @@ int main(void) {
     RUN(copy_kv_reproduces_metadata);
     RUN(writer_bytes_match_ggml);
     RUN(writer_failure_leaves_no_file);
+    RUN(writer_io_errors_leave_no_file);
     RUN(writer_rejects_bad_input);
     RUN(every_scalar_type_and_getter_rules);
     RUN(spec_baseline_is_valid);
