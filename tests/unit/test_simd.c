@@ -96,13 +96,24 @@ static void collect(void) {
     add_dot("neon", CM_TYPE_Q8_0, cm_vec_dot_q8_0_q8_0_neon);
     add_dot("neon", CM_TYPE_Q4_K, cm_vec_dot_q4_K_q8_K_neon);
     add_dot("neon", CM_TYPE_Q6_K, cm_vec_dot_q6_K_q8_K_neon);
+    add_dot("neon", CM_TYPE_BF16, cm_vec_dot_bf16_bf16_neon);
+#define ADD_ARM_REST(isa)                                            \
+    add_dot(#isa, CM_TYPE_Q4_1, cm_vec_dot_q4_1_q8_1_##isa);         \
+    add_dot(#isa, CM_TYPE_Q5_0, cm_vec_dot_q5_0_q8_0_##isa);         \
+    add_dot(#isa, CM_TYPE_Q5_1, cm_vec_dot_q5_1_q8_1_##isa);         \
+    add_dot(#isa, CM_TYPE_Q2_K, cm_vec_dot_q2_K_q8_K_##isa);         \
+    add_dot(#isa, CM_TYPE_Q3_K, cm_vec_dot_q3_K_q8_K_##isa);         \
+    add_dot(#isa, CM_TYPE_Q5_K, cm_vec_dot_q5_K_q8_K_##isa);
+    ADD_ARM_REST(neon)
     add_quant("neon", CM_TYPE_Q8_0, cm_quantize_q8_0_neon);
+    add_quant("neon", CM_TYPE_Q8_1, cm_quantize_q8_1_neon);
     add_quant("neon", CM_TYPE_Q8_K, cm_quantize_q8_K_neon);
     if (cm_arm_has_dotprod()) {
         add_dot("dotprod", CM_TYPE_Q4_0, cm_vec_dot_q4_0_q8_0_dotprod);
         add_dot("dotprod", CM_TYPE_Q8_0, cm_vec_dot_q8_0_q8_0_dotprod);
         add_dot("dotprod", CM_TYPE_Q4_K, cm_vec_dot_q4_K_q8_K_dotprod);
         add_dot("dotprod", CM_TYPE_Q6_K, cm_vec_dot_q6_K_q8_K_dotprod);
+        ADD_ARM_REST(dotprod)
     } else {
         fprintf(stderr, "     this CPU has no dot-product extension: dotprod kernels not checked\n");
     }

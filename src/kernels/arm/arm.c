@@ -67,7 +67,15 @@ void cm_kernels_register_arm(cm_type_traits *t, int n) {
     set_dot(t, n, CM_TYPE_Q8_0, CM_TYPE_Q8_0, cm_vec_dot_q8_0_q8_0_neon);
     set_dot(t, n, CM_TYPE_Q4_K, CM_TYPE_Q8_K, cm_vec_dot_q4_K_q8_K_neon);
     set_dot(t, n, CM_TYPE_Q6_K, CM_TYPE_Q8_K, cm_vec_dot_q6_K_q8_K_neon);
+    set_dot(t, n, CM_TYPE_BF16, CM_TYPE_BF16, cm_vec_dot_bf16_bf16_neon);
+    set_dot(t, n, CM_TYPE_Q4_1, CM_TYPE_Q8_1, cm_vec_dot_q4_1_q8_1_neon);
+    set_dot(t, n, CM_TYPE_Q5_0, CM_TYPE_Q8_0, cm_vec_dot_q5_0_q8_0_neon);
+    set_dot(t, n, CM_TYPE_Q5_1, CM_TYPE_Q8_1, cm_vec_dot_q5_1_q8_1_neon);
+    set_dot(t, n, CM_TYPE_Q2_K, CM_TYPE_Q8_K, cm_vec_dot_q2_K_q8_K_neon);
+    set_dot(t, n, CM_TYPE_Q3_K, CM_TYPE_Q8_K, cm_vec_dot_q3_K_q8_K_neon);
+    set_dot(t, n, CM_TYPE_Q5_K, CM_TYPE_Q8_K, cm_vec_dot_q5_K_q8_K_neon);
     set_from_float(t, n, CM_TYPE_Q8_0, cm_quantize_q8_0_neon);
+    set_from_float(t, n, CM_TYPE_Q8_1, cm_quantize_q8_1_neon);
     set_from_float(t, n, CM_TYPE_Q8_K, cm_quantize_q8_K_neon);
     chosen = "neon";
     if (cap_neon || !cm_arm_has_dotprod()) return;
@@ -75,5 +83,11 @@ void cm_kernels_register_arm(cm_type_traits *t, int n) {
     set_dot(t, n, CM_TYPE_Q8_0, CM_TYPE_Q8_0, cm_vec_dot_q8_0_q8_0_dotprod);
     set_dot(t, n, CM_TYPE_Q4_K, CM_TYPE_Q8_K, cm_vec_dot_q4_K_q8_K_dotprod);
     set_dot(t, n, CM_TYPE_Q6_K, CM_TYPE_Q8_K, cm_vec_dot_q6_K_q8_K_dotprod);
+    set_dot(t, n, CM_TYPE_Q4_1, CM_TYPE_Q8_1, cm_vec_dot_q4_1_q8_1_dotprod);
+    set_dot(t, n, CM_TYPE_Q5_0, CM_TYPE_Q8_0, cm_vec_dot_q5_0_q8_0_dotprod);
+    set_dot(t, n, CM_TYPE_Q5_1, CM_TYPE_Q8_1, cm_vec_dot_q5_1_q8_1_dotprod);
+    set_dot(t, n, CM_TYPE_Q2_K, CM_TYPE_Q8_K, cm_vec_dot_q2_K_q8_K_dotprod);
+    set_dot(t, n, CM_TYPE_Q3_K, CM_TYPE_Q8_K, cm_vec_dot_q3_K_q8_K_dotprod);
+    set_dot(t, n, CM_TYPE_Q5_K, CM_TYPE_Q8_K, cm_vec_dot_q5_K_q8_K_dotprod);
     chosen = "neon-dotprod";
 }

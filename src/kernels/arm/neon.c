@@ -53,6 +53,26 @@ void cm_vec_dot_f16_f16_neon(int n, float *s, const void *vx, const void *vy) {
     *s = sum;
 }
 
+static inline float32x4_t ld_bf16(const cm_bf16 *p) {
+    return vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(p), 16));
+}
+
+void cm_vec_dot_bf16_bf16_neon(int n, float *s, const void *vx, const void *vy) {
+    const cm_bf16 *x = vx, *y = vy;
+    float32x4_t a0 = vdupq_n_f32(0), a1 = a0, a2 = a0, a3 = a0;
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        a0 = vfmaq_f32(a0, ld_bf16(x + i), ld_bf16(y + i));
+        a1 = vfmaq_f32(a1, ld_bf16(x + i + 4), ld_bf16(y + i + 4));
+        a2 = vfmaq_f32(a2, ld_bf16(x + i + 8), ld_bf16(y + i + 8));
+        a3 = vfmaq_f32(a3, ld_bf16(x + i + 12), ld_bf16(y + i + 12));
+    }
+    for (; i + 4 <= n; i += 4) a0 = vfmaq_f32(a0, ld_bf16(x + i), ld_bf16(y + i));
+    float sum = vaddvq_f32(vaddq_f32(vaddq_f32(a0, a1), vaddq_f32(a2, a3)));
+    for (; i < n; i++) sum += cm_bf16_to_f32(x[i]) * cm_bf16_to_f32(y[i]);
+    *s = sum;
+}
+
 /* 16 i32 -> 16 i8 (values already in range) */
 static inline int8x16_t narrow16(int32x4_t a, int32x4_t b, int32x4_t c, int32x4_t d) {
     const int16x8_t ab = vcombine_s16(vqmovn_s32(a), vqmovn_s32(b));
@@ -60,22 +80,35 @@ static inline int8x16_t narrow16(int32x4_t a, int32x4_t b, int32x4_t c, int32x4_
     return vcombine_s8(vqmovn_s16(ab), vqmovn_s16(cd));
 }
 
+/* One 32-wide block: the quants, and d = max|x| / 127. */
+static inline float q8_block(const float *x, int8_t *qs) {
+    float32x4_t v[8];
+    float32x4_t m = vdupq_n_f32(0);
+    for (int k = 0; k < 8; k++) {
+        v[k] = vld1q_f32(x + 4 * k);
+        m = vmaxq_f32(m, vabsq_f32(v[k]));
+    }
+    const float d = vmaxvq_f32(m) / 127;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    int32x4_t q[8];
+    for (int k = 0; k < 8; k++) q[k] = vcvtaq_s32_f32(vmulq_n_f32(v[k], id));
+    vst1q_s8(qs, narrow16(q[0], q[1], q[2], q[3]));
+    vst1q_s8(qs + 16, narrow16(q[4], q[5], q[6], q[7]));
+    return d;
+}
+
 void cm_quantize_q8_0_neon(const float *x, void *vy, int64_t n) {
     cm_block_q8_0 *y = vy;
+    for (int64_t ib = 0; ib < n / CM_QK; ib++, x += CM_QK) y[ib].d = cm_f32_to_f16(q8_block(x, y[ib].qs));
+}
+
+void cm_quantize_q8_1_neon(const float *x, void *vy, int64_t n) {
+    cm_block_q8_1 *y = vy;
     for (int64_t ib = 0; ib < n / CM_QK; ib++, x += CM_QK) {
-        float32x4_t v[8];
-        float32x4_t m = vdupq_n_f32(0);
-        for (int k = 0; k < 8; k++) {
-            v[k] = vld1q_f32(x + 4 * k);
-            m = vmaxq_f32(m, vabsq_f32(v[k]));
-        }
-        const float d = vmaxvq_f32(m) / 127;
-        const float id = d != 0.0f ? 1.0f / d : 0.0f;
-        int32x4_t q[8];
-        for (int k = 0; k < 8; k++) q[k] = vcvtaq_s32_f32(vmulq_n_f32(v[k], id));
-        vst1q_s8(y[ib].qs, narrow16(q[0], q[1], q[2], q[3]));
-        vst1q_s8(y[ib].qs + 16, narrow16(q[4], q[5], q[6], q[7]));
+        const float d = q8_block(x, y[ib].qs);
+        const int sum = vaddlvq_s8(vld1q_s8(y[ib].qs)) + vaddlvq_s8(vld1q_s8(y[ib].qs + 16));
         y[ib].d = cm_f32_to_f16(d);
+        y[ib].s = cm_f32_to_f16((float)sum * d);
     }
 }
 
