@@ -10,11 +10,14 @@
  * rows of the batch itself were written to the cache before this runs, so
  * entries of one sequence in one batch see each other causally.
  *
- * Work items (entry, head) are split evenly over the pool's threads; each
- * thread uses its own slice of c->att_scratch. */
+ * Work items (entry, KV head) are split evenly over the pool's threads: the
+ * query heads that share a KV head are done together, so each tile of K and
+ * V is converted from f16 once for all of them. Each thread uses its own
+ * slice of c->att_scratch (two f32 tiles and the group's running state). */
 #include <math.h>
 #include <string.h>
 
+#include "kernels/kernels.h"
 #include "model/model_internal.h"
 
 typedef struct att_job {
@@ -27,51 +30,78 @@ static void att_worker(void *arg, int ith, int nth) {
     const att_job *j = arg;
     cm_ctx *c = j->c;
     const cm_hparams *hp = &c->model->hp;
-    const int hd = hp->head_dim, n_head = hp->n_head, group = hp->n_head / hp->n_head_kv;
+    const int hd = hp->head_dim, n_head_kv = hp->n_head_kv, group = hp->n_head / hp->n_head_kv;
     const int n_kv = c->n_kv, n_q = c->n_q;
     const float scale = 1.0f / sqrtf((float)hd);
-    float *scr = c->att_scratch + (size_t)ith * (size_t)c->att_scratch_stride;
-    float *scores = scr;                 /* CM_ATT_TILE */
-    float *acc = scr + CM_ATT_TILE;      /* hd */
-    float *qv = acc + hd;                /* hd */
+    const cm_to_float_fn f16_to_f32 = cm_type_traits_get(CM_TYPE_F16)->to_float;
+    /* per-thread: K and V tiles in f32, then per query head of the group its
+     * scores, running output, query, running max and sum */
+    float *kt = c->att_scratch + (size_t)ith * (size_t)c->att_scratch_stride;
+    float *vt = kt + (size_t)CM_ATT_TILE * hd;
+    float *scores = vt + (size_t)CM_ATT_TILE * hd; /* group x TILE */
+    float *acc = scores + (size_t)group * CM_ATT_TILE; /* group x hd */
+    float *qv = acc + (size_t)group * hd;               /* group x hd */
+    float *mx = qv + (size_t)group * hd;                /* group */
+    float *sum = mx + group;                            /* group */
     const cm_f16 *kc = c->k_cache[j->il], *vc = c->v_cache[j->il];
 
     long b, e;
-    cm_split_range((long)j->batch->n_tokens * n_head, ith, nth, &b, &e);
+    cm_split_range((long)j->batch->n_tokens * n_head_kv, ith, nth, &b, &e);
     for (long it = b; it < e; it++) {
-        int t = (int)(it / n_head), h = (int)(it % n_head), kvh = h / group;
+        int t = (int)(it / n_head_kv), kvh = (int)(it % n_head_kv);
         int pos = j->batch->pos[t], seq = j->batch->seq_id[t];
-        const float *q = c->q + (size_t)t * n_q + (size_t)h * hd;
-        for (int d = 0; d < hd; d++) qv[d] = q[d] * scale;
-        memset(acc, 0, (size_t)hd * sizeof *acc);
-        float m = -INFINITY, l = 0.0f;
+        for (int g = 0; g < group; g++) {
+            const float *q = c->q + (size_t)t * n_q + (size_t)(kvh * group + g) * hd;
+            for (int d = 0; d < hd; d++) qv[g * hd + d] = q[d] * scale;
+            mx[g] = -INFINITY;
+            sum[g] = 0.0f;
+        }
+        memset(acc, 0, (size_t)group * hd * sizeof *acc);
         size_t base = (size_t)seq * (size_t)c->params.n_ctx;
         for (int p0 = 0; p0 <= pos; p0 += CM_ATT_TILE) {
             int n = pos + 1 - p0 < CM_ATT_TILE ? pos + 1 - p0 : CM_ATT_TILE;
-            float tmax = -INFINITY;
+            /* one conversion of the tile serves every query head of the group */
             for (int i = 0; i < n; i++) {
-                const cm_f16 *kr = kc + (base + (size_t)(p0 + i)) * (size_t)n_kv + (size_t)kvh * hd;
-                float s = 0.0f;
-                for (int d = 0; d < hd; d++) s += qv[d] * cm_f16_to_f32(kr[d]);
-                scores[i] = s;
-                if (s > tmax) tmax = s;
+                size_t off = (base + (size_t)(p0 + i)) * (size_t)n_kv + (size_t)kvh * hd;
+                f16_to_f32(kc + off, kt + (size_t)i * hd, hd);
+                f16_to_f32(vc + off, vt + (size_t)i * hd, hd);
             }
-            float m_new = tmax > m ? tmax : m;
-            float corr = expf(m - m_new); /* 0 on the first tile: m is -inf */
-            l *= corr;
-            for (int d = 0; d < hd; d++) acc[d] *= corr;
-            for (int i = 0; i < n; i++) {
-                float w = expf(scores[i] - m_new);
-                l += w;
-                const cm_f16 *vr = vc + (base + (size_t)(p0 + i)) * (size_t)n_kv + (size_t)kvh * hd;
-                for (int d = 0; d < hd; d++) acc[d] += w * cm_f16_to_f32(vr[d]);
+            for (int g = 0; g < group; g++) {
+                const float *qg = qv + (size_t)g * hd;
+                float *sg = scores + (size_t)g * CM_ATT_TILE, *ag = acc + (size_t)g * hd;
+                float tmax = -INFINITY;
+                for (int i = 0; i < n; i++) {
+                    const float *kr = kt + (size_t)i * hd;
+                    float s = 0.0f;
+                    for (int d = 0; d < hd; d++) s += qg[d] * kr[d];
+                    sg[i] = s;
+                    tmax = s > tmax ? s : tmax;
+                }
+                float m_new = tmax > mx[g] ? tmax : mx[g];
+                float corr = expf(mx[g] - m_new); /* 0 on the first tile: the max was -inf */
+                sum[g] *= corr;
+                for (int d = 0; d < hd; d++) ag[d] *= corr;
+                for (int i = 0; i < n; i++) {
+                    float w = expf(sg[i] - m_new);
+                    sum[g] += w;
+                    const float *vr = vt + (size_t)i * hd;
+                    for (int d = 0; d < hd; d++) ag[d] += w * vr[d];
+                }
+                mx[g] = m_new;
             }
-            m = m_new;
         }
-        float *o = c->att + (size_t)t * n_q + (size_t)h * hd;
-        float inv = 1.0f / l;
-        for (int d = 0; d < hd; d++) o[d] = acc[d] * inv;
+        for (int g = 0; g < group; g++) {
+            float *o = c->att + (size_t)t * n_q + (size_t)(kvh * group + g) * hd;
+            float inv = 1.0f / sum[g];
+            for (int d = 0; d < hd; d++) o[d] = acc[(size_t)g * hd + d] * inv;
+        }
     }
+}
+
+/* Floats of per-thread scratch att_worker needs. */
+size_t cm_attention_scratch_floats(const cm_hparams *hp) {
+    size_t hd = (size_t)hp->head_dim, group = (size_t)(hp->n_head / hp->n_head_kv);
+    return 2 * CM_ATT_TILE * hd + group * CM_ATT_TILE + 2 * group * hd + 2 * group + 16;
 }
 
 void cm_attention(cm_ctx *c, int il, const cm_batch *batch) {

@@ -106,9 +106,9 @@ int cm_ctx_create(cm_model *m, const cm_ctx_params *params, cm_ctx **out) {
         if (!(c->gx = zalloc(nb * ne * sizeof(float), sb))) goto fail;
         if (!(c->gy = zalloc(nb * ne * sizeof(float), sb))) goto fail;
     }
-    /* one tile of scores, the running output and the query per thread */
+    /* per thread: f32 K and V tiles and the running state of one head group */
     int nth = cm_pool_n_threads(c->pool);
-    c->att_scratch_stride = CM_ATT_TILE + 2 * hp->head_dim + 16;
+    c->att_scratch_stride = (int)cm_attention_scratch_floats(hp);
     if (!(c->att_scratch = zalloc((size_t)nth * (size_t)c->att_scratch_stride * sizeof(float), sb))) goto fail;
     *out = c;
     return CM_OK;

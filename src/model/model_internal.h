@@ -120,6 +120,8 @@ void cm_rope_apply(const cm_hparams *hp, const float *cs, float *x);
 /* attention.c: att[t, h] = softmax(q[t,h] . K[seq, 0..pos]) V for every
  * entry t of the batch and every head h, reading the cache of stage layer il. */
 void cm_attention(cm_ctx *c, int il, const cm_batch *batch);
+/* Floats of per-thread scratch cm_attention needs. */
+size_t cm_attention_scratch_floats(const cm_hparams *hp);
 
 /* forward.c helpers used by others */
 void cm_rmsnorm(float *y, const float *x, const float *w, int n, float eps);

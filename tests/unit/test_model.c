@@ -572,6 +572,42 @@ TEST(rope_layout_and_llama3_scaling) {
     }
 }
 
+/* Positions past one attention tile (CM_ATT_TILE = 128): the online softmax
+ * must carry its running max and sum across tiles. */
+TEST(long_context_tiles) {
+    cm_synth_params p = small("qwen3", CM_TYPE_F32);
+    p.n_layer = 1;
+    char path[512];
+    model_path(path, sizeof path, "long");
+    CHECK_OK(cm_synth_write(&p, path));
+    cm_model *m = NULL;
+    CHECK_OK(cm_model_load(path, NULL, &m));
+    cm_gguf *g = NULL;
+    CHECK_OK(cm_gguf_open(path, &g));
+    if (!m || !g) return;
+    naive n;
+    naive_load(&n, &p, g, true, false, false);
+    enum { T = 300, CHUNK = 50 };
+    int V = n.n_vocab;
+    int32_t toks[T];
+    for (int i = 0; i < T; i++) toks[i] = (i * 131 + 7) % V;
+    float *ref = malloc((size_t)T * V * 4), *got = malloc((size_t)T * V * 4);
+    naive_forward(&n, toks, T, ref);
+    cm_ctx_params cp = {.n_ctx = T, .n_seq_max = 1, .n_batch_max = CHUNK, .n_threads = 2};
+    cm_ctx *c = NULL;
+    CHECK_OK(cm_ctx_create(m, &cp, &c));
+    for (int i = 0; i < T && c; i += CHUNK) CHECK_OK(engine_all(c, 0, toks + i, CHUNK, i, got + (size_t)i * V, V));
+    double e = rms_err(got + (size_t)250 * V, ref + (size_t)250 * V, (size_t)50 * V);
+    fprintf(stderr, "  positions 250..299: rms error %.1e\n", e);
+    CHECK(e <= 1e-3);
+    cm_ctx_destroy(c);
+    naive_free(&n);
+    free(ref), free(got);
+    cm_gguf_close(g);
+    cm_model_destroy(m);
+    unlink(path);
+}
+
 /* Greedy decoding through the KV cache equals recomputing the whole
  * sequence at every step. */
 TEST(greedy_cache_vs_recompute) {
@@ -894,6 +930,7 @@ int main(void) {
     RUN(naive_tied_output);
     RUN(q4_k_m_mix);
     RUN(rope_layout_and_llama3_scaling);
+    RUN(long_context_tiles);
     RUN(greedy_cache_vs_recompute);
     RUN(interleaved_sequences_and_stages);
     RUN(batch_errors_leave_cache);
