@@ -1,0 +1,1301 @@
+/* tcp.c - the tcp transfer backend: the default, on Linux and macOS.
+ *
+ * Shape
+ *   One event-loop thread per engine (epoll on Linux, poll elsewhere) owns
+ *   the listener and every socket. A peer has 1..8 links (one per address
+ *   dialed) and sockets_per_link sockets on each. Frames (wire.h) carry
+ *   write segments, messages and heartbeats. A write is split by the core
+ *   into segments; each segment is queued on the link whose queue would
+ *   drain first at the link's measured rate (EWMA of bytes handed to the
+ *   kernel while backlogged), on its least-loaded socket. Application
+ *   threads try to write their frames straight away (under the backend
+ *   lock); what the kernel does not take is finished by the loop on EPOLLOUT.
+ *
+ * Receive path: a 40-byte header (read through a 4 KiB staging buffer so a
+ * small frame costs one recv), checked, then the payload of a WRITE is
+ * received straight into the registered region at its offset (only what
+ * happened to be staged, at most 4 KiB, is copied). Segments are counted per
+ * (peer, write id); when all n_segs landed, the counter of the immediate
+ * grows by one.
+ *
+ * Connection states
+ *
+ *   accepted --HELLO ok--> HS_PROOF --proof ok--> READY --error/EOF/silence--> DEAD
+ *       |                     |                                                 ^
+ *       +----bad hello--------+---wrong key (PROOF verdict=1 sent)--------------+
+ *
+ *   (the dialing side runs the same exchange synchronously in cm_xfer_connect
+ *   and hands READY sockets to the loop.)
+ *
+ * Failure: any socket error, EOF, malformed frame or peer_timeout_ms of
+ * silence fails the whole peer: its sockets close, queued ops complete with
+ * the error, the core wakes waiters. Heartbeats flow on idle sockets every
+ * heartbeat_ms; TCP_USER_TIMEOUT bounds unacknowledged data on Linux.
+ *
+ * Locking: one recursive mutex (b->mu) guards all backend state; it may be
+ * held while calling the core (backend.h rule 6). Sockets killed outside the
+ * loop thread go to a graveyard freed by the loop after its event batch, so
+ * an event already fetched never points at freed memory. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+#ifdef __linux__
+#include <sys/epoll.h>
+#define USE_EPOLL 1
+#endif
+
+#include "base/log.h"
+#include "base/status.h"
+#include "base/time.h"
+#include "xfer/backend.h"
+#include "xfer/wire.h"
+
+#define MAX_PEERS 256
+#define STAGE_BYTES 4096
+#define MAX_OPEN_WRITES 65536
+#define TICK_MS 10
+#define RATE_WINDOW_NS 20000000ull
+
+enum { CS_HS_HELLO = 1, CS_HS_PROOF, CS_READY, CS_DEAD };
+enum { RX_HDR = 0, RX_PAYLOAD };
+enum { PK_NONE = 0, PK_REGION, PK_RECV, PK_HEAP, PK_DISCARD };
+
+typedef struct tx_item {
+    struct tx_item *next;
+    cm_xfer_op *op; /* NULL for heartbeats */
+    const uint8_t *payload;
+    size_t payload_bytes;
+    size_t done; /* bytes of hdr + payload handed to the kernel */
+    uint8_t hdr[CM_WIRE_HDR_BYTES];
+} tx_item;
+
+typedef struct op_track {
+    int remaining; /* items not yet handed over or failed */
+    int status;
+} op_track;
+
+typedef struct conn {
+    int fd;
+    int state;
+    int peer; /* -1 until authenticated and assigned */
+    int link, sock;
+    char addr[64];
+    uint64_t born_ns, last_rx_ns, last_tx_ns;
+    /* handshake (accepting side) */
+    uint8_t hs[CM_WIRE_HELLO_BYTES];
+    size_t hs_got;
+    uint8_t chello[CM_WIRE_HELLO_BYTES], shello[CM_WIRE_HELLO_BYTES];
+    cm_wire_hello remote;
+    /* receive */
+    uint8_t stage[STAGE_BYTES];
+    size_t st_off, st_len;
+    uint8_t hdr[CM_WIRE_HDR_BYTES];
+    size_t hdr_got;
+    int rx_mode;
+    cm_wire_hdr h;
+    int p_kind;
+    uint8_t *p_dst;
+    size_t p_got;
+    void *p_token;
+    /* send */
+    tx_item *txq, **txq_tail;
+    size_t tx_bytes; /* frame bytes queued, not yet handed to the kernel */
+    int want_out;
+    struct conn *next; /* b->conns or b->graveyard */
+} conn;
+
+typedef struct link_state {
+    conn *socks[CM_XFER_MAX_SOCKS];
+    char addr[64];
+    double rate;        /* bytes/s, EWMA; 0 = not measured yet */
+    uint64_t win_start, win_bytes;
+    int win_backlogged; /* queue never ran dry since win_start */
+    uint64_t bytes_sent, bytes_received;
+} link_state;
+
+typedef struct open_write {
+    uint64_t id;
+    uint32_t imm, n_segs, left;
+    struct open_write *next;
+} open_write;
+
+#define WMAP_BUCKETS 1024
+
+typedef struct tpeer {
+    int active; /* has sockets */
+    int up;
+    int n_links, n_socks, n_ready;
+    uint64_t instance;
+    char name[CM_XFER_NAME_MAX];
+    link_state links[CM_XFER_MAX_LINKS];
+    open_write *wmap[WMAP_BUCKETS];
+    int n_open;
+    uint64_t send_seq;
+} tpeer;
+
+typedef struct tcp_backend {
+    cm_xfer *x;
+    const cm_xfer_config *cfg;
+    pthread_mutex_t mu;
+    pthread_t thread;
+    int thread_started;
+    volatile int stop;
+    int listen_fd;
+    char listen_addr[96];
+    int wake[2];
+#ifdef USE_EPOLL
+    int epfd;
+#endif
+    conn *conns;
+    conn *graveyard;
+    tpeer peers[MAX_PEERS];
+} tcp_backend;
+
+static void peer_fail(tcp_backend *b, int pid, int status, const char *why);
+
+/* ---- addresses and sockets ---- */
+
+static int split_hostport(const char *s, char *host, size_t hcap, char *port, size_t pcap) {
+    const char *colon = strrchr(s, ':');
+    if (!colon || !colon[1]) return cm_errorf(CM_EINVAL, "'%s': expected HOST:PORT", s);
+    const char *h = s;
+    size_t hl = (size_t)(colon - s);
+    if (hl >= 2 && h[0] == '[' && h[hl - 1] == ']') h++, hl -= 2;
+    if (hl >= hcap || strlen(colon + 1) >= pcap) return cm_errorf(CM_EINVAL, "'%s': address too long", s);
+    memcpy(host, h, hl);
+    host[hl] = 0;
+    snprintf(port, pcap, "%s", colon + 1);
+    for (const char *p = port; *p; p++)
+        if (*p < '0' || *p > '9') return cm_errorf(CM_EINVAL, "'%s': port is not a number", s);
+    return CM_OK;
+}
+
+static void sock_tune(int fd, const cm_xfer_config *cfg) {
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+#ifdef TCP_USER_TIMEOUT
+    unsigned ut = (unsigned)cfg->peer_timeout_ms;
+    setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &ut, sizeof ut);
+#endif
+#ifdef SO_NOSIGPIPE
+    setsockopt(fd, SOL_SOCKET, SO_NOSIGPIPE, &one, sizeof one);
+#endif
+}
+
+static int set_nonblock(int fd) {
+    int fl = fcntl(fd, F_GETFL, 0);
+    return fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0 ? -1 : 0;
+}
+
+static void addr_string(const struct sockaddr *sa, char *out, size_t cap) {
+    char host[64] = "?";
+    int port = 0;
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
+        inet_ntop(AF_INET, &in->sin_addr, host, sizeof host);
+        port = ntohs(in->sin_port);
+        snprintf(out, cap, "%s:%d", host, port);
+    } else if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *in = (const struct sockaddr_in6 *)sa;
+        inet_ntop(AF_INET6, &in->sin6_addr, host, sizeof host);
+        port = ntohs(in->sin6_port);
+        snprintf(out, cap, "[%s]:%d", host, port);
+    } else {
+        snprintf(out, cap, "?");
+    }
+}
+
+/* ---- poller ---- */
+
+static void wake_loop(tcp_backend *b) {
+    char c = 1;
+    ssize_t r = write(b->wake[1], &c, 1);
+    (void)r;
+}
+
+static void poller_add(tcp_backend *b, conn *c) {
+#ifdef USE_EPOLL
+    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
+    epoll_ctl(b->epfd, EPOLL_CTL_ADD, c->fd, &ev);
+#endif
+    wake_loop(b);
+}
+
+static void poller_del(tcp_backend *b, conn *c) {
+#ifdef USE_EPOLL
+    epoll_ctl(b->epfd, EPOLL_CTL_DEL, c->fd, NULL);
+#endif
+}
+
+static void update_out(tcp_backend *b, conn *c) {
+    int want = c->txq != NULL && c->state == CS_READY;
+    if (want == c->want_out) return;
+    c->want_out = want;
+#ifdef USE_EPOLL
+    struct epoll_event ev = {.events = EPOLLIN | (want ? EPOLLOUT : 0), .data.ptr = c};
+    epoll_ctl(b->epfd, EPOLL_CTL_MOD, c->fd, &ev);
+#else
+    wake_loop(b);
+#endif
+}
+
+/* ---- ops and tx queues ---- */
+
+static void item_done(tcp_backend *b, tx_item *it, int status) {
+    cm_xfer_op *op = it->op;
+    free(it);
+    if (!op) return;
+    op_track *t = op->backend_data;
+    if (status && !t->status) t->status = status;
+    if (--t->remaining == 0) {
+        int st = t->status;
+        free(t);
+        cm_xfer_core_op_done(b->x, op, st);
+    }
+}
+
+static void link_dry_check(tpeer *p, int l) {
+    link_state *ls = &p->links[l];
+    for (int s = 0; s < p->n_socks; s++)
+        if (ls->socks[s] && ls->socks[s]->txq) return;
+    ls->win_backlogged = 0;
+}
+
+/* Hands queued frames to the kernel until it pushes back. Gathers several
+ * small frames into one sendmsg. Returns CM_OK or the socket error (the
+ * caller fails the peer). */
+static int conn_flush(tcp_backend *b, conn *c) {
+    if (c->state != CS_READY) return CM_OK;
+    while (c->txq) {
+        struct iovec iov[32];
+        int n_iov = 0;
+        for (tx_item *it = c->txq; it && n_iov < 31; it = it->next) {
+            size_t d = it->done;
+            if (d < CM_WIRE_HDR_BYTES) {
+                iov[n_iov++] = (struct iovec){it->hdr + d, CM_WIRE_HDR_BYTES - d};
+                d = CM_WIRE_HDR_BYTES;
+            }
+            size_t pd = d - CM_WIRE_HDR_BYTES;
+            if (pd < it->payload_bytes) iov[n_iov++] = (struct iovec){(void *)(it->payload + pd), it->payload_bytes - pd};
+        }
+        struct msghdr mh = {.msg_iov = iov, .msg_iovlen = (size_t)n_iov};
+        ssize_t n = sendmsg(c->fd, &mh, MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+            return cm_errorf(CM_EPEER, "send to %s: %s", c->addr, strerror(errno));
+        }
+        uint64_t now = cm_now_ns();
+        c->last_tx_ns = now;
+        if (c->peer >= 0) {
+            link_state *ls = &b->peers[c->peer].links[c->link];
+            ls->win_bytes += (uint64_t)n;
+            ls->bytes_sent += (uint64_t)n;
+        }
+        size_t left = (size_t)n;
+        while (left && c->txq) {
+            tx_item *it = c->txq;
+            size_t total = CM_WIRE_HDR_BYTES + it->payload_bytes;
+            size_t take = total - it->done < left ? total - it->done : left;
+            it->done += take;
+            left -= take;
+            c->tx_bytes -= take;
+            if (it->done == total) {
+                c->txq = it->next;
+                if (!c->txq) c->txq_tail = &c->txq;
+                item_done(b, it, CM_OK);
+            }
+        }
+    }
+    if (!c->txq && c->peer >= 0) link_dry_check(&b->peers[c->peer], c->link);
+    update_out(b, c);
+    return CM_OK;
+}
+
+static void conn_enqueue(conn *c, tx_item *it) {
+    it->next = NULL;
+    *c->txq_tail = it;
+    c->txq_tail = &it->next;
+    c->tx_bytes += CM_WIRE_HDR_BYTES + it->payload_bytes;
+}
+
+/* ---- connection teardown ---- */
+
+static void conn_rx_abort(tcp_backend *b, conn *c, int status) {
+    if (c->rx_mode != RX_PAYLOAD) return;
+    switch (c->p_kind) {
+    case PK_REGION: cm_xfer_core_region_release(b->x, c->h.region_id); break;
+    case PK_RECV:
+    case PK_DISCARD: cm_xfer_core_recv_end(b->x, c->p_token, c->peer, status, 0); break;
+    case PK_HEAP: free(c->p_dst); break;
+    default: break;
+    }
+    c->p_kind = PK_NONE;
+    c->rx_mode = RX_HDR;
+}
+
+/* Stops a socket: fails what it holds, unlinks it and parks it in the
+ * graveyard (freed by the loop thread). */
+static void conn_kill(tcp_backend *b, conn *c, int status) {
+    if (c->state == CS_DEAD) return;
+    c->state = CS_DEAD;
+    conn_rx_abort(b, c, status);
+    while (c->txq) {
+        tx_item *it = c->txq;
+        c->txq = it->next;
+        item_done(b, it, status);
+    }
+    c->txq_tail = &c->txq;
+    c->tx_bytes = 0;
+    poller_del(b, c);
+    close(c->fd);
+    c->fd = -1;
+    for (conn **pc = &b->conns; *pc; pc = &(*pc)->next)
+        if (*pc == c) {
+            *pc = c->next;
+            break;
+        }
+    c->next = b->graveyard;
+    b->graveyard = c;
+}
+
+static void wmap_clear(tpeer *p) {
+    for (int i = 0; i < WMAP_BUCKETS; i++)
+        while (p->wmap[i]) {
+            open_write *w = p->wmap[i];
+            p->wmap[i] = w->next;
+            free(w);
+        }
+    p->n_open = 0;
+}
+
+static void peer_fail(tcp_backend *b, int pid, int status, const char *why) {
+    tpeer *p = &b->peers[pid];
+    if (!p->active) return;
+    p->active = 0;
+    int was_up = p->up;
+    p->up = 0;
+    for (int l = 0; l < CM_XFER_MAX_LINKS; l++)
+        for (int s = 0; s < CM_XFER_MAX_SOCKS; s++) {
+            conn *c = p->links[l].socks[s];
+            p->links[l].socks[s] = NULL;
+            if (c) conn_kill(b, c, status);
+        }
+    wmap_clear(p);
+    p->n_ready = 0;
+    if (was_up)
+        cm_xfer_core_peer_down(b->x, pid, status, why);
+    else if (why)
+        CM_LOGW("xfer: peer %d (%s) failed while connecting: %s", pid, p->name, why);
+}
+
+static void conn_fail(tcp_backend *b, conn *c, int status, const char *why) {
+    if (c->peer >= 0 && b->peers[c->peer].active) {
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s: %s", c->addr, why);
+        peer_fail(b, c->peer, status, msg);
+    } else {
+        if (why) CM_LOGW("xfer: connection %s closed: %s", c->addr, why);
+        conn_kill(b, c, status);
+    }
+}
+
+/* ---- receive ---- */
+
+static int frame_landed(tcp_backend *b, conn *c) {
+    cm_wire_hdr *h = &c->h;
+    tpeer *p = &b->peers[c->peer];
+    switch (h->type) {
+    case CM_WIRE_WRITE: {
+        if (c->p_kind == PK_REGION) cm_xfer_core_region_release(b->x, h->region_id);
+        c->p_kind = PK_NONE;
+        if (h->n_segs == 1) {
+            cm_xfer_core_write_landed(b->x, c->peer, h->imm);
+            return CM_OK;
+        }
+        open_write **pw = &p->wmap[h->id % WMAP_BUCKETS], *w = *pw;
+        while (w && w->id != h->id) w = w->next;
+        if (!w) {
+            if (p->n_open >= MAX_OPEN_WRITES)
+                return cm_errorf(CM_EFORMAT, "more than %d writes in flight", MAX_OPEN_WRITES);
+            w = calloc(1, sizeof *w);
+            if (!w) return CM_ENOMEM;
+            *w = (open_write){h->id, h->imm, h->n_segs, h->n_segs, *pw};
+            *pw = w;
+            p->n_open++;
+        } else if (w->n_segs != h->n_segs || w->imm != h->imm) {
+            return cm_errorf(CM_EFORMAT, "write %llu: segment says %u segments / imm %u, earlier ones %u / %u",
+                             (unsigned long long)h->id, h->n_segs, h->imm, w->n_segs, w->imm);
+        }
+        if (--w->left == 0) {
+            for (open_write **q = pw; *q; q = &(*q)->next)
+                if (*q == w) {
+                    *q = w->next;
+                    break;
+                }
+            p->n_open--;
+            uint32_t imm = w->imm;
+            free(w);
+            cm_xfer_core_write_landed(b->x, c->peer, imm);
+        }
+        return CM_OK;
+    }
+    case CM_WIRE_SEND: {
+        int kind = c->p_kind;
+        c->p_kind = PK_NONE;
+        if (kind == PK_RECV) cm_xfer_core_recv_end(b->x, c->p_token, c->peer, CM_OK, h->payload_bytes);
+        if (kind == PK_DISCARD) cm_xfer_core_recv_end(b->x, c->p_token, c->peer, CM_ERANGE, 0);
+        if (kind == PK_HEAP) {
+            int rc = cm_xfer_core_recv_unexpected(b->x, c->peer, c->p_dst, h->payload_bytes);
+            if (rc) {
+                free(c->p_dst);
+                return rc;
+            }
+        }
+        return CM_OK;
+    }
+    default: return CM_OK;
+    }
+}
+
+/* Sets up where the payload of the frame in c->h goes. */
+static int frame_begin(tcp_backend *b, conn *c) {
+    cm_wire_hdr *h = &c->h;
+    c->p_got = 0;
+    c->p_kind = PK_NONE;
+    switch (h->type) {
+    case CM_WIRE_WRITE: {
+        int rc = cm_xfer_core_region_target(b->x, c->peer, h->region_id, h->dst_off, h->payload_bytes, &c->p_dst);
+        if (rc) return rc;
+        c->p_kind = PK_REGION;
+        return CM_OK;
+    }
+    case CM_WIRE_SEND: {
+        size_t cap = 0;
+        int rc = cm_xfer_core_recv_begin(b->x, c->peer, &c->p_dst, &cap, &c->p_token);
+        if (rc == CM_OK) {
+            c->p_kind = h->payload_bytes > cap ? PK_DISCARD : PK_RECV;
+        } else {
+            c->p_dst = malloc(h->payload_bytes ? h->payload_bytes : 1);
+            if (!c->p_dst) return cm_errorf(CM_ENOMEM, "no memory for a %u-byte message", h->payload_bytes);
+            c->p_kind = PK_HEAP;
+        }
+        return CM_OK;
+    }
+    case CM_WIRE_HEARTBEAT: return CM_OK;
+    case CM_WIRE_BYE: return cm_errorf(CM_EPEER, "peer closed the connection");
+    default: return cm_errorf(CM_EFORMAT, "unknown frame type %d", h->type);
+    }
+}
+
+/* Reads what the socket has (bounded per call for fairness). */
+static void conn_read_ready(tcp_backend *b, conn *c) {
+    size_t budget = 16u << 20;
+    link_state *ls = &b->peers[c->peer].links[c->link];
+    while (c->state == CS_READY && budget) {
+        if (c->rx_mode == RX_HDR) {
+            if (c->st_off == c->st_len) {
+                ssize_t n = recv(c->fd, c->stage, STAGE_BYTES, MSG_DONTWAIT);
+                if (n < 0 && errno == EINTR) continue;
+                if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
+                if (n <= 0) {
+                    conn_fail(b, c, CM_EPEER, n == 0 ? "connection closed by peer" : strerror(errno));
+                    return;
+                }
+                c->st_off = 0;
+                c->st_len = (size_t)n;
+                c->last_rx_ns = cm_now_ns();
+                ls->bytes_received += (uint64_t)n;
+                budget = budget > (size_t)n ? budget - (size_t)n : 0;
+            }
+            size_t take = CM_WIRE_HDR_BYTES - c->hdr_got;
+            if (take > c->st_len - c->st_off) take = c->st_len - c->st_off;
+            memcpy(c->hdr + c->hdr_got, c->stage + c->st_off, take);
+            c->hdr_got += take;
+            c->st_off += take;
+            if (c->hdr_got < CM_WIRE_HDR_BYTES) continue;
+            c->hdr_got = 0;
+            int rc = cm_wire_hdr_decode(c->hdr, &c->h);
+            if (!rc) rc = frame_begin(b, c);
+            if (rc) {
+                char why[400];
+                snprintf(why, sizeof why, "bad frame from peer: %s", cm_last_error(rc));
+                conn_fail(b, c, rc == CM_EPEER ? CM_EPEER : CM_EFORMAT, why);
+                return;
+            }
+            c->rx_mode = RX_PAYLOAD;
+        }
+        /* payload */
+        size_t need = c->h.payload_bytes - c->p_got;
+        if (need) {
+            size_t avail = c->st_len - c->st_off;
+            if (avail) {
+                size_t take = need < avail ? need : avail;
+                if (c->p_kind != PK_DISCARD && c->p_kind != PK_NONE) memcpy(c->p_dst + c->p_got, c->stage + c->st_off, take);
+                c->st_off += take;
+                c->p_got += take;
+            } else {
+                uint8_t *dst = c->p_kind == PK_DISCARD ? c->stage : c->p_dst + c->p_got;
+                size_t want = c->p_kind == PK_DISCARD && need > STAGE_BYTES ? STAGE_BYTES : need;
+                ssize_t n = recv(c->fd, dst, want, MSG_DONTWAIT);
+                if (n < 0 && errno == EINTR) continue;
+                if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
+                if (n <= 0) {
+                    conn_fail(b, c, CM_EPEER, n == 0 ? "connection closed by peer mid-frame" : strerror(errno));
+                    return;
+                }
+                c->p_got += (size_t)n;
+                c->last_rx_ns = cm_now_ns();
+                ls->bytes_received += (uint64_t)n;
+                budget = budget > (size_t)n ? budget - (size_t)n : 0;
+            }
+            if (c->p_got < c->h.payload_bytes) continue;
+        }
+        c->rx_mode = RX_HDR;
+        int rc = frame_landed(b, c);
+        if (rc) {
+            char why[400];
+            snprintf(why, sizeof why, "bad frame from peer: %s", cm_last_error(rc));
+            conn_fail(b, c, CM_EFORMAT, why);
+            return;
+        }
+    }
+}
+
+/* ---- handshake, accepting side (loop thread) ---- */
+
+static int send_all_now(int fd, const uint8_t *p, size_t n) {
+    /* Handshake messages are a few dozen bytes into an empty socket buffer:
+     * a short write means the connection is unusable. */
+    ssize_t w = send(fd, p, n, MSG_DONTWAIT | MSG_NOSIGNAL);
+    return w == (ssize_t)n ? CM_OK : CM_ECONN;
+}
+
+static void server_assign(tcp_backend *b, conn *c) {
+    cm_wire_hello *r = &c->remote;
+    int pid;
+    if (cm_xfer_core_peer_lookup(b->x, r->name, r->instance, &pid)) {
+        conn_fail(b, c, CM_EFULL, cm_last_error(CM_EFULL));
+        return;
+    }
+    tpeer *p = &b->peers[pid];
+    if (p->active && p->instance != r->instance) peer_fail(b, pid, CM_EPEER, "peer restarted");
+    if (!p->active) {
+        for (int l = 0; l < CM_XFER_MAX_LINKS; l++) {
+            link_state *ls = &p->links[l];
+            memset(ls, 0, sizeof *ls);
+        }
+        p->active = 1;
+        p->up = 0;
+        p->n_links = r->n_links;
+        p->n_socks = r->n_socks;
+        p->n_ready = 0;
+        p->instance = r->instance;
+        p->send_seq = 0;
+        snprintf(p->name, sizeof p->name, "%s", r->name);
+    }
+    if (p->n_links != r->n_links || p->n_socks != r->n_socks || p->links[r->link].socks[r->sock]) {
+        conn_fail(b, c, CM_EFORMAT, "socket does not fit the peer's announced links (duplicate or mismatch)");
+        return;
+    }
+    c->peer = pid;
+    c->link = r->link;
+    c->sock = r->sock;
+    p->links[r->link].socks[r->sock] = c;
+    if (!p->links[r->link].addr[0]) snprintf(p->links[r->link].addr, sizeof p->links[r->link].addr, "%s", c->addr);
+    c->state = CS_READY;
+    c->last_rx_ns = c->last_tx_ns = cm_now_ns();
+    if (++p->n_ready == p->n_links * p->n_socks) {
+        p->up = 1;
+        cm_xfer_core_peer_up(b->x, pid, p->name, p->instance);
+    }
+}
+
+static void conn_read_handshake(tcp_backend *b, conn *c) {
+    size_t need = c->state == CS_HS_HELLO ? CM_WIRE_HELLO_BYTES : CM_WIRE_PROOF_BYTES;
+    while (c->hs_got < need) {
+        ssize_t n = recv(c->fd, c->hs + c->hs_got, need - c->hs_got, MSG_DONTWAIT);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
+        if (n <= 0) {
+            conn_fail(b, c, CM_ECONN, n == 0 ? "closed during authentication" : strerror(errno));
+            return;
+        }
+        c->hs_got += (size_t)n;
+    }
+    c->hs_got = 0;
+    if (c->state == CS_HS_HELLO) {
+        if (cm_wire_hello_decode(c->hs, &c->remote) || c->remote.role != 1) {
+            char why[300];
+            snprintf(why, sizeof why, "bad handshake: %s", c->remote.role != 1 ? "not a client hello" : cm_last_error(CM_EFORMAT));
+            conn_fail(b, c, CM_EFORMAT, why);
+            return;
+        }
+        memcpy(c->chello, c->hs, CM_WIRE_HELLO_BYTES);
+        cm_wire_hello me = {.role = 2, .link = c->remote.link, .sock = c->remote.sock,
+                            .n_links = c->remote.n_links, .n_socks = c->remote.n_socks,
+                            .instance = cm_xfer_core_instance(b->x)};
+        randombytes_buf(me.nonce, sizeof me.nonce);
+        snprintf(me.name, sizeof me.name, "%s", cm_xfer_core_name(b->x));
+        cm_wire_hello_encode(&me, c->shello);
+        if (send_all_now(c->fd, c->shello, CM_WIRE_HELLO_BYTES)) {
+            conn_fail(b, c, CM_ECONN, "could not send hello");
+            return;
+        }
+        c->state = CS_HS_PROOF;
+        return;
+    }
+    int verdict;
+    uint8_t mac[CM_WIRE_MAC_BYTES], out[CM_WIRE_PROOF_BYTES];
+    if (cm_wire_proof_decode(c->hs, &verdict, mac) || verdict != 0) {
+        conn_fail(b, c, CM_EFORMAT, "bad handshake proof");
+        return;
+    }
+    if (cm_wire_auth_verify(&b->cfg->key, 1, c->chello, c->shello, mac)) {
+        CM_LOGW("xfer: connection from %s (%s) refused: it does not hold our cell key (authentication failed)",
+                c->addr, c->remote.name);
+        cm_wire_proof_encode(1, NULL, out);
+        send_all_now(c->fd, out, sizeof out);
+        conn_kill(b, c, CM_EAUTH);
+        return;
+    }
+    cm_wire_auth_mac(&b->cfg->key, 2, c->chello, c->shello, mac);
+    cm_wire_proof_encode(0, mac, out);
+    if (send_all_now(c->fd, out, sizeof out)) {
+        conn_fail(b, c, CM_ECONN, "could not send proof");
+        return;
+    }
+    server_assign(b, c);
+}
+
+static conn *conn_new(int fd, const char *addr) {
+    conn *c = calloc(1, sizeof *c);
+    if (!c) return NULL;
+    c->fd = fd;
+    c->peer = -1;
+    c->txq_tail = &c->txq;
+    c->born_ns = c->last_rx_ns = c->last_tx_ns = cm_now_ns();
+    snprintf(c->addr, sizeof c->addr, "%s", addr);
+    return c;
+}
+
+static void do_accept(tcp_backend *b) {
+    for (;;) {
+        struct sockaddr_storage ss;
+        socklen_t sl = sizeof ss;
+        int fd = accept(b->listen_fd, (struct sockaddr *)&ss, &sl);
+        if (fd < 0) return;
+        char addr[64];
+        addr_string((struct sockaddr *)&ss, addr, sizeof addr);
+        set_nonblock(fd);
+        fcntl(fd, F_SETFD, FD_CLOEXEC);
+        sock_tune(fd, b->cfg);
+        conn *c = conn_new(fd, addr);
+        if (!c) {
+            close(fd);
+            continue;
+        }
+        c->state = CS_HS_HELLO;
+        c->next = b->conns;
+        b->conns = c;
+        poller_add(b, c);
+    }
+}
+
+/* ---- periodic work ---- */
+
+static void tick(tcp_backend *b, uint64_t now) {
+    const uint64_t timeout_ns = (uint64_t)b->cfg->peer_timeout_ms * 1000000ull;
+    const uint64_t hb_ns = (uint64_t)b->cfg->heartbeat_ms * 1000000ull;
+    for (conn *c = b->conns, *next; c; c = next) {
+        next = c->next;
+        if (c->state == CS_HS_HELLO || c->state == CS_HS_PROOF) {
+            if (now - c->born_ns > timeout_ns) conn_fail(b, c, CM_ETIMEDOUT, "no handshake within the peer timeout");
+            continue;
+        }
+        if (c->state != CS_READY) continue;
+        if (now - c->last_rx_ns > timeout_ns) {
+            char why[128];
+            snprintf(why, sizeof why, "nothing received for %d ms (peer dead or link cut)", b->cfg->peer_timeout_ms);
+            conn_fail(b, c, CM_ETIMEDOUT, why);
+            /* the peer's other sockets are gone too: restart the walk */
+            next = b->conns;
+            continue;
+        }
+        if (!c->txq && now - c->last_tx_ns >= hb_ns) {
+            tx_item *it = calloc(1, sizeof *it);
+            if (!it) continue;
+            cm_wire_hdr h = {.type = CM_WIRE_HEARTBEAT};
+            cm_wire_hdr_encode(&h, it->hdr);
+            conn_enqueue(c, it);
+            c->last_tx_ns = now; /* do not queue another before this one goes */
+            if (conn_flush(b, c)) {
+                conn_fail(b, c, CM_EPEER, cm_last_error(CM_EPEER));
+                next = b->conns;
+            }
+        }
+    }
+    for (int i = 0; i < MAX_PEERS; i++) {
+        tpeer *p = &b->peers[i];
+        if (!p->up) continue;
+        for (int l = 0; l < p->n_links; l++) {
+            link_state *ls = &p->links[l];
+            uint64_t dt = now - ls->win_start;
+            if (dt < RATE_WINDOW_NS) continue;
+            if (ls->win_backlogged && ls->win_bytes > 0) {
+                double sample = (double)ls->win_bytes * 1e9 / (double)dt;
+                ls->rate = ls->rate > 0 ? 0.7 * ls->rate + 0.3 * sample : sample;
+            }
+            ls->win_start = now;
+            ls->win_bytes = 0;
+            int backlog = 0;
+            for (int s = 0; s < p->n_socks; s++)
+                if (ls->socks[s] && ls->socks[s]->txq) backlog = 1;
+            ls->win_backlogged = backlog;
+        }
+    }
+}
+
+static void *loop_main(void *arg) {
+    tcp_backend *b = arg;
+    uint64_t last_tick = cm_now_ns();
+#ifdef USE_EPOLL
+    struct epoll_event evs[64];
+#else
+    struct pollfd *pfds = NULL;
+    conn **pconns = NULL;
+    size_t pcap = 0;
+#endif
+    while (!b->stop) {
+#ifdef USE_EPOLL
+        int n = epoll_wait(b->epfd, evs, 64, TICK_MS);
+        pthread_mutex_lock(&b->mu);
+        for (int i = 0; i < n; i++) {
+            void *ptr = evs[i].data.ptr;
+            unsigned e = evs[i].events;
+            if (ptr == &b->listen_fd) {
+                do_accept(b);
+                continue;
+            }
+            if (ptr == &b->wake) {
+                char buf[64];
+                while (read(b->wake[0], buf, sizeof buf) > 0) {
+                }
+                continue;
+            }
+            conn *c = ptr;
+            if (c->state == CS_DEAD) continue;
+            if (e & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
+                if (c->state == CS_READY)
+                    conn_read_ready(b, c);
+                else
+                    conn_read_handshake(b, c);
+            }
+            if ((e & EPOLLOUT) && c->state == CS_READY && conn_flush(b, c)) conn_fail(b, c, CM_EPEER, cm_last_error(CM_EPEER));
+        }
+#else
+        pthread_mutex_lock(&b->mu);
+        size_t cnt = 2;
+        for (conn *c = b->conns; c; c = c->next) cnt++;
+        if (cnt > pcap) {
+            pcap = cnt * 2;
+            pfds = realloc(pfds, pcap * sizeof *pfds);
+            pconns = realloc(pconns, pcap * sizeof *pconns);
+        }
+        size_t k = 0;
+        pfds[k++] = (struct pollfd){b->wake[0], POLLIN, 0};
+        pfds[k++] = (struct pollfd){b->listen_fd, b->listen_fd >= 0 ? POLLIN : 0, 0};
+        for (conn *c = b->conns; c; c = c->next) {
+            pconns[k] = c;
+            pfds[k++] = (struct pollfd){c->fd, (short)(POLLIN | (c->txq && c->state == CS_READY ? POLLOUT : 0)), 0};
+        }
+        pthread_mutex_unlock(&b->mu);
+        int n = poll(pfds, (nfds_t)k, TICK_MS);
+        pthread_mutex_lock(&b->mu);
+        if (n > 0) {
+            if (pfds[0].revents) {
+                char buf[64];
+                while (read(b->wake[0], buf, sizeof buf) > 0) {
+                }
+            }
+            if (pfds[1].revents & POLLIN) do_accept(b);
+            for (size_t i = 2; i < k; i++) {
+                conn *c = pconns[i];
+                short e = pfds[i].revents;
+                if (!e || c->state == CS_DEAD) continue;
+                if (e & (POLLIN | POLLHUP | POLLERR)) {
+                    if (c->state == CS_READY)
+                        conn_read_ready(b, c);
+                    else
+                        conn_read_handshake(b, c);
+                }
+                if ((e & POLLOUT) && c->state == CS_READY && conn_flush(b, c)) conn_fail(b, c, CM_EPEER, cm_last_error(CM_EPEER));
+            }
+        }
+#endif
+        uint64_t now = cm_now_ns();
+        if (now - last_tick >= TICK_MS * 1000000ull) {
+            tick(b, now);
+            last_tick = now;
+        }
+        while (b->graveyard) {
+            conn *c = b->graveyard;
+            b->graveyard = c->next;
+            free(c);
+        }
+        pthread_mutex_unlock(&b->mu);
+    }
+#ifndef USE_EPOLL
+    free(pfds);
+    free(pconns);
+#endif
+    return NULL;
+}
+
+/* ---- dialing side ---- */
+
+static int io_full(int fd, uint8_t *p, size_t n, int writing, uint64_t deadline) {
+    size_t done = 0;
+    while (done < n) {
+        ssize_t r = writing ? send(fd, p + done, n - done, MSG_DONTWAIT | MSG_NOSIGNAL)
+                            : recv(fd, p + done, n - done, MSG_DONTWAIT);
+        if (r > 0) {
+            done += (size_t)r;
+            continue;
+        }
+        if (r == 0) return cm_errorf(CM_ECONN, "connection closed by the peer during authentication");
+        if (errno == EINTR) continue;
+        if (errno != EAGAIN && errno != EWOULDBLOCK) return cm_errorf(CM_ECONN, "%s", strerror(errno));
+        uint64_t now = cm_now_ns();
+        if (now >= deadline) return cm_errorf(CM_ETIMEDOUT, "authentication timed out");
+        struct pollfd pf = {fd, writing ? POLLOUT : POLLIN, 0};
+        poll(&pf, 1, (int)((deadline - now) / 1000000ull) + 1);
+    }
+    return CM_OK;
+}
+
+static int dial_one(tcp_backend *b, const char *addr, int link, int sock, int n_links, uint64_t deadline,
+                    cm_wire_hello *server, int *fd_out) {
+    char host[256], port[16];
+    int rc = split_hostport(addr, host, sizeof host, port, sizeof port);
+    if (rc) return rc;
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res = NULL;
+    int gai = getaddrinfo(host, port, &hints, &res);
+    if (gai) return cm_errorf(CM_ECONN, "%s: cannot resolve: %s", addr, gai_strerror(gai));
+    int fd = -1;
+    rc = cm_errorf(CM_ECONN, "%s: no usable address", addr);
+    for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
+        fd = socket(ai->ai_family, ai->ai_socktype, ai->ai_protocol);
+        if (fd < 0) continue;
+        fcntl(fd, F_SETFD, FD_CLOEXEC);
+        set_nonblock(fd);
+        sock_tune(fd, b->cfg);
+        if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0) {
+            rc = CM_OK;
+            break;
+        }
+        if (errno == EINPROGRESS) {
+            uint64_t now = cm_now_ns();
+            struct pollfd pf = {fd, POLLOUT, 0};
+            int pr = now < deadline ? poll(&pf, 1, (int)((deadline - now) / 1000000ull) + 1) : 0;
+            int err = 0;
+            socklen_t el = sizeof err;
+            if (pr == 1 && getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el) == 0 && err == 0) {
+                rc = CM_OK;
+                break;
+            }
+            rc = pr == 0 ? cm_errorf(CM_ETIMEDOUT, "%s: connect timed out", addr)
+                         : cm_errorf(CM_ECONN, "%s: %s", addr, strerror(err ? err : errno));
+        } else {
+            rc = cm_errorf(CM_ECONN, "%s: %s", addr, strerror(errno));
+        }
+        close(fd);
+        fd = -1;
+    }
+    freeaddrinfo(res);
+    if (rc) return rc;
+
+    uint8_t chello[CM_WIRE_HELLO_BYTES], shello[CM_WIRE_HELLO_BYTES], proof[CM_WIRE_PROOF_BYTES];
+    uint8_t mac[CM_WIRE_MAC_BYTES];
+    cm_wire_hello me = {.role = 1, .link = link, .sock = sock, .n_links = n_links,
+                        .n_socks = b->cfg->sockets_per_link, .instance = cm_xfer_core_instance(b->x)};
+    randombytes_buf(me.nonce, sizeof me.nonce);
+    snprintf(me.name, sizeof me.name, "%s", cm_xfer_core_name(b->x));
+    cm_wire_hello_encode(&me, chello);
+    if ((rc = io_full(fd, chello, sizeof chello, 1, deadline))) goto fail;
+    if ((rc = io_full(fd, shello, sizeof shello, 0, deadline))) goto fail;
+    if ((rc = cm_wire_hello_decode(shello, server))) goto fail;
+    if (server->role != 2 || server->link != link || server->sock != sock) {
+        rc = cm_errorf(CM_EFORMAT, "%s: unexpected hello from the peer", addr);
+        goto fail;
+    }
+    cm_wire_auth_mac(&b->cfg->key, 1, chello, shello, mac);
+    cm_wire_proof_encode(0, mac, proof);
+    if ((rc = io_full(fd, proof, sizeof proof, 1, deadline))) goto fail;
+    if ((rc = io_full(fd, proof, sizeof proof, 0, deadline))) {
+        if (rc == CM_ECONN) rc = cm_errorf(CM_EAUTH, "%s: the peer closed the connection during authentication", addr);
+        goto fail;
+    }
+    int verdict;
+    if ((rc = cm_wire_proof_decode(proof, &verdict, mac))) goto fail;
+    if (verdict) {
+        CM_LOGW("xfer: %s refused our cell key (authentication failed: the peer uses another key)", addr);
+        rc = cm_errorf(CM_EAUTH, "%s refused our cell key (does it use the same --key-file?)", addr);
+        goto fail;
+    }
+    if (cm_wire_auth_verify(&b->cfg->key, 2, chello, shello, mac)) {
+        CM_LOGW("xfer: %s failed to prove the cell key; connection refused (authentication failed)", addr);
+        rc = cm_errorf(CM_EAUTH, "%s does not hold our cell key", addr);
+        goto fail;
+    }
+    *fd_out = fd;
+    return CM_OK;
+fail:
+    close(fd);
+    return rc;
+}
+
+static int tcp_connect(void *state, int pid, const char *const *addrs, int n_addrs, int timeout_ms) {
+    tcp_backend *b = state;
+    const int n_socks = b->cfg->sockets_per_link;
+    int fds[CM_XFER_MAX_LINKS][CM_XFER_MAX_SOCKS];
+    memset(fds, -1, sizeof fds);
+    uint64_t deadline = cm_now_ns() + (uint64_t)(timeout_ms > 0 ? timeout_ms : 10000) * 1000000ull;
+    cm_wire_hello server = {0};
+    uint64_t instance = 0;
+    int rc = CM_OK;
+    for (int l = 0; l < n_addrs && !rc; l++)
+        for (int s = 0; s < n_socks && !rc; s++) {
+            rc = dial_one(b, addrs[l], l, s, n_addrs, deadline, &server, &fds[l][s]);
+            if (!rc && l + s > 0 && server.instance != instance)
+                rc = cm_errorf(CM_EINVAL, "%s reaches another engine (%s) than %s", addrs[l], server.name, addrs[0]);
+            instance = server.instance;
+        }
+    if (rc) goto fail;
+    pthread_mutex_lock(&b->mu);
+    tpeer *p = &b->peers[pid];
+    if (p->active) peer_fail(b, pid, CM_EPEER, "replaced by a new connection");
+    memset(p->links, 0, sizeof p->links);
+    p->active = 1;
+    p->n_links = n_addrs;
+    p->n_socks = n_socks;
+    p->n_ready = n_addrs * n_socks;
+    p->instance = server.instance;
+    p->send_seq = 0;
+    snprintf(p->name, sizeof p->name, "%s", server.name);
+    uint64_t now = cm_now_ns();
+    for (int l = 0; l < n_addrs; l++) {
+        snprintf(p->links[l].addr, sizeof p->links[l].addr, "%s", addrs[l]);
+        p->links[l].win_start = now;
+        for (int s = 0; s < n_socks; s++) {
+            conn *c = conn_new(fds[l][s], addrs[l]);
+            if (!c) {
+                pthread_mutex_unlock(&b->mu);
+                rc = CM_ENOMEM;
+                peer_fail(b, pid, CM_ENOMEM, NULL);
+                goto fail;
+            }
+            fds[l][s] = -1;
+            c->state = CS_READY;
+            c->peer = pid;
+            c->link = l;
+            c->sock = s;
+            c->next = b->conns;
+            b->conns = c;
+            p->links[l].socks[s] = c;
+            poller_add(b, c);
+        }
+    }
+    p->up = 1;
+    cm_xfer_core_peer_up(b->x, pid, p->name, p->instance);
+    pthread_mutex_unlock(&b->mu);
+    return CM_OK;
+fail:
+    for (int l = 0; l < CM_XFER_MAX_LINKS; l++)
+        for (int s = 0; s < CM_XFER_MAX_SOCKS; s++)
+            if (fds[l][s] >= 0) close(fds[l][s]);
+    return rc;
+}
+
+/* ---- the table ---- */
+
+static int tcp_listen(tcp_backend *b, const char *spec) {
+    char host[256], port[16];
+    int rc = split_hostport(spec, host, sizeof host, port, sizeof port);
+    if (rc) return rc;
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE}, *res = NULL;
+    const char *h = host[0] && strcmp(host, "*") ? host : NULL;
+    int gai = getaddrinfo(h, port, &hints, &res);
+    if (gai) return cm_errorf(CM_ECONN, "listen %s: %s", spec, gai_strerror(gai));
+    rc = cm_errorf(CM_ECONN, "listen %s: no usable address", spec);
+    for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
+        int fd = socket(ai->ai_family, ai->ai_socktype, ai->ai_protocol);
+        if (fd < 0) continue;
+        int one = 1;
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        fcntl(fd, F_SETFD, FD_CLOEXEC);
+        if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && listen(fd, 128) == 0) {
+            set_nonblock(fd);
+            struct sockaddr_storage ss;
+            socklen_t sl = sizeof ss;
+            getsockname(fd, (struct sockaddr *)&ss, &sl);
+            addr_string((struct sockaddr *)&ss, b->listen_addr, sizeof b->listen_addr);
+            b->listen_fd = fd;
+            rc = CM_OK;
+            break;
+        }
+        rc = cm_errorf(CM_ECONN, "listen %s: %s", spec, strerror(errno));
+        close(fd);
+    }
+    freeaddrinfo(res);
+    return rc;
+}
+
+static void tcp_destroy(void *state);
+
+static int tcp_create(cm_xfer *x, const cm_xfer_config *cfg, void **state) {
+    tcp_backend *b = calloc(1, sizeof *b);
+    if (!b) return CM_ENOMEM;
+    b->x = x;
+    b->cfg = cfg;
+    b->listen_fd = -1;
+    b->wake[0] = b->wake[1] = -1;
+#ifdef USE_EPOLL
+    b->epfd = -1;
+#endif
+    pthread_mutexattr_t ma;
+    pthread_mutexattr_init(&ma);
+    pthread_mutexattr_settype(&ma, PTHREAD_MUTEX_RECURSIVE);
+    pthread_mutex_init(&b->mu, &ma);
+    pthread_mutexattr_destroy(&ma);
+    int rc = CM_OK;
+    if (pipe(b->wake)) {
+        rc = cm_errorf(CM_EIO, "xfer: pipe: %s", strerror(errno));
+        goto fail;
+    }
+    set_nonblock(b->wake[0]);
+    set_nonblock(b->wake[1]);
+#ifdef USE_EPOLL
+    b->epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (b->epfd < 0) {
+        rc = cm_errorf(CM_EIO, "xfer: epoll_create1: %s", strerror(errno));
+        goto fail;
+    }
+    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &b->wake};
+    epoll_ctl(b->epfd, EPOLL_CTL_ADD, b->wake[0], &ev);
+#endif
+    if (cfg->listen) {
+        if ((rc = tcp_listen(b, cfg->listen))) goto fail;
+#ifdef USE_EPOLL
+        struct epoll_event lev = {.events = EPOLLIN, .data.ptr = &b->listen_fd};
+        epoll_ctl(b->epfd, EPOLL_CTL_ADD, b->listen_fd, &lev);
+#endif
+    }
+    if (pthread_create(&b->thread, NULL, loop_main, b)) {
+        rc = cm_errorf(CM_EIO, "xfer: cannot start the event loop thread");
+        goto fail;
+    }
+    b->thread_started = 1;
+    *state = b;
+    return CM_OK;
+fail:
+    tcp_destroy(b);
+    return rc;
+}
+
+static void tcp_destroy(void *state) {
+    tcp_backend *b = state;
+    if (!b) return;
+    b->stop = 1;
+    if (b->thread_started) {
+        wake_loop(b);
+        pthread_join(b->thread, NULL);
+    }
+    pthread_mutex_lock(&b->mu);
+    for (int i = 0; i < MAX_PEERS; i++) peer_fail(b, i, CM_ECLOSED, NULL);
+    while (b->conns) conn_kill(b, b->conns, CM_ECLOSED);
+    while (b->graveyard) {
+        conn *c = b->graveyard;
+        b->graveyard = c->next;
+        free(c);
+    }
+    pthread_mutex_unlock(&b->mu);
+    if (b->listen_fd >= 0) close(b->listen_fd);
+    if (b->wake[0] >= 0) close(b->wake[0]);
+    if (b->wake[1] >= 0) close(b->wake[1]);
+#ifdef USE_EPOLL
+    if (b->epfd >= 0) close(b->epfd);
+#endif
+    pthread_mutex_destroy(&b->mu);
+    free(b);
+}
+
+static int tcp_listen_addr(void *state, char *buf, size_t cap) {
+    tcp_backend *b = state;
+    if (b->listen_fd < 0) return cm_errorf(CM_ENOTFOUND, "xfer: no listener");
+    snprintf(buf, cap, "%s", b->listen_addr);
+    return CM_OK;
+}
+
+static void tcp_disconnect(void *state, int peer, int status) {
+    tcp_backend *b = state;
+    pthread_mutex_lock(&b->mu);
+    peer_fail(b, peer, status, status == CM_ECLOSED ? "disconnected" : "dropped");
+    pthread_mutex_unlock(&b->mu);
+}
+
+static int peer_ready_locked(tcp_backend *b, int pid) {
+    if (pid < 0 || pid >= MAX_PEERS || !b->peers[pid].up) return cm_errorf(CM_EPEER, "xfer: peer %d is down", pid);
+    return CM_OK;
+}
+
+static tx_item *frame_item(cm_xfer_op *op, const cm_wire_hdr *h, const uint8_t *payload, size_t n) {
+    tx_item *it = calloc(1, sizeof *it);
+    if (!it) return NULL;
+    it->op = op;
+    it->payload = payload;
+    it->payload_bytes = n;
+    cm_wire_hdr_encode(h, it->hdr);
+    return it;
+}
+
+static int tcp_send(void *state, cm_xfer_op *op) {
+    tcp_backend *b = state;
+    pthread_mutex_lock(&b->mu);
+    int rc = peer_ready_locked(b, op->peer);
+    if (rc) goto out;
+    tpeer *p = &b->peers[op->peer];
+    op_track *t = calloc(1, sizeof *t);
+    cm_wire_hdr h = {.type = CM_WIRE_SEND, .payload_bytes = op->segs[0].bytes, .id = ++p->send_seq};
+    tx_item *it = t ? frame_item(op, &h, op->segs[0].src, op->segs[0].bytes) : NULL;
+    if (!it) {
+        free(t);
+        rc = CM_ENOMEM;
+        goto out;
+    }
+    t->remaining = 1;
+    op->backend_data = t;
+    /* All messages of a peer go through one socket: that keeps them in order. */
+    conn *c = p->links[0].socks[0];
+    conn_enqueue(c, it);
+    if (conn_flush(b, c)) conn_fail(b, c, CM_EPEER, cm_last_error(CM_EPEER));
+out:
+    pthread_mutex_unlock(&b->mu);
+    return rc;
+}
+
+static int tcp_write(void *state, cm_xfer_op *op) {
+    tcp_backend *b = state;
+    pthread_mutex_lock(&b->mu);
+    int rc = peer_ready_locked(b, op->peer);
+    if (rc) goto out;
+    tpeer *p = &b->peers[op->peer];
+    op_track *t = calloc(1, sizeof *t);
+    tx_item **items = calloc((size_t)op->n_segs, sizeof *items);
+    int ok = t && items;
+    for (int i = 0; ok && i < op->n_segs; i++) {
+        cm_wire_hdr h = {.type = CM_WIRE_WRITE, .payload_bytes = op->segs[i].bytes, .id = op->write_id,
+                         .region_id = op->dst_region, .imm = op->imm, .dst_off = op->segs[i].dst_off,
+                         .n_segs = (uint32_t)op->n_segs};
+        items[i] = frame_item(op, &h, op->segs[i].src, op->segs[i].bytes);
+        ok = items[i] != NULL;
+    }
+    if (!ok) {
+        for (int i = 0; items && i < op->n_segs; i++) free(items[i]);
+        free(items);
+        free(t);
+        rc = CM_ENOMEM;
+        goto out;
+    }
+    t->remaining = op->n_segs;
+    op->backend_data = t;
+    /* Each segment goes to the link whose queue would drain first at its
+     * measured rate; within the link, to its least-loaded socket. */
+    double queued[CM_XFER_MAX_LINKS] = {0}, rate[CM_XFER_MAX_LINKS];
+    double known = 0;
+    for (int l = 0; l < p->n_links; l++) {
+        if (p->links[l].rate > known) known = p->links[l].rate;
+        for (int s = 0; s < p->n_socks; s++) queued[l] += (double)p->links[l].socks[s]->tx_bytes;
+    }
+    for (int l = 0; l < p->n_links; l++) rate[l] = p->links[l].rate > 0 ? p->links[l].rate : known > 0 ? known : 1e9;
+    uint64_t touched = 0;
+    conn *used[CM_XFER_MAX_LINKS * CM_XFER_MAX_SOCKS];
+    int n_used = 0;
+    for (int i = 0; i < op->n_segs; i++) {
+        int best = 0;
+        double best_t = 0;
+        for (int l = 0; l < p->n_links; l++) {
+            double tl = (queued[l] + op->segs[i].bytes) / rate[l];
+            if (l == 0 || tl < best_t) best = l, best_t = tl;
+        }
+        link_state *ls = &p->links[best];
+        conn *c = ls->socks[0];
+        for (int s = 1; s < p->n_socks; s++)
+            if (ls->socks[s]->tx_bytes < c->tx_bytes) c = ls->socks[s];
+        if (!ls->win_backlogged && !queued[best]) {
+            ls->win_start = cm_now_ns();
+            ls->win_bytes = 0;
+            ls->win_backlogged = 1;
+        }
+        queued[best] += op->segs[i].bytes;
+        conn_enqueue(c, items[i]);
+        uint64_t bit = 1ull << (best * CM_XFER_MAX_SOCKS + c->sock);
+        if (!(touched & bit) && n_used < (int)(sizeof used / sizeof used[0])) used[n_used++] = c;
+        touched |= bit;
+    }
+    free(items);
+    for (int i = 0; i < n_used; i++) {
+        if (used[i]->state != CS_READY) continue;
+        if (conn_flush(b, used[i])) {
+            conn_fail(b, used[i], CM_EPEER, cm_last_error(CM_EPEER));
+            break;
+        }
+    }
+out:
+    pthread_mutex_unlock(&b->mu);
+    return rc;
+}
+
+static int tcp_peer_links(void *state, int peer, cm_xfer_link_stats *out, int max, int *n) {
+    tcp_backend *b = state;
+    pthread_mutex_lock(&b->mu);
+    tpeer *p = &b->peers[peer];
+    *n = p->n_links;
+    for (int l = 0; l < p->n_links && l < max; l++) {
+        memset(&out[l], 0, sizeof out[l]);
+        snprintf(out[l].addr, sizeof out[l].addr, "%s", p->links[l].addr);
+        out[l].gbit_s_ewma = p->links[l].rate * 8 / 1e9;
+        out[l].bytes_sent = p->links[l].bytes_sent;
+        out[l].bytes_received = p->links[l].bytes_received;
+    }
+    pthread_mutex_unlock(&b->mu);
+    return CM_OK;
+}
+
+const cm_xfer_backend_ops cm_xfer_tcp_ops = {
+    .name = "tcp",
+    .probe = NULL,
+    .create = tcp_create,
+    .destroy = tcp_destroy,
+    .listen_addr = tcp_listen_addr,
+    .connect = tcp_connect,
+    .disconnect = tcp_disconnect,
+    .mr_register = NULL,
+    .mr_deregister = NULL,
+    .send = tcp_send,
+    .write = tcp_write,
+    .recv_posted = NULL,
+    .peer_links = tcp_peer_links,
+};
