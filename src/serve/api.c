@@ -256,6 +256,17 @@ int cm_api_parse(const char *body, size_t n, cm_api_kind kind, cm_api_req *q, cm
     if ((rc = get_int(root, "n", 1, 128, NULL, &d, err))) return rc;
     if (d != 1) return BAD("n", "'n' is %.0f; this server returns one choice per request (n = 1)", d);
     if ((rc = parse_stop(root, q, err))) return rc;
+    /* Fields that would change what the answer is: refuse rather than ignore. */
+    cJSON *tools = field(root, "tools");
+    if (tools && !(cJSON_IsArray(tools) && cJSON_GetArraySize(tools) == 0))
+        return BAD("tools", "'tools' (function calling) is not supported by this server");
+    if (field(root, "functions")) return BAD("functions", "'functions' (function calling) is not supported by this server");
+    cJSON *rf = field(root, "response_format");
+    if (rf) {
+        cJSON *type = cJSON_GetObjectItemCaseSensitive(rf, "type");
+        if (!cJSON_IsObject(rf) || !cJSON_IsString(type) || strcmp(type->valuestring, "text"))
+            return BAD("response_format", "'response_format' other than {\"type\":\"text\"} is not supported");
+    }
     if (kind == CM_API_CHAT) {
         if ((rc = get_bool(root, "logprobs", &q->logprobs, err))) return rc;
         bool has_top = false;

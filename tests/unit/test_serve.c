@@ -401,6 +401,10 @@ TEST(api_parse) {
     expect_bad(CM_API_CHAT, b, "top_logprobs");
     snprintf(b, sizeof b, "{%s,\"model\":7}", m);
     expect_bad(CM_API_CHAT, b, "model");
+    snprintf(b, sizeof b, "{%s,\"tools\":[{\"type\":\"function\"}]}", m);
+    expect_bad(CM_API_CHAT, b, "tools");
+    snprintf(b, sizeof b, "{%s,\"response_format\":{\"type\":\"json_object\"}}", m);
+    expect_bad(CM_API_CHAT, b, "response_format");
     expect_bad(CM_API_COMPLETION, "{\"prompt\":{}}", "prompt");
     expect_bad(CM_API_COMPLETION, "{\"prompt\":[-1]}", "prompt");
     expect_bad(CM_API_COMPLETION, "{\"prompt\":\"x\",\"logprobs\":true}", "logprobs");
