@@ -182,7 +182,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
 size_t cm_fuzz_seed(int i, uint8_t *buf, size_t cap) {
     static const char *seeds[] = {
         "\x00hello the thing",   "\x01Hello World! it's 123456 <u>",   "\x02\xe4\xbd\xa0\xe5\xa5\xbd  \n\n\t x",
-        "\x03" "abc ab a \xc3\xa9x", "\x04<|endoftext|>hello<|endoftext|>", "\x01\xff\xfe\x80\xc3 \xe2\x82",
+        ("\x03" "abc ab a \xc3\xa9x"), "\x04<|endoftext|>hello<|endoftext|>", "\x01\xff\xfe\x80\xc3 \xe2\x82",
         "\x02   \r\n  leading and trailing   ",
     };
     if (i < 0 || i >= (int)(sizeof seeds / sizeof seeds[0])) return 0;
