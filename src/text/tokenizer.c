@@ -29,7 +29,18 @@
  *        (ties: leftmost).
  * Both merge loops use a binary heap of candidate pairs with lazy
  * invalidation: a popped pair is stale when either side changed since it
- * was pushed, which the summed byte size detects because symbols only grow. */
+ * was pushed, which the summed byte size detects because symbols only grow.
+ *
+ * Where this departs from llama.cpp on purpose (identical on valid text):
+ *   - invalid UTF-8 is kept byte for byte (no U+FFFD substitution), so
+ *     byte-level BPE round-trips any input; SentencePiece makes each invalid
+ *     byte its own symbol;
+ *   - SentencePiece never merges into control, byte or unused pieces, as
+ *     SentencePiece itself does not;
+ *   - special tokens are matched leftmost first, then longest.
+ *
+ * A loaded tokenizer is read-only: cm_tokenize, cm_detokenize and the
+ * lookups may run on several threads at once; all scratch is per call. */
 #include "text/tokenizer.h"
 
 #include <limits.h>
