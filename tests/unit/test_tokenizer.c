@@ -3,6 +3,7 @@
  * of real vocabularies under $CELLM_TESTDATA/vocab (skipped, saying so,
  * when that folder is absent). Llama 3 and Qwen2 vocabularies come as
  * Hugging Face tokenizer.json files and go through the importer first. */
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -344,6 +345,69 @@ TEST(bpe_pre_tokenizers) {
         cm_tokenizer_destroy(t);
         cm_gguf_close(g);
     }
+}
+
+/* ---- concurrency: one loaded tokenizer, several threads ---- */
+
+struct thread_job {
+    const cm_tokenizer *t;
+    const char *const *texts;
+    int n_texts;
+    const uint64_t *want; /* per-text hash of the single-threaded ids */
+    int bad;
+};
+
+static uint64_t hash_ids(const int32_t *ids, int n) {
+    uint64_t h = 1469598103934665603ull;
+    for (int i = 0; i < n; i++) h = (h ^ (uint32_t)ids[i]) * 1099511628211ull;
+    return h ^ (uint64_t)n;
+}
+
+static void *tokenize_job(void *arg) {
+    struct thread_job *j = arg;
+    for (int rep = 0; rep < 50; rep++) {
+        for (int i = 0; i < j->n_texts; i++) {
+            int32_t *ids = NULL;
+            int n = tok(j->t, j->texts[i], strlen(j->texts[i]), true, true, &ids);
+            if (n < 0 || hash_ids(ids, n) != j->want[i]) j->bad++;
+            free(ids);
+        }
+    }
+    return NULL;
+}
+
+TEST(concurrent_tokenize) {
+    char path[512];
+    if (!write_bpe_vocab(path, sizeof path, "llama-bpe")) {
+        CHECK(!"writing the synthetic vocabulary failed");
+        return;
+    }
+    cm_gguf *g = NULL;
+    cm_tokenizer *t = load_path(path, &g);
+    CHECK(t != NULL);
+    if (!t) return;
+    static const char *const texts[] = {"hello world hello", "1234 5678 <|im_end|> tail", "  spaces\n\n\ttabs ",
+                                        "caf\xc3\xa9 \xe4\xbd\xa0\xe5\xa5\xbd \xff\xfe", "<tool>hello<|endoftext|>"};
+    enum { N_TEXTS = sizeof texts / sizeof texts[0], N_THREADS = 4 };
+    uint64_t want[N_TEXTS];
+    for (int i = 0; i < N_TEXTS; i++) {
+        int32_t *ids = NULL;
+        int n = tok(t, texts[i], strlen(texts[i]), true, true, &ids);
+        want[i] = n >= 0 ? hash_ids(ids, n) : 0;
+        free(ids);
+    }
+    pthread_t th[N_THREADS];
+    struct thread_job jobs[N_THREADS];
+    for (int i = 0; i < N_THREADS; i++) {
+        jobs[i] = (struct thread_job){t, texts, N_TEXTS, want, 0};
+        CHECK(pthread_create(&th[i], NULL, tokenize_job, &jobs[i]) == 0);
+    }
+    for (int i = 0; i < N_THREADS; i++) {
+        pthread_join(th[i], NULL);
+        CHECK_MSG(jobs[i].bad == 0, "thread %d got %d differing tokenizations", i, jobs[i].bad);
+    }
+    cm_tokenizer_destroy(t);
+    cm_gguf_close(g);
 }
 
 TEST(no_tokenizer_metadata) {
@@ -758,6 +822,7 @@ int main(void) {
     RUN(spm_synthetic);
     RUN(bpe_synthetic);
     RUN(bpe_pre_tokenizers);
+    RUN(concurrent_tokenize);
     RUN(no_tokenizer_metadata);
     RUN(vocab_gpt2);
     RUN(vocab_llama_spm);
