@@ -245,6 +245,69 @@ TEST(quantizers_give_reference_bytes) {
     free(x), free(want), free(got);
 }
 
+#if defined(HAVE_X86_KERNELS)
+/* The blocked AVX-512 matmul: every (row, token) of panels with 1..16 rows
+ * and tiles of 1..8 tokens against the reference dot. */
+TEST(gemm_matches_reference) {
+    __builtin_cpu_init();
+    if (!(__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni")))
+        TEST_SKIP("no AVX-512 VNNI");
+    cm_rng r;
+    cm_rng_init(&r, 5);
+    static const int cols[] = {32, 96, 2048};
+    static const int rows[] = {1, 7, 16};
+    static const int toks[] = {1, 3, 8};
+    const int types[] = {CM_TYPE_Q4_0, CM_TYPE_Q8_0};
+    const int nmax = 2048;
+    float *xf = malloc(nmax * sizeof(float)), *fw = malloc(nmax * sizeof(float)), *fa = malloc(nmax * sizeof(float));
+    uint8_t *w = malloc((size_t)16 * nmax * 2), *a = malloc((size_t)8 * nmax * 2);
+    void *panel = malloc(cm_gemm_panel_bytes(nmax));
+    int32_t *sums = malloc((size_t)8 * (nmax / 32) * sizeof(int32_t));
+    float y[8 * 16];
+    for (int ti = 0; ti < 2; ti++) {
+        const int type = types[ti];
+        const cm_type_traits *t = cm_type_traits_ref(type), *at = cm_type_traits_ref(CM_TYPE_Q8_0);
+        int bad = 0;
+        for (int ci = 0; ci < 3; ci++) {
+            const int n = cols[ci];
+            const size_t wrb = (size_t)(n / 32) * t->block_bytes, arb = (size_t)(n / 32) * at->block_bytes;
+            for (int k = 0; k < 16; k++) make_weights(&r, type, n, w + k * wrb, xf, k & 1);
+            for (int k = 0; k < 8; k++) {
+                random_floats(&r, xf, n, k & 1);
+                at->from_float(xf, a + k * arb, n);
+            }
+            cm_gemm_act_sums_avx512(a, arb, 8, n, sums);
+            for (int ri = 0; ri < 3; ri++) {
+                cm_gemm_pack_avx512(type, w, wrb, rows[ri], n, panel);
+                for (int ki = 0; ki < 3; ki++) {
+                    for (int k = 0; k < 8 * 16; k++) y[k] = -12345.0f;
+                    cm_gemm_q8_0_avx512(type, panel, rows[ri], n, a, arb, sums, toks[ki], y, 16);
+                    for (int tk = 0; tk < 8; tk++) {
+                        for (int rr = 0; rr < 16; rr++) {
+                            const float got = y[tk * 16 + rr];
+                            if (tk >= toks[ki] || rr >= rows[ri]) {
+                                if (got != -12345.0f && bad++ < 3)
+                                    CHECK_MSG(0, "%s: wrote outside %d rows x %d tokens", t->name, rows[ri], toks[ki]);
+                                continue;
+                            }
+                            float want;
+                            t->vec_dot(n, &want, w + rr * wrb, a + tk * arb);
+                            double tol = 1e-5 * abs_dot(type, n, w + rr * wrb, a + tk * arb, fw, fa) + 1e-6;
+                            if (!(fabs((double)want - got) <= tol) && bad++ < 3)
+                                CHECK_MSG(0, "%s n=%d row %d token %d: ref %.9g gemm %.9g", t->name, n, rr, tk,
+                                          (double)want, (double)got);
+                        }
+                    }
+                }
+            }
+        }
+        if (!bad) fprintf(stderr, "     gemm    %-5s matches\n", t->name);
+    }
+    free(xf), free(fw), free(fa), free(w), free(a), free(panel), free(sums);
+}
+#endif
+
 /* The dispatched table: whatever cm_kernels_init chose must also agree. */
 TEST(dispatched_kernels_match_reference) {
     const char *name = cm_kernels_init(false);
@@ -272,6 +335,9 @@ int main(void) {
     collect();
     RUN(dots_match_reference);
     RUN(quantizers_give_reference_bytes);
+#if defined(HAVE_X86_KERNELS)
+    RUN(gemm_matches_reference);
+#endif
     RUN(dispatched_kernels_match_reference);
     return test_summary();
 }

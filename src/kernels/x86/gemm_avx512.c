@@ -1,0 +1,136 @@
+/* gemm_avx512.c - the blocked matrix multiply for prompt processing with
+ * AVX-512 VNNI, for weights whose activations are q8_0 (q4_0 and q8_0).
+ *
+ * A dot product per (row, token) spends most of its time on per-block
+ * bookkeeping (unpacking, scale conversion, a float multiply-add per
+ * 32-weight block), and that is what bounds prompt processing. Here one
+ * 512-bit register holds one int32 lane per weight row, 16 rows at once:
+ *
+ *   panel (16 rows, repacked once per matmul into a small buffer that stays
+ *   in L2, never a second resident copy of the weights), per 32-wide block:
+ *     float d[16]                  the rows' scales
+ *     u8    q[8][16][4]            group g, row r: weights 4g..4g+3 of row r,
+ *                                  stored unsigned as w + off (off = 8 for
+ *                                  q4_0, 128 for q8_0)
+ *
+ * For each token, the 4 activation bytes of group g are broadcast to every
+ * lane and VPDPBUSD adds the 4 products into each row's lane; 8 of them make
+ * the block's integer dot for 16 rows; the offset comes back out as
+ * off * sum(activation block) (sums computed once per matmul), and one FMA
+ * scales 16 rows' results. Up to 8 tokens share each loaded weight group.
+ * Integer sums are exact, so results match the reference up to float
+ * summation order.
+ *
+ * Nothing here allocates; callers own the panel and sums buffers. */
+#include <immintrin.h>
+#include <string.h>
+
+#include "kernels/quants.h"
+#include "kernels/x86/x86.h"
+
+#define PANEL_BLOCK_BYTES (CM_GEMM_ROWS * 4 + 8 * CM_GEMM_ROWS * 4)
+
+size_t cm_gemm_panel_bytes(int64_t n_cols) { return (size_t)(n_cols / CM_QK) * PANEL_BLOCK_BYTES; }
+
+/* One row's 32 weights of block i as unsigned bytes, element order. */
+static inline void unpack_row(int type, const uint8_t *row, int64_t i, uint8_t out[32], float *d) {
+    if (type == CM_TYPE_Q4_0) {
+        const cm_block_q4_0 *b = (const cm_block_q4_0 *)row + i;
+        __m128i v = _mm_loadu_si128((const __m128i *)b->qs);
+        const __m128i m4 = _mm_set1_epi8(0x0f);
+        _mm_storeu_si128((__m128i *)out, _mm_and_si128(v, m4));
+        _mm_storeu_si128((__m128i *)(out + 16), _mm_and_si128(_mm_srli_epi16(v, 4), m4));
+        *d = _cvtsh_ss(b->d);
+    } else {
+        const cm_block_q8_0 *b = (const cm_block_q8_0 *)row + i;
+        __m256i v = _mm256_loadu_si256((const __m256i *)b->qs);
+        _mm256_storeu_si256((__m256i *)out, _mm256_xor_si256(v, _mm256_set1_epi8((char)0x80))); /* w + 128 */
+        *d = _cvtsh_ss(b->d);
+    }
+}
+
+void cm_gemm_pack_avx512(int type, const void *w, size_t w_row_bytes, int n_rows, int64_t n_cols, void *panel) {
+    const int64_t nb = n_cols / CM_QK;
+    uint8_t *p = panel;
+    for (int64_t i = 0; i < nb; i++, p += PANEL_BLOCK_BYTES) {
+        float *d = (float *)p;
+        uint32_t *q = (uint32_t *)(p + CM_GEMM_ROWS * 4);
+        for (int r = 0; r < CM_GEMM_ROWS; r++) {
+            uint8_t vals[32];
+            if (r < n_rows) {
+                unpack_row(type, (const uint8_t *)w + (size_t)r * w_row_bytes, i, vals, &d[r]);
+            } else {
+                memset(vals, 0, sizeof vals);
+                d[r] = 0.0f;
+            }
+            for (int g = 0; g < 8; g++) memcpy(&q[g * CM_GEMM_ROWS + r], vals + 4 * g, 4);
+        }
+    }
+}
+
+void cm_gemm_act_sums_avx512(const void *act, size_t act_row_bytes, int n_tok, int64_t n_cols, int32_t *sums) {
+    const int64_t nb = n_cols / CM_QK;
+    const __m256i flip = _mm256_set1_epi8((char)0x80);
+    for (int t = 0; t < n_tok; t++) {
+        const cm_block_q8_0 *y = (const cm_block_q8_0 *)((const uint8_t *)act + (size_t)t * act_row_bytes);
+        for (int64_t i = 0; i < nb; i++) {
+            /* sum of signed bytes = sum of (byte ^ 0x80) read unsigned - 32 * 128 */
+            __m256i s = _mm256_sad_epu8(_mm256_xor_si256(_mm256_loadu_si256((const __m256i *)y[i].qs), flip),
+                                        _mm256_setzero_si256());
+            __m128i h = _mm_add_epi64(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+            h = _mm_add_epi64(h, _mm_unpackhi_epi64(h, h));
+            sums[(size_t)t * nb + i] = (int32_t)_mm_cvtsi128_si32(h) - 32 * 128;
+        }
+    }
+}
+
+/* T tokens (compile-time, so the accumulators stay in registers). */
+#define GEMM_BODY(T)                                                                                           \
+    do {                                                                                                       \
+        __m512 acc[T];                                                                                         \
+        for (int t = 0; t < T; t++) acc[t] = _mm512_setzero_ps();                                              \
+        for (int64_t i = 0; i < nb; i++) {                                                                     \
+            const uint8_t *pb = (const uint8_t *)panel + i * PANEL_BLOCK_BYTES;                                \
+            const __m512 dx = _mm512_loadu_ps((const float *)pb);                                              \
+            __m512i X[8];                                                                                      \
+            for (int g = 0; g < 8; g++) X[g] = _mm512_loadu_si512((const void *)(pb + 64 + 64 * g));           \
+            for (int t = 0; t < T; t++) {                                                                      \
+                const cm_block_q8_0 *yb = (const cm_block_q8_0 *)(a + (size_t)t * act_row_bytes) + i;          \
+                const int32_t *yq = (const int32_t *)(const void *)yb->qs;                                     \
+                __m512i s0 = _mm512_set1_epi32(-off * sums[(size_t)t * nb + i]);                               \
+                __m512i s1 = _mm512_setzero_si512();                                                           \
+                int32_t w4[8];                                                                                 \
+                memcpy(w4, yq, 32);                                                                            \
+                s0 = _mm512_dpbusd_epi32(s0, X[0], _mm512_set1_epi32(w4[0]));                                  \
+                s1 = _mm512_dpbusd_epi32(s1, X[1], _mm512_set1_epi32(w4[1]));                                  \
+                s0 = _mm512_dpbusd_epi32(s0, X[2], _mm512_set1_epi32(w4[2]));                                  \
+                s1 = _mm512_dpbusd_epi32(s1, X[3], _mm512_set1_epi32(w4[3]));                                  \
+                s0 = _mm512_dpbusd_epi32(s0, X[4], _mm512_set1_epi32(w4[4]));                                  \
+                s1 = _mm512_dpbusd_epi32(s1, X[5], _mm512_set1_epi32(w4[5]));                                  \
+                s0 = _mm512_dpbusd_epi32(s0, X[6], _mm512_set1_epi32(w4[6]));                                  \
+                s1 = _mm512_dpbusd_epi32(s1, X[7], _mm512_set1_epi32(w4[7]));                                  \
+                const __m512 dd = _mm512_mul_ps(dx, _mm512_set1_ps(_cvtsh_ss(yb->d)));                         \
+                acc[t] = _mm512_fmadd_ps(dd, _mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)), acc[t]);            \
+            }                                                                                                  \
+        }                                                                                                      \
+        for (int t = 0; t < T; t++) _mm512_mask_storeu_ps(y + (size_t)t * y_stride, rmask, acc[t]);           \
+    } while (0)
+
+void cm_gemm_q8_0_avx512(int type, const void *panel, int n_rows, int64_t n_cols, const void *act,
+                         size_t act_row_bytes, const int32_t *sums, int n_tok, float *y, size_t y_stride) {
+    const int64_t nb = n_cols / CM_QK;
+    const int off = type == CM_TYPE_Q4_0 ? 8 : 128;
+    const __mmask16 rmask = (__mmask16)(n_rows >= 16 ? 0xffff : (1u << n_rows) - 1);
+    const uint8_t *a = act;
+    switch (n_tok) {
+    case 8: GEMM_BODY(8); break;
+    case 7: GEMM_BODY(7); break;
+    case 6: GEMM_BODY(6); break;
+    case 5: GEMM_BODY(5); break;
+    case 4: GEMM_BODY(4); break;
+    case 3: GEMM_BODY(3); break;
+    case 2: GEMM_BODY(2); break;
+    case 1: GEMM_BODY(1); break;
+    default: break;
+    }
+}
