@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# test_bench.sh - `cellm bench` on a tiny synthetic model: --json prints one
+# well-formed object per test with the documented keys and sane values
+# (positive speeds and sizes, min <= median <= max, roofline only on
+# generation tests and equal to tok_s * bytes_per_token / bandwidth), the
+# table mode prints every test, and bad flags fail with exit code 2.
+#   CELLM_BIN  the cellm binary (set by ctest)   CELLM_TMP  scratch space
+set -uo pipefail
+bin=${CELLM_BIN:?CELLM_BIN must point at the cellm binary}
+tmp=$(mktemp -d "${CELLM_TMP:-/tmp}/bench.XXXXXX")
+trap 'rm -rf "$tmp"' EXIT
+fails=0
+passes=0
+ok() { passes=$((passes + 1)); echo "ok   $1"; }
+bad() { fails=$((fails + 1)); echo "FAIL $1"; }
+check() { # check NAME CONDITION-COMMAND...
+  local name=$1; shift
+  if "$@"; then ok "$name"; else bad "$name"; fi
+}
+
+model=$tmp/x.gguf
+if ! "$bin" model synth -o "$model" --arch llama --embd 64 --layers 2 --heads 4 --kv-heads 2 --ffn 128 \
+    --vocab 512 --type q4_0 --seed 1 >"$tmp/synth.log" 2>&1; then
+  cat "$tmp/synth.log"
+  echo "FAIL synth: could not write the test model"
+  exit 1
+fi
+
+"$bin" bench -m "$model" -p 16,32 -n 8 -t 2 -r 3 --json >"$tmp/out.jsonl" 2>"$tmp/err.log"
+check "bench --json exits 0" test $? -eq 0
+check "one line per test (pp16, pp32, tg8)" test "$(wc -l <"$tmp/out.jsonl")" -eq 3
+
+python3 - "$tmp/out.jsonl" <<'PY'
+import json, sys
+lines = [json.loads(l) for l in open(sys.argv[1])]
+tests = [o["test"] for o in lines]
+assert tests == ["pp16", "pp32", "tg8"], tests
+for o in lines:
+    for k in ("tok_s", "tok_s_min", "tok_s_max", "bytes_per_token", "bandwidth_gb_s"):
+        assert k in o, (o["test"], k)
+    assert o["tok_s"] > 0 and o["bandwidth_gb_s"] > 0 and o["bytes_per_token"] > 0, o
+    assert o["tok_s_min"] <= o["tok_s"] <= o["tok_s_max"], o
+    if o["test"].startswith("tg"):
+        want = o["tok_s"] * o["bytes_per_token"] / (o["bandwidth_gb_s"] * 1e9)
+        assert abs(o["roofline"] - want) <= 1e-3 * max(want, 1e-9) + 1e-4, (o["roofline"], want)
+    else:
+        assert "roofline" not in o, o
+print("json ok")
+PY
+check "json keys and values" test $? -eq 0
+
+"$bin" bench -m "$model" -p 16 -n 4 -r 1 >"$tmp/table.txt" 2>&1
+check "table mode exits 0" test $? -eq 0
+check "table lists pp16 and tg4" grep -q "pp16" "$tmp/table.txt"
+check "table has tg4 with a roofline" grep -Eq "tg4 +\|.*\| +[0-9.]+ +\|$" "$tmp/table.txt"
+
+"$bin" bench -m "$model" -p x >/dev/null 2>"$tmp/bad.log"
+check "bad -p value exits 2" test $? -eq 2
+check "bad -p value says why" grep -q "needs an integer" "$tmp/bad.log"
+"$bin" bench -p 16 >/dev/null 2>&1
+check "missing -m exits 2" test $? -eq 2
+"$bin" bench -m "$tmp/missing.gguf" -p 16 -n 0 >/dev/null 2>"$tmp/missing.log"
+check "missing model exits 1 with a message" test $? -eq 1 -a -s "$tmp/missing.log"
+
+echo "$passes passed, $fails failed"
+test "$fails" -eq 0
