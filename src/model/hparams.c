@@ -141,6 +141,9 @@ int cm_hparams_load(const cm_gguf *g, cm_hparams *hp) {
      * token count is the fallback. */
     const cm_gguf_tensor *te = cm_gguf_find_tensor(g, "token_embd.weight");
     if (te && te->n_dims >= 2) {
+        if (te->ne[1] < 1 || te->ne[1] > big)
+            return cm_errorf(CM_EFORMAT, "%s: token_embd.weight has %lld rows, expected 1..%lld", gpath(g),
+                             (long long)te->ne[1], (long long)big);
         hp->n_vocab = (int)te->ne[1];
     } else {
         int et;

@@ -120,7 +120,10 @@ int cm_ctx_decode(cm_ctx *c, const cm_batch *batch);
  * want_logits set; NULL if that entry wanted none. Valid until the next call. */
 float *cm_ctx_logits(cm_ctx *c, int i_entry);
 
-/* Forgets positions [p0, p1) of a sequence (p1 < 0: to the end). */
+/* Forgets positions [p0, p1) of a sequence (p1 < 0: to the end). The cache
+ * keeps a sequence as one run of positions 0..len-1, so a range that stops
+ * short of the end forgets everything from p0 on as well (the caller feeds
+ * what followed again); cm_ctx_seq_len tells what is kept. */
 void cm_ctx_seq_rm(cm_ctx *c, int seq_id, int p0, int p1);
 /* Number of positions a sequence holds in the cache. */
 int cm_ctx_seq_len(const cm_ctx *c, int seq_id);
