@@ -27,5 +27,31 @@ serve_start -c 4096 --parallel 1 --max-queue 1 --timeout 1 --api-key "$CELLM_API
 serve_node limits.mjs || fail=1
 serve_stop || fail=1
 
+# A real vocabulary and chat template (Qwen3's), when the shared test data is there.
+unset CELLM_API_KEY
+HF=${CELLM_TESTDATA:-$CELLM_SRC/../shared/testdata}/hf-tokenizers
+if [ -f "$HF/qwen3-tokenizer.json" ]; then
+    QV=$CELLM_TMP/serve-qwen3-vocab.gguf
+    QM=$CELLM_TMP/serve-qwen3-tiny.gguf
+    if [ ! -s "$QM" ]; then
+        "$CELLM_BIN" model import-tokenizer "$HF/qwen3-tokenizer.json" --config "$HF/qwen3-tokenizer_config.json" \
+            -o "$QV" >/dev/null 2>&1 &&
+            "$CELLM_BIN" model synth -o "$QM" --arch qwen3 --embd 64 --layers 2 --heads 4 --kv-heads 2 --ffn 128 \
+                --vocab-from "$QV" --type f16 --seed 3 >/dev/null 2>&1 || { echo "FAIL: qwen3 test model"; fail=1; }
+    fi
+    if [ -s "$QM" ]; then
+        SPECIAL_PROMPT_TOKENS=$("$CELLM_BIN" tokenize -m "$QM" --special "$(printf '<|im_start|>user\nhi<|im_end|>')" | wc -w)
+        export SPECIAL_PROMPT_TOKENS
+        SERVE_MODEL=$QM
+        export CELLM_MODEL=serve-qwen3-tiny
+        serve_start -c 512 --parallel 2
+        if grep -q "chat template" "$SERVER_LOG"; then echo "FAIL: Qwen3's chat template was not recognised"; fail=1; fi
+        serve_node realvocab.mjs || fail=1
+        serve_stop || fail=1
+    fi
+else
+    echo "SKIP real-vocabulary part: $HF is absent"
+fi
+
 [ $fail = 0 ] && echo "test_serve_openai: all passed" || echo "test_serve_openai: FAILED"
 exit $fail
