@@ -306,6 +306,47 @@ TEST(gemm_matches_reference) {
     }
     free(xf), free(fw), free(fa), free(w), free(a), free(panel), free(sums);
 }
+
+/* The matmul hook: odd row ranges (partial panels) and token counts (partial
+ * tiles) of a small matrix, against the reference dots. */
+TEST(gemm_hook_matches_reference) {
+    cm_kernels_init(false);
+    if (!cm_gemm_x86_applies(CM_TYPE_Q4_0, 8)) TEST_SKIP("no blocked kernel for this CPU or CELLM_KERNELS");
+    CHECK(!cm_gemm_x86_applies(CM_TYPE_Q4_0, 1));
+    CHECK(!cm_gemm_x86_applies(CM_TYPE_Q6_K, 8));
+    cm_rng r;
+    cm_rng_init(&r, 11);
+    const int n_rows = 37, n = 96, n_tok = 11;
+    const int types[] = {CM_TYPE_Q4_0, CM_TYPE_Q8_0};
+    float *xf = malloc(n * sizeof(float)), *fw = malloc(n * sizeof(float)), *fa = malloc(n * sizeof(float));
+    float *y = malloc((size_t)n_tok * n_rows * sizeof(float));
+    uint8_t *w = malloc((size_t)n_rows * n * 2), *a = malloc((size_t)n_tok * n * 2);
+    for (int ti = 0; ti < 2; ti++) {
+        const cm_type_traits *t = cm_type_traits_ref(types[ti]), *at = cm_type_traits_ref(CM_TYPE_Q8_0);
+        const size_t wrb = (size_t)(n / 32) * t->block_bytes, arb = (size_t)(n / 32) * at->block_bytes;
+        for (int k = 0; k < n_rows; k++) make_weights(&r, types[ti], n, w + k * wrb, xf, k & 1);
+        for (int k = 0; k < n_tok; k++) {
+            random_floats(&r, xf, n, 1);
+            at->from_float(xf, a + k * arb, n);
+        }
+        for (int k = 0; k < n_tok * n_rows; k++) y[k] = -777.0f;
+        /* rows split as two threads would: [0, 19) and [19, 37) */
+        CHECK(cm_gemm_x86(types[ti], w, wrb, 0, 19, n, a, arb, n_tok, y, n_rows));
+        CHECK(cm_gemm_x86(types[ti], w, wrb, 19, n_rows, n, a, arb, n_tok, y, n_rows));
+        int bad = 0;
+        for (int tk = 0; tk < n_tok; tk++) {
+            for (int rr = 0; rr < n_rows; rr++) {
+                float want;
+                t->vec_dot(n, &want, w + rr * wrb, a + tk * arb);
+                double tol = 1e-5 * abs_dot(types[ti], n, w + rr * wrb, a + tk * arb, fw, fa) + 1e-6;
+                if (!(fabs((double)want - y[tk * n_rows + rr]) <= tol) && bad++ < 3)
+                    CHECK_MSG(0, "%s row %d token %d: ref %g hook %g", t->name, rr, tk, (double)want,
+                              (double)y[tk * n_rows + rr]);
+            }
+        }
+    }
+    free(xf), free(fw), free(fa), free(y), free(w), free(a);
+}
 #endif
 
 /* The dispatched table: whatever cm_kernels_init chose must also agree. */
@@ -337,6 +378,7 @@ int main(void) {
     RUN(quantizers_give_reference_bytes);
 #if defined(HAVE_X86_KERNELS)
     RUN(gemm_matches_reference);
+    RUN(gemm_hook_matches_reference);
 #endif
     RUN(dispatched_kernels_match_reference);
     return test_summary();

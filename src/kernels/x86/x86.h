@@ -7,6 +7,8 @@
 #ifndef CM_KERNELS_X86_X86_H
 #define CM_KERNELS_X86_X86_H
 
+#include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #define CM_X86_DOTS(X, isa)      \
@@ -60,5 +62,15 @@ void cm_gemm_pack_avx512(int type, const void *w, size_t w_row_bytes, int n_rows
 void cm_gemm_act_sums_avx512(const void *act, size_t act_row_bytes, int n_tok, int64_t n_cols, int32_t *sums);
 void cm_gemm_q8_0_avx512(int type, const void *panel, int n_rows, int64_t n_cols, const void *act,
                          size_t act_row_bytes, const int32_t *sums, int n_tok, float *y, size_t y_stride);
+
+/* The hook for cm_matmul (x86.c): output rows [r0, r1) of every token with
+ * the blocked kernel, from activations already quantized to q8_0 (`act`,
+ * rows act_row_bytes apart); y[t * y_row_stride + r]. Returns false, doing
+ * nothing, when no blocked kernel applies (type, CPU, CELLM_KERNELS cap,
+ * fewer than 2 tokens) or a per-thread buffer cannot grow; the caller then
+ * uses vec_dot. Callable from every pool thread at once. */
+bool cm_gemm_x86_applies(int w_type, int64_t n_tokens);
+bool cm_gemm_x86(int w_type, const void *w, size_t w_row_bytes, int64_t r0, int64_t r1, int64_t n_cols,
+                 const void *act, size_t act_row_bytes, int64_t n_tokens, float *y, int64_t y_row_stride);
 
 #endif
