@@ -140,6 +140,16 @@ typedef struct cm_xfer_backend_ops {
      * buffers; backends get the destination through cm_xfer_core_recv_begin. */
     void (*recv_posted)(void *state, int peer);
 
+    /* Optional (NULL: waiters sleep until the backend's thread wakes them).
+     * Called by an application thread blocked in cm_xfer_imm_wait on a
+     * specific peer, without core locks held: wait at most timeout_us for
+     * data from that peer and process what arrived in the calling thread
+     * (landing writes, bumping counters through the core). Returns CM_OK
+     * (something or nothing arrived) or CM_EUNSUPPORTED to make the core
+     * fall back to sleeping. This saves the two thread hand-offs of a round
+     * trip (progress thread -> waiter) that dominate small-message latency. */
+    int (*progress)(void *state, int peer, int timeout_us);
+
     /* Fills link statistics of a peer (see cm_xfer_link_stats); *n = links. */
     int (*peer_links)(void *state, int peer, cm_xfer_link_stats *out, int max, int *n);
 } cm_xfer_backend_ops;

@@ -155,6 +155,8 @@ typedef struct tcp_backend {
     int listen_fd;
     char listen_addr[96];
     int wake[2];
+    int pwake[2];     /* wakes application threads in tcp_progress */
+    int n_progress;   /* application threads in tcp_progress now */
 #ifdef USE_EPOLL
     int epfd;
 #endif
@@ -470,6 +472,16 @@ static int frame_landed(tcp_backend *b, conn *c) {
     }
 }
 
+/* A frame landed; an application thread waiting in tcp_progress may be
+ * blocked in poll on a socket whose data this thread just took. */
+static void notify_progress(tcp_backend *b) {
+    if (b->n_progress > 0) {
+        char c = 1;
+        ssize_t r = write(b->pwake[1], &c, 1);
+        (void)r;
+    }
+}
+
 /* Sets up where the payload of the frame in c->h goes. */
 static int frame_begin(tcp_backend *b, conn *c) {
     cm_wire_hdr *h = &c->h;
@@ -500,8 +512,10 @@ static int frame_begin(tcp_backend *b, conn *c) {
     }
 }
 
-/* Reads what the socket has (bounded per call for fairness). */
-static void conn_read_ready(tcp_backend *b, conn *c) {
+/* Reads what the socket has (bounded per call for fairness). one_pass: stop
+ * once a frame has landed and nothing is staged (a waiting application
+ * thread reading for itself leaves the rest to the loop). */
+static void conn_read_ready(tcp_backend *b, conn *c, int one_pass) {
     size_t budget = 16u << 20;
     link_state *ls = &b->peers[c->peer].links[c->link];
     while (c->state == CS_READY && budget) {
@@ -565,12 +579,14 @@ static void conn_read_ready(tcp_backend *b, conn *c) {
         }
         c->rx_mode = RX_HDR;
         int rc = frame_landed(b, c);
+        if (!one_pass && c->h.type != CM_WIRE_HEARTBEAT) notify_progress(b);
         if (rc) {
             char why[400];
             snprintf(why, sizeof why, "bad frame from peer: %s", cm_last_error(rc));
             conn_fail(b, c, CM_EFORMAT, why);
             return;
         }
+        if (one_pass && c->st_off == c->st_len) return;
     }
 }
 
@@ -799,7 +815,7 @@ static void *loop_main(void *arg) {
             if (c->state == CS_DEAD) continue;
             if (e & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
                 if (c->state == CS_READY)
-                    conn_read_ready(b, c);
+                    conn_read_ready(b, c, 0);
                 else
                     conn_read_handshake(b, c);
             }
@@ -837,7 +853,7 @@ static void *loop_main(void *arg) {
                 if (!e || c->state == CS_DEAD) continue;
                 if (e & (POLLIN | POLLHUP | POLLERR)) {
                     if (c->state == CS_READY)
-                        conn_read_ready(b, c);
+                        conn_read_ready(b, c, 0);
                     else
                         conn_read_handshake(b, c);
                 }
@@ -1072,6 +1088,7 @@ static int tcp_create(cm_xfer *x, const cm_xfer_config *cfg, void **state) {
     b->cfg = cfg;
     b->listen_fd = -1;
     b->wake[0] = b->wake[1] = -1;
+    b->pwake[0] = b->pwake[1] = -1;
 #ifdef USE_EPOLL
     b->epfd = -1;
 #endif
@@ -1081,12 +1098,14 @@ static int tcp_create(cm_xfer *x, const cm_xfer_config *cfg, void **state) {
     pthread_mutex_init(&b->mu, &ma);
     pthread_mutexattr_destroy(&ma);
     int rc = CM_OK;
-    if (pipe(b->wake)) {
+    if (pipe(b->wake) || pipe(b->pwake)) {
         rc = cm_errorf(CM_EIO, "xfer: pipe: %s", strerror(errno));
         goto fail;
     }
     set_nonblock(b->wake[0]);
     set_nonblock(b->wake[1]);
+    set_nonblock(b->pwake[0]);
+    set_nonblock(b->pwake[1]);
 #ifdef USE_EPOLL
     b->epfd = epoll_create1(EPOLL_CLOEXEC);
     if (b->epfd < 0) {
@@ -1135,6 +1154,8 @@ static void tcp_destroy(void *state) {
     if (b->listen_fd >= 0) close(b->listen_fd);
     if (b->wake[0] >= 0) close(b->wake[0]);
     if (b->wake[1] >= 0) close(b->wake[1]);
+    if (b->pwake[0] >= 0) close(b->pwake[0]);
+    if (b->pwake[1] >= 0) close(b->pwake[1]);
 #ifdef USE_EPOLL
     if (b->epfd >= 0) close(b->epfd);
 #endif
@@ -1268,6 +1289,52 @@ out:
     return rc;
 }
 
+static int tcp_progress(void *state, int peer, int timeout_us) {
+    tcp_backend *b = state;
+    struct pollfd pf[CM_XFER_MAX_LINKS * CM_XFER_MAX_SOCKS + 1];
+    int n = 0;
+    if (timeout_us > 10000) timeout_us = 10000; /* bounds a missed wake-up */
+    pthread_mutex_lock(&b->mu);
+    tpeer *p = &b->peers[peer];
+    if (p->up)
+        for (int l = 0; l < p->n_links; l++)
+            for (int s = 0; s < p->n_socks; s++)
+                if (p->links[l].socks[s] && p->links[l].socks[s]->state == CS_READY)
+                    pf[n++] = (struct pollfd){p->links[l].socks[s]->fd, POLLIN, 0};
+    if (!n) {
+        pthread_mutex_unlock(&b->mu);
+        return CM_EUNSUPPORTED;
+    }
+    pf[n++] = (struct pollfd){b->pwake[0], POLLIN, 0};
+    b->n_progress++;
+    pthread_mutex_unlock(&b->mu);
+    /* An fd closed (and even reused) meanwhile only causes a spurious
+     * wake-up: sockets are looked up again under the lock below. */
+#ifdef __linux__
+    struct timespec ts = {timeout_us / 1000000, (long)(timeout_us % 1000000) * 1000};
+    int r = ppoll(pf, (nfds_t)n, &ts, NULL);
+#else
+    int r = poll(pf, (nfds_t)n, timeout_us / 1000 + 1);
+#endif
+    pthread_mutex_lock(&b->mu);
+    b->n_progress--;
+    if (r > 0 && pf[n - 1].revents) {
+        char buf[64];
+        while (read(b->pwake[0], buf, sizeof buf) > 0) {
+        }
+    }
+    for (int i = 0; r > 0 && i < n - 1; i++) {
+        if (!pf[i].revents || !p->up) continue;
+        for (int l = 0; l < p->n_links; l++)
+            for (int s = 0; s < p->n_socks; s++) {
+                conn *c = p->links[l].socks[s];
+                if (c && c->fd == pf[i].fd && c->state == CS_READY) conn_read_ready(b, c, 1);
+            }
+    }
+    pthread_mutex_unlock(&b->mu);
+    return CM_OK;
+}
+
 static int tcp_peer_links(void *state, int peer, cm_xfer_link_stats *out, int max, int *n) {
     tcp_backend *b = state;
     pthread_mutex_lock(&b->mu);
@@ -1297,5 +1364,6 @@ const cm_xfer_backend_ops cm_xfer_tcp_ops = {
     .send = tcp_send,
     .write = tcp_write,
     .recv_posted = NULL,
+    .progress = tcp_progress,
     .peer_links = tcp_peer_links,
 };

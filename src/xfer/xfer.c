@@ -761,6 +761,14 @@ int cm_xfer_imm_wait(cm_xfer *x, int peer, uint32_t imm, uint64_t expected, int 
             pthread_mutex_unlock(&x->mu);
             return rc;
         }
+        if (x->ops->progress && peer != CM_XFER_ANY_PEER) {
+            /* Let this thread receive for itself: no hand-off through the
+             * backend's thread on the latency-critical path. */
+            pthread_mutex_unlock(&x->mu);
+            uint64_t left_us = limit == UINT64_MAX ? 100000 : (limit - now) / 1000 + 1;
+            if (x->ops->progress(x->bstate, peer, (int)(left_us > 100000 ? 100000 : left_us)) == CM_OK) continue;
+            pthread_mutex_lock(&x->mu);
+        }
         if (now - start < SPIN_NS) {
             /* Spin a little first: a round trip is often shorter than a
              * sleep-and-wake through the scheduler. */
