@@ -3,16 +3,19 @@
  *
  * The two signals are blocked before any thread starts, so every thread
  * inherits the mask and the main thread alone receives them with sigwait():
- * no handler runs in an arbitrary thread. A second signal during the grace
- * period is not needed: the drain ends on its own after --grace seconds.
+ * no handler runs in an arbitrary thread. A second signal during the drain
+ * exits at once (status 130).
  *
  * Exit codes: 0 after a clean shutdown, 1 when the server cannot start, 2
  * bad usage. */
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "base/log.h"
 #include "base/status.h"
@@ -25,7 +28,8 @@ static void usage(FILE *f) {
             "\n"
             "Serves an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions,\n"
             "/v1/models), /health, /metrics (Prometheus) and a dashboard at /.\n"
-            "SIGINT/SIGTERM: stop accepting, let running requests finish (--grace), exit 0.\n"
+            "SIGINT/SIGTERM: stop accepting, let running requests finish (--grace), exit 0;\n"
+            "a second signal exits at once.\n"
             "\n"
             "  -m, --model FILE       GGUF model (required)\n"
             "      --host ADDR        address to listen on (default 127.0.0.1)\n"
@@ -67,6 +71,16 @@ static int parse_double(const char *flag, const char *s, double lo, double *out)
     }
     *out = v;
     return 0;
+}
+
+/* During the graceful drain a second SIGINT/SIGTERM ends the process at
+ * once, as users expect from a second Ctrl-C. */
+static void *second_signal(void *arg) {
+    int sig;
+    while (sigwait((const sigset_t *)arg, &sig) != 0) {
+    }
+    fprintf(stderr, "cellm serve: second signal: stopping now\n");
+    _exit(130);
 }
 
 int cmd_serve(int argc, char **argv) {
@@ -140,15 +154,23 @@ int cmd_serve(int argc, char **argv) {
         fprintf(stderr, "cellm serve: %s\n", cm_last_error(rc));
         return 1;
     }
-    printf("cellm serve: model %s, listening on http://%s:%d (%d slots; Ctrl-C to stop)\n",
-           cm_server_model_name(srv), p.host, cm_server_port(srv), p.n_parallel);
+    bool v6 = strchr(p.host, ':') != NULL;
+    printf("cellm serve: model %s, listening on http://%s%s%s:%d (%d slots; Ctrl-C to stop)\n",
+           cm_server_model_name(srv), v6 ? "[" : "", p.host, v6 ? "]" : "", cm_server_port(srv), p.n_parallel);
     fflush(stdout);
     int sig = 0;
     while (sigwait(&set, &sig) != 0) {
     }
-    fprintf(stderr, "cellm serve: %s: finishing running requests (up to %g s), then exiting\n",
+    fprintf(stderr, "cellm serve: %s: finishing running requests (up to %g s), then exiting; "
+                    "signal again to stop at once\n",
             sig == SIGINT ? "SIGINT" : "SIGTERM", p.grace_s);
+    pthread_t impatient;
+    bool watching = pthread_create(&impatient, NULL, second_signal, &set) == 0;
     cm_server_stop(srv);
+    if (watching) {
+        pthread_cancel(impatient); /* sigwait is a cancellation point */
+        pthread_join(impatient, NULL);
+    }
     fprintf(stderr, "cellm serve: stopped\n");
     return 0;
 }
