@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# test_xfer_netns.sh - cellm xfer-bench between two network namespaces joined
+# by two veth pairs capped with tc tbf: one link, two links striped, and a
+# wrong key. Checks that the bench completes and prints sane JSON (fields
+# present, numbers positive and finite); it does not assert throughput.
+# Skips (exit 0) when not root or when namespaces cannot be made.
+set -uo pipefail
+BIN=${CELLM_BIN:-build/cellm}
+if [ "$(id -u)" != 0 ]; then echo "skip: test_xfer_netns needs root for ip netns"; exit 0; fi
+if ! command -v ip >/dev/null || ! command -v tc >/dev/null; then echo "skip: ip/tc not installed"; exit 0; fi
+if [ ! -x "$BIN" ]; then echo "FAIL: no cellm binary at $BIN"; exit 1; fi
+
+A=cmx$$a
+B=cmx$$b
+TMP=$(mktemp -d)
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
+    ip netns del "$A" 2>/dev/null
+    ip netns del "$B" 2>/dev/null
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+if ! ip netns add "$A" 2>/dev/null; then echo "skip: ip netns add failed (no permission for namespaces here)"; exit 0; fi
+ip netns add "$B" || { echo "skip: ip netns add failed"; exit 0; }
+ip -n "$A" link set lo up
+ip -n "$B" link set lo up
+for l in 1 2; do
+    if ! ip link add cmx$$${l}a type veth peer name cmx$$${l}b; then echo "skip: cannot create veth pairs"; exit 0; fi
+    ip link set cmx$$${l}a netns "$A"
+    ip link set cmx$$${l}b netns "$B"
+    ip -n "$A" addr add 10.77.$l.1/24 dev cmx$$${l}a
+    ip -n "$B" addr add 10.77.$l.2/24 dev cmx$$${l}b
+    ip -n "$A" link set cmx$$${l}a up
+    ip -n "$B" link set cmx$$${l}b up
+    # tbf needs a burst of at least rate/HZ; 4mb holds 5 Gbit/s at HZ 100..1000
+    ip netns exec "$A" tc qdisc add dev cmx$$${l}a root tbf rate 5gbit burst 4mb latency 50ms || { echo "skip: tc tbf unavailable"; exit 0; }
+    ip netns exec "$B" tc qdisc add dev cmx$$${l}b root tbf rate 5gbit burst 4mb latency 50ms
+done
+
+fail=0
+check() { if ! eval "$1"; then echo "FAIL: $2"; fail=1; else echo "ok   $2"; fi; }
+
+"$BIN" key generate > "$TMP/key"
+"$BIN" key generate > "$TMP/otherkey"
+ip netns exec "$A" "$BIN" xfer-bench --serve 0.0.0.0:7700 --key-file "$TMP/key" > "$TMP/server.out" 2> "$TMP/server.err" &
+PIDS+=($!)
+for _ in $(seq 50); do grep -q listening "$TMP/server.out" 2>/dev/null && break; sleep 0.1; done
+check 'grep -q listening "$TMP/server.out"' "server listens"
+
+# JSON sanity: every line an object with size_bytes and a positive gbit_s or rtt_us
+sane() {
+    awk '
+    !/^\{.*\}$/ { bad = 1 }
+    /"mode":"write"/ { w++; if (!match($0, /"size_bytes":[0-9]+/) || !match($0, /"gbit_s":[0-9.]+/)) bad = 1
+        split(substr($0, RSTART), a, /[:,}]/); if (a[2] + 0 <= 0) bad = 1 }
+    /"mode":"rtt"/ { r++; if (!match($0, /"rtt_us":[0-9.]+/)) bad = 1; split(substr($0, RSTART), a, /[:,}]/); if (a[2] + 0 <= 0) bad = 1 }
+    /"mode":"raw_stream"/ { s++ } /"mode":"raw_pingpong"/ { p++ }
+    END { exit !(bad == 0 && w == '"$2"' && r == 1 && s == '"$3"' && p == '"$3"') }' "$1"
+}
+
+ip netns exec "$B" "$BIN" xfer-bench --peer 10.77.1.1:7700 --key-file "$TMP/key" --sizes 4K,1M --iters 2 \
+    --rtt-iters 200 --baseline --json > "$TMP/one.json" 2> "$TMP/one.err"
+rc=$?
+check '[ $rc = 0 ] && sane "$TMP/one.json" 2 1' "one capped link: bench completes with sane JSON"
+cat "$TMP/one.json"
+
+ip netns exec "$B" "$BIN" xfer-bench --peer 10.77.1.1:7700,10.77.2.1:7700 --key-file "$TMP/key" --sizes 4M \
+    --iters 2 --rtt-iters 200 --json > "$TMP/two.json" 2> "$TMP/two.err"
+rc=$?
+check '[ $rc = 0 ] && sane "$TMP/two.json" 1 0 && grep -q "\"links\":2" "$TMP/two.json"' "two links striped: bench completes with sane JSON"
+cat "$TMP/two.json"
+
+ip netns exec "$B" "$BIN" xfer-bench --peer 10.77.1.1:7700 --key-file "$TMP/otherkey" --sizes 4K --iters 1 \
+    --rtt-iters 10 --json > "$TMP/bad.json" 2> "$TMP/bad.err"
+rc=$?
+check '[ $rc = 1 ] && grep -q "refused our cell key" "$TMP/bad.err"' "wrong key refused (exit $rc)"
+sleep 0.2
+check 'grep -q "authentication failed" "$TMP/server.err"' "server logs the refused key"
+
+# the server survives all of that: one more short run
+ip netns exec "$B" "$BIN" xfer-bench --peer 10.77.2.1:7700 --key-file "$TMP/key" --sizes 64K --iters 1 \
+    --rtt-iters 50 --json > "$TMP/again.json" 2> "$TMP/again.err"
+rc=$?
+check '[ $rc = 0 ] && sane "$TMP/again.json" 1 0' "server still serves after a refused peer"
+
+[ $fail = 0 ] && echo "xfer netns: all checks passed"
+exit $fail
