@@ -30,4 +30,4 @@ for i in $(seq 1 600); do
     kill -0 $PID 2>/dev/null || { cat "$LOG"; exit 1; }
     sleep 0.1
 done
-node "$(dirname "$0")/serve_bench.mjs" "http://127.0.0.1:$PORT" 1,4,8,16 "$MAXTOK" 1
+node "$(dirname "$0")/serve_bench.mjs" "http://127.0.0.1:$PORT" "${LEVELS:-1,4,8,16}" "$MAXTOK" "${ROUNDS:-1}"

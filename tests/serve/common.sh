@@ -9,11 +9,14 @@ mkdir -p "$CELLM_TMP"
 SERVER_PID=
 SERVER_LOG=
 
+NODE_DIR=
+
 serve_cleanup() {
     if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
         kill -KILL "$SERVER_PID" 2>/dev/null
         wait "$SERVER_PID" 2>/dev/null
     fi
+    [ -n "$NODE_DIR" ] && rm -rf "$NODE_DIR"
 }
 trap serve_cleanup EXIT
 
@@ -36,20 +39,27 @@ serve_need_node() {
         echo "SKIP: node $(node --version) is too old (need 18 or later)"
         exit 0
     fi
-    # The scripts run from a copy in the build tree, next to their node_modules.
-    NODE_DIR=$CELLM_TMP/serve-node
+    # node_modules lives in the build tree ($NODE_ROOT); each run copies the
+    # scripts into its own folder below it, where ESM resolution finds the
+    # package by walking up. The install is serialised with flock so that
+    # tests running in parallel do not install over each other.
+    NODE_ROOT=$CELLM_TMP/serve-node
+    NODE_DIR=$NODE_ROOT/run-$$
     mkdir -p "$NODE_DIR"
-    cp "$CELLM_SRC"/tests/serve/package.json "$CELLM_SRC"/tests/serve/*.mjs "$NODE_DIR"/
-    local want have
-    want=$(node -p "require('$NODE_DIR/package.json').dependencies.openai")
-    have=$(node -p "try{require('$NODE_DIR/node_modules/openai/package.json').version}catch(e){''}")
-    if [ "$want" != "$have" ]; then
-        echo "installing openai@$want from npm into $NODE_DIR"
-        (cd "$NODE_DIR" && npm install --no-audit --no-fund --loglevel=error --cache "$CELLM_TMP/npm-cache" >/dev/null) || {
-            echo "FAIL: npm install openai@$want failed (is the npm registry reachable?)"
-            exit 1
-        }
-    fi
+    cp "$CELLM_SRC"/tests/serve/*.mjs "$NODE_DIR"/
+    (
+        command -v flock >/dev/null 2>&1 && flock 9
+        cp "$CELLM_SRC"/tests/serve/package.json "$NODE_ROOT"/package.json
+        want=$(node -p "require('$NODE_ROOT/package.json').dependencies.openai")
+        have=$(node -p "try{require('$NODE_ROOT/node_modules/openai/package.json').version}catch(e){''}")
+        if [ "$want" != "$have" ]; then
+            echo "installing openai@$want from npm into $NODE_ROOT"
+            (cd "$NODE_ROOT" && npm install --no-audit --no-fund --loglevel=error --cache "$CELLM_TMP/npm-cache" >/dev/null) || {
+                echo "FAIL: npm install openai@$want failed (is the npm registry reachable?)"
+                exit 1
+            }
+        fi
+    ) 9>"$CELLM_TMP/serve-node.lock" || exit 1
 }
 
 serve_model() {
