@@ -9,8 +9,8 @@ serve_need_node
 serve_model
 fail=0
 
-serve_start -c 4096 --parallel 4 --max-queue 16 --max-body 65536
-export CELLM_MAX_BODY=65536
+serve_start -c 8192 --parallel 4 --max-queue 16 --max-body 65536
+export CELLM_MAX_BODY=65536 CELLM_LONG=8000
 serve_node openai.mjs || fail=1
 serve_node abuse.mjs || fail=1
 serve_promtool || fail=1
@@ -23,7 +23,7 @@ wait $client || { echo "FAIL shutdown.mjs:"; fail=1; }
 cat "$CELLM_TMP/serve-shutdown-$$.log"
 
 export CELLM_API_KEY=secret-$$
-serve_start -c 4096 --parallel 1 --max-queue 1 --timeout 1 --api-key "$CELLM_API_KEY"
+serve_start -c 16384 --parallel 1 --max-queue 1 --timeout 0.5 --api-key "$CELLM_API_KEY"
 serve_node limits.mjs || fail=1
 serve_stop || fail=1
 

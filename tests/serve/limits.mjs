@@ -24,7 +24,7 @@ await test('api key: 401 without, 200 with', async () => {
 });
 
 await test('a full queue answers 429 with Retry-After', async () => {
-  const body = JSON.stringify({ model, prompt: 'busy', max_tokens: 40, temperature: 0 });
+  const body = JSON.stringify({ model, prompt: 'busy', max_tokens: 3000, temperature: 0 });
   const rs = await Promise.all(Array.from({ length: 5 }, () => fetch(`${base}/v1/completions`, {
     method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${key}` }, body,
   })));
@@ -43,9 +43,9 @@ await test('a full queue answers 429 with Retry-After', async () => {
 });
 
 await test('a request that runs out of time is 504; a stream gets an error event', async () => {
-  await assert.rejects(good.completions.create({ model, prompt: 'long', max_tokens: 4000, temperature: 0 }),
+  await assert.rejects(good.completions.create({ model, prompt: 'long', max_tokens: 16000, temperature: 0 }),
     (e) => e.status === 504 && e.error && e.error.code === 'timeout');
-  const stream = await good.completions.create({ model, prompt: 'long', max_tokens: 4000, temperature: 0, stream: true });
+  const stream = await good.completions.create({ model, prompt: 'long', max_tokens: 16000, temperature: 0, stream: true });
   await assert.rejects((async () => { for await (const ch of stream) void ch; })(), (e) => /timed out/.test(e.message));
   await waitIdle(5000);
 });

@@ -227,7 +227,7 @@ await test('wrong types are 400 naming the parameter', async () => {
 
 await test('context overflow is 400 context_length_exceeded', async () => {
   await expectApiError(client.chat.completions.create({ model, messages: msgs, max_tokens: 1000000 }), 400, 'context_length_exceeded');
-  await expectApiError(client.completions.create({ model, prompt: 'word '.repeat(5000), max_tokens: 4 }), 400, 'context_length_exceeded');
+  await expectApiError(client.completions.create({ model, prompt: 'word '.repeat(12000), max_tokens: 4 }), 400, 'context_length_exceeded');
 });
 
 await test('streaming errors arrive before the stream', async () => {
