@@ -748,7 +748,8 @@ int cm_server_start(const cm_server_params *p, cm_server **out) {
         rc = cm_errorf(CM_EINVAL, "--host %s: %s", p->host, gai_strerror(gai));
         goto fail;
     }
-    unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ITC;
+    /* poll() rather than select(): descriptors past FD_SETSIZE must work. */
+    unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL | MHD_USE_ITC;
     if (ai->ai_family == AF_INET6) flags |= MHD_USE_IPv6;
     unsigned conn_timeout = (unsigned)(p->timeout_s > 0 ? p->timeout_s + 30 : 3600);
     s->d = MHD_start_daemon(flags, (uint16_t)p->port, NULL, NULL, on_request, s, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
