@@ -44,7 +44,9 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <sodium.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -143,6 +145,7 @@ typedef struct tpeer {
     open_write *wmap[WMAP_BUCKETS];
     int n_open;
     uint64_t send_seq;
+    _Atomic int n_progress; /* application threads receiving in tcp_progress */
 } tpeer;
 
 typedef struct tcp_backend {
@@ -156,7 +159,6 @@ typedef struct tcp_backend {
     char listen_addr[96];
     int wake[2];
     int pwake[2];     /* wakes application threads in tcp_progress */
-    int n_progress;   /* application threads in tcp_progress now */
 #ifdef USE_EPOLL
     int epfd;
 #endif
@@ -474,10 +476,10 @@ static int frame_landed(tcp_backend *b, conn *c) {
 
 /* A frame landed; an application thread waiting in tcp_progress may be
  * blocked in poll on a socket whose data this thread just took. */
-static void notify_progress(tcp_backend *b) {
-    if (b->n_progress > 0) {
-        char c = 1;
-        ssize_t r = write(b->pwake[1], &c, 1);
+static void notify_progress(tcp_backend *b, conn *c) {
+    if (atomic_load(&b->peers[c->peer].n_progress) > 0) {
+        char one = 1;
+        ssize_t r = write(b->pwake[1], &one, 1);
         (void)r;
     }
 }
@@ -579,7 +581,7 @@ static void conn_read_ready(tcp_backend *b, conn *c, int one_pass) {
         }
         c->rx_mode = RX_HDR;
         int rc = frame_landed(b, c);
-        if (!one_pass && c->h.type != CM_WIRE_HEARTBEAT) notify_progress(b);
+        if (!one_pass && c->h.type != CM_WIRE_HEARTBEAT) notify_progress(b, c);
         if (rc) {
             char why[400];
             snprintf(why, sizeof why, "bad frame from peer: %s", cm_last_error(rc));
@@ -797,10 +799,28 @@ static void *loop_main(void *arg) {
     while (!b->stop) {
 #ifdef USE_EPOLL
         int n = epoll_wait(b->epfd, evs, 64, TICK_MS);
+        /* An application thread receiving for itself (tcp_progress) holds
+         * the lock only briefly: do not sleep on it, and leave the sockets
+         * of the peer it waits on to it (they stay readable, so we see them
+         * again if it does not take the data). */
+        int skipped = 0;
+        for (int i = 0; i < n; i++) {
+            conn *c = evs[i].data.ptr;
+            if (c == (void *)&b->listen_fd || c == (void *)&b->wake) continue;
+            if (!(evs[i].events & EPOLLOUT) && c->state == CS_READY && atomic_load(&b->peers[c->peer].n_progress) > 0) {
+                evs[i].data.ptr = NULL;
+                skipped++;
+            }
+        }
+        if (skipped == n && n > 0) {
+            sched_yield();
+            continue;
+        }
         pthread_mutex_lock(&b->mu);
         for (int i = 0; i < n; i++) {
             void *ptr = evs[i].data.ptr;
             unsigned e = evs[i].events;
+            if (!ptr) continue;
             if (ptr == &b->listen_fd) {
                 do_accept(b);
                 continue;
@@ -1306,7 +1326,7 @@ static int tcp_progress(void *state, int peer, int timeout_us) {
         return CM_EUNSUPPORTED;
     }
     pf[n++] = (struct pollfd){b->pwake[0], POLLIN, 0};
-    b->n_progress++;
+    atomic_fetch_add(&p->n_progress, 1);
     pthread_mutex_unlock(&b->mu);
     /* An fd closed (and even reused) meanwhile only causes a spurious
      * wake-up: sockets are looked up again under the lock below. */
@@ -1317,7 +1337,6 @@ static int tcp_progress(void *state, int peer, int timeout_us) {
     int r = poll(pf, (nfds_t)n, timeout_us / 1000 + 1);
 #endif
     pthread_mutex_lock(&b->mu);
-    b->n_progress--;
     if (r > 0 && pf[n - 1].revents) {
         char buf[64];
         while (read(b->pwake[0], buf, sizeof buf) > 0) {
@@ -1331,6 +1350,7 @@ static int tcp_progress(void *state, int peer, int timeout_us) {
                 if (c && c->fd == pf[i].fd && c->state == CS_READY) conn_read_ready(b, c, 1);
             }
     }
+    atomic_fetch_sub(&p->n_progress, 1);
     pthread_mutex_unlock(&b->mu);
     return CM_OK;
 }
