@@ -316,14 +316,16 @@ TEST(gemm_hook_matches_reference) {
     CHECK(!cm_gemm_x86_applies(CM_TYPE_Q6_K, 8));
     cm_rng r;
     cm_rng_init(&r, 11);
-    const int n_rows = 37, n = 96, n_tok = 11;
-    const int types[] = {CM_TYPE_Q4_0, CM_TYPE_Q8_0};
+    const int n_rows = 37, n_tok = 11;
+    const int types[] = {CM_TYPE_Q4_0, CM_TYPE_Q8_0, CM_TYPE_Q4_K};
+    const int n = 512; /* two q4_K super-blocks, sixteen 32-wide blocks */
     float *xf = malloc(n * sizeof(float)), *fw = malloc(n * sizeof(float)), *fa = malloc(n * sizeof(float));
     float *y = malloc((size_t)n_tok * n_rows * sizeof(float));
     uint8_t *w = malloc((size_t)n_rows * n * 2), *a = malloc((size_t)n_tok * n * 2);
-    for (int ti = 0; ti < 2; ti++) {
-        const cm_type_traits *t = cm_type_traits_ref(types[ti]), *at = cm_type_traits_ref(CM_TYPE_Q8_0);
-        const size_t wrb = (size_t)(n / 32) * t->block_bytes, arb = (size_t)(n / 32) * at->block_bytes;
+    for (int ti = 0; ti < 3; ti++) {
+        const cm_type_traits *t = cm_type_traits_ref(types[ti]), *at = cm_type_traits_ref(t->vec_dot_type);
+        const size_t wrb = (size_t)(n / t->block_elems) * t->block_bytes;
+        const size_t arb = (size_t)(n / at->block_elems) * at->block_bytes;
         for (int k = 0; k < n_rows; k++) make_weights(&r, types[ti], n, w + k * wrb, xf, k & 1);
         for (int k = 0; k < n_tok; k++) {
             random_floats(&r, xf, n, 1);
@@ -344,6 +346,7 @@ TEST(gemm_hook_matches_reference) {
                               (double)y[tk * n_rows + rr]);
             }
         }
+        if (!bad) fprintf(stderr, "     hook    %-5s matches\n", t->name);
     }
     free(xf), free(fw), free(fa), free(y), free(w), free(a);
 }

@@ -134,3 +134,121 @@ void cm_gemm_q8_0_avx512(int type, const void *panel, int n_rows, int64_t n_cols
     default: break;
     }
 }
+
+/* ---- q4_K against q8_K ----
+ * Panel per 256-wide super-block (PANEL_K4_BYTES):
+ *   float dsc[8][16]   row scale d times sub-block scale, per sub-block
+ *   float dmin[16]     row min scale
+ *   i32   mnp[4][16]   sub-block mins 2k and 2k+1 of each row as two i16
+ *   u8    q[64][16][4] group g: weights 4g..4g+3 (element order) of row r
+ * Per token and sub-block, 8 VPDPBUSD give 16 rows' integer dots, one FMA
+ * scales them; the min term is 4 VPDPWSSD of the rows' mins against the
+ * activation's 32-element sums (from q8_K's bsums). */
+#define PANEL_K4_BYTES (8 * CM_GEMM_ROWS * 4 + CM_GEMM_ROWS * 4 + 4 * CM_GEMM_ROWS * 4 + 64 * CM_GEMM_ROWS * 4)
+
+size_t cm_gemm_panel_bytes_k(int64_t n_cols) { return (size_t)(n_cols / CM_QK_K) * PANEL_K4_BYTES; }
+
+void cm_gemm_pack_q4_K_avx512(const void *w, size_t w_row_bytes, int n_rows, int64_t n_cols, void *panel) {
+    const int64_t nb = n_cols / CM_QK_K;
+    uint8_t *p = panel;
+    for (int64_t i = 0; i < nb; i++, p += PANEL_K4_BYTES) {
+        float *dsc = (float *)p;
+        float *dmin = dsc + 8 * CM_GEMM_ROWS;
+        uint32_t *mnp = (uint32_t *)(dmin + CM_GEMM_ROWS);
+        uint32_t *q = mnp + 4 * CM_GEMM_ROWS;
+        for (int r = 0; r < CM_GEMM_ROWS; r++) {
+            uint8_t vals[CM_QK_K];
+            uint8_t sc[8] = {0}, mn[8] = {0};
+            float d = 0.0f, dm = 0.0f;
+            if (r < n_rows) {
+                const cm_block_q4_K *b = (const cm_block_q4_K *)((const uint8_t *)w + (size_t)r * w_row_bytes) + i;
+                d = _cvtsh_ss(b->d);
+                dm = _cvtsh_ss(b->dmin);
+                for (int j = 0; j < 4; j++) {
+                    sc[j] = b->scales[j] & 63;
+                    mn[j] = b->scales[j + 4] & 63;
+                    sc[j + 4] = (uint8_t)((b->scales[j + 8] & 0x0f) | ((b->scales[j] >> 6) << 4));
+                    mn[j + 4] = (uint8_t)((b->scales[j + 8] >> 4) | ((b->scales[j + 4] >> 6) << 4));
+                }
+                const __m256i m4 = _mm256_set1_epi8(0x0f);
+                for (int j = 0; j < 4; j++) {
+                    __m256i v = _mm256_loadu_si256((const __m256i *)(b->qs + 32 * j));
+                    _mm256_storeu_si256((__m256i *)(vals + 64 * j), _mm256_and_si256(v, m4));
+                    _mm256_storeu_si256((__m256i *)(vals + 64 * j + 32), _mm256_and_si256(_mm256_srli_epi16(v, 4), m4));
+                }
+            } else {
+                memset(vals, 0, sizeof vals);
+            }
+            for (int j = 0; j < 8; j++) dsc[j * CM_GEMM_ROWS + r] = d * (float)sc[j];
+            dmin[r] = dm;
+            for (int k = 0; k < 4; k++) mnp[k * CM_GEMM_ROWS + r] = (uint32_t)mn[2 * k] | (uint32_t)mn[2 * k + 1] << 16;
+            for (int g = 0; g < 64; g++) memcpy(&q[g * CM_GEMM_ROWS + r], vals + 4 * g, 4);
+        }
+    }
+}
+
+#define GEMM_K4_BODY(T)                                                                                        \
+    do {                                                                                                       \
+        __m512 acc[T];                                                                                         \
+        for (int t = 0; t < T; t++) acc[t] = _mm512_setzero_ps();                                              \
+        for (int64_t i = 0; i < nb; i++) {                                                                     \
+            const uint8_t *pb = (const uint8_t *)panel + i * PANEL_K4_BYTES;                                   \
+            const float *dsc = (const float *)pb;                                                              \
+            const __m512 dmin = _mm512_loadu_ps(dsc + 8 * CM_GEMM_ROWS);                                       \
+            const uint8_t *mnp = pb + 9 * CM_GEMM_ROWS * 4;                                                    \
+            const uint8_t *qp = mnp + 4 * CM_GEMM_ROWS * 4;                                                    \
+            /* min term: sum_j mn[j] * (sum of the 32 activations of sub-block j) */                           \
+            for (int t = 0; t < T; t++) {                                                                      \
+                const cm_block_q8_K *yb = (const cm_block_q8_K *)(a + (size_t)t * act_row_bytes) + i;          \
+                __m512i m = _mm512_setzero_si512();                                                            \
+                for (int k = 0; k < 4; k++) {                                                                  \
+                    const int b0 = yb->bsums[4 * k] + yb->bsums[4 * k + 1];                                    \
+                    const int b1 = yb->bsums[4 * k + 2] + yb->bsums[4 * k + 3];                                \
+                    const int pair = (int)((uint32_t)(uint16_t)b0 | (uint32_t)(uint16_t)b1 << 16);            \
+                    m = _mm512_dpwssd_epi32(m, _mm512_loadu_si512((const void *)(mnp + 64 * k)),               \
+                                            _mm512_set1_epi32(pair));                                          \
+                }                                                                                              \
+                acc[t] = _mm512_fnmadd_ps(_mm512_mul_ps(dmin, _mm512_set1_ps(yb->d)), _mm512_cvtepi32_ps(m),   \
+                                          acc[t]);                                                             \
+            }                                                                                                  \
+            for (int j = 0; j < 8; j++) {                                                                      \
+                __m512i X[8];                                                                                  \
+                for (int g = 0; g < 8; g++) X[g] = _mm512_loadu_si512((const void *)(qp + 64 * (8 * j + g)));  \
+                const __m512 dsj = _mm512_loadu_ps(dsc + j * CM_GEMM_ROWS);                                    \
+                for (int t = 0; t < T; t++) {                                                                  \
+                    const cm_block_q8_K *yb = (const cm_block_q8_K *)(a + (size_t)t * act_row_bytes) + i;      \
+                    int32_t w4[8];                                                                             \
+                    memcpy(w4, yb->qs + 32 * j, 32);                                                           \
+                    __m512i s0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), X[0], _mm512_set1_epi32(w4[0]));  \
+                    __m512i s1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), X[1], _mm512_set1_epi32(w4[1]));  \
+                    s0 = _mm512_dpbusd_epi32(s0, X[2], _mm512_set1_epi32(w4[2]));                              \
+                    s1 = _mm512_dpbusd_epi32(s1, X[3], _mm512_set1_epi32(w4[3]));                              \
+                    s0 = _mm512_dpbusd_epi32(s0, X[4], _mm512_set1_epi32(w4[4]));                              \
+                    s1 = _mm512_dpbusd_epi32(s1, X[5], _mm512_set1_epi32(w4[5]));                              \
+                    s0 = _mm512_dpbusd_epi32(s0, X[6], _mm512_set1_epi32(w4[6]));                              \
+                    s1 = _mm512_dpbusd_epi32(s1, X[7], _mm512_set1_epi32(w4[7]));                              \
+                    acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(dsj, _mm512_set1_ps(yb->d)),                        \
+                                             _mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)), acc[t]);            \
+                }                                                                                              \
+            }                                                                                                  \
+        }                                                                                                      \
+        for (int t = 0; t < T; t++) _mm512_mask_storeu_ps(y + (size_t)t * y_stride, rmask, acc[t]);           \
+    } while (0)
+
+void cm_gemm_q4_K_avx512(const void *panel, int n_rows, int64_t n_cols, const void *act, size_t act_row_bytes,
+                         int n_tok, float *y, size_t y_stride) {
+    const int64_t nb = n_cols / CM_QK_K;
+    const __mmask16 rmask = (__mmask16)(n_rows >= 16 ? 0xffff : (1u << n_rows) - 1);
+    const uint8_t *a = act;
+    switch (n_tok) {
+    case 8: GEMM_K4_BODY(8); break;
+    case 7: GEMM_K4_BODY(7); break;
+    case 6: GEMM_K4_BODY(6); break;
+    case 5: GEMM_K4_BODY(5); break;
+    case 4: GEMM_K4_BODY(4); break;
+    case 3: GEMM_K4_BODY(3); break;
+    case 2: GEMM_K4_BODY(2); break;
+    case 1: GEMM_K4_BODY(1); break;
+    default: break;
+    }
+}
