@@ -252,3 +252,125 @@ void cm_gemm_q4_K_avx512(const void *panel, int n_rows, int64_t n_cols, const vo
     default: break;
     }
 }
+
+/* ---- q6_K against q8_K ----
+ * Panel per 256-wide super-block (PANEL_K6_BYTES):
+ *   float d[16]         row scales
+ *   i32   scp[8][16]    the rows' int8 scales of 16-element groups 2m and
+ *                       2m+1 as two i16 (for the offset term)
+ *   i32   sc[16][16]    the same scales one per lane (for the products)
+ *   u8    q[64][16][4]  weights + 32 (0..63), group g = elements 4g..4g+3
+ * Per token: 4 VPDPBUSD per 16-element group, times its scale (VPMULLD),
+ * summed in integers; the +32 offset comes back out as
+ * 32 * sum_k sc[k] * bsums[k] through 8 VPDPWSSD; one FMA per super-block. */
+#define PANEL_K6_BYTES (CM_GEMM_ROWS * 4 + 8 * CM_GEMM_ROWS * 4 + 16 * CM_GEMM_ROWS * 4 + 64 * CM_GEMM_ROWS * 4)
+
+size_t cm_gemm_panel_bytes_k6(int64_t n_cols) { return (size_t)(n_cols / CM_QK_K) * PANEL_K6_BYTES; }
+
+void cm_gemm_pack_q6_K_avx512(const void *w, size_t w_row_bytes, int n_rows, int64_t n_cols, void *panel) {
+    const int64_t nb = n_cols / CM_QK_K;
+    uint8_t *p = panel;
+    for (int64_t i = 0; i < nb; i++, p += PANEL_K6_BYTES) {
+        float *d = (float *)p;
+        uint32_t *scp = (uint32_t *)(d + CM_GEMM_ROWS);
+        int32_t *sc = (int32_t *)(scp + 8 * CM_GEMM_ROWS);
+        uint32_t *q = (uint32_t *)(sc + 16 * CM_GEMM_ROWS);
+        for (int r = 0; r < CM_GEMM_ROWS; r++) {
+            uint8_t vals[CM_QK_K];
+            int8_t s8[16] = {0};
+            float dr = 0.0f;
+            if (r < n_rows) {
+                const cm_block_q6_K *b = (const cm_block_q6_K *)((const uint8_t *)w + (size_t)r * w_row_bytes) + i;
+                dr = _cvtsh_ss(b->d);
+                memcpy(s8, b->scales, 16);
+                for (int h = 0; h < 2; h++) {
+                    const uint8_t *ql = b->ql + 64 * h, *qh = b->qh + 32 * h;
+                    uint8_t *v = vals + 128 * h;
+                    for (int l = 0; l < 32; l++) {
+                        v[l] = (uint8_t)((ql[l] & 0x0f) | ((qh[l] & 3) << 4));
+                        v[l + 32] = (uint8_t)((ql[l + 32] & 0x0f) | (((qh[l] >> 2) & 3) << 4));
+                        v[l + 64] = (uint8_t)((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4));
+                        v[l + 96] = (uint8_t)((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4));
+                    }
+                }
+            } else {
+                memset(vals, 32, sizeof vals); /* weight 0; its scale is 0 anyway */
+            }
+            d[r] = dr;
+            for (int m = 0; m < 8; m++)
+                scp[m * CM_GEMM_ROWS + r] = (uint32_t)(uint16_t)s8[2 * m] | (uint32_t)(uint16_t)s8[2 * m + 1] << 16;
+            for (int k = 0; k < 16; k++) sc[k * CM_GEMM_ROWS + r] = s8[k];
+            for (int g = 0; g < 64; g++) memcpy(&q[g * CM_GEMM_ROWS + r], vals + 4 * g, 4);
+        }
+    }
+}
+
+#define GEMM_K6_BODY(T)                                                                                        \
+    do {                                                                                                       \
+        __m512 acc[T];                                                                                         \
+        for (int t = 0; t < T; t++) acc[t] = _mm512_setzero_ps();                                              \
+        for (int64_t i = 0; i < nb; i++) {                                                                     \
+            const uint8_t *pb = (const uint8_t *)panel + i * PANEL_K6_BYTES;                                   \
+            const __m512 dx = _mm512_loadu_ps((const float *)pb);                                              \
+            const uint8_t *scp = pb + CM_GEMM_ROWS * 4;                                                        \
+            const uint8_t *scv = scp + 8 * CM_GEMM_ROWS * 4;                                                   \
+            const uint8_t *qp = scv + 16 * CM_GEMM_ROWS * 4;                                                   \
+            __m512i isum[T];                                                                                   \
+            for (int t = 0; t < T; t++) {                                                                      \
+                /* -32 * sum_k sc[k] * bsums[k] */                                                             \
+                const cm_block_q8_K *yb = (const cm_block_q8_K *)(a + (size_t)t * act_row_bytes) + i;          \
+                int32_t bp[8];                                                                                 \
+                memcpy(bp, yb->bsums, 32);                                                                     \
+                __m512i c = _mm512_setzero_si512();                                                            \
+                for (int m = 0; m < 8; m++)                                                                    \
+                    c = _mm512_dpwssd_epi32(c, _mm512_loadu_si512((const void *)(scp + 64 * m)),               \
+                                            _mm512_set1_epi32(bp[m]));                                         \
+                isum[t] = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(c, 5));                   \
+            }                                                                                                  \
+            for (int k = 0; k < 16; k += 2) {                                                                  \
+                __m512i X[8];                                                                                  \
+                for (int g = 0; g < 8; g++) X[g] = _mm512_loadu_si512((const void *)(qp + 64 * (4 * k + g)));  \
+                const __m512i sa = _mm512_loadu_si512((const void *)(scv + 64 * k));                           \
+                const __m512i sb = _mm512_loadu_si512((const void *)(scv + 64 * (k + 1)));                     \
+                for (int t = 0; t < T; t++) {                                                                  \
+                    const cm_block_q8_K *yb = (const cm_block_q8_K *)(a + (size_t)t * act_row_bytes) + i;      \
+                    int32_t w4[8];                                                                             \
+                    memcpy(w4, yb->qs + 16 * k, 32);                                                           \
+                    __m512i s0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), X[0], _mm512_set1_epi32(w4[0]));  \
+                    __m512i s1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), X[4], _mm512_set1_epi32(w4[4]));  \
+                    s0 = _mm512_dpbusd_epi32(s0, X[1], _mm512_set1_epi32(w4[1]));                              \
+                    s1 = _mm512_dpbusd_epi32(s1, X[5], _mm512_set1_epi32(w4[5]));                              \
+                    s0 = _mm512_dpbusd_epi32(s0, X[2], _mm512_set1_epi32(w4[2]));                              \
+                    s1 = _mm512_dpbusd_epi32(s1, X[6], _mm512_set1_epi32(w4[6]));                              \
+                    s0 = _mm512_dpbusd_epi32(s0, X[3], _mm512_set1_epi32(w4[3]));                              \
+                    s1 = _mm512_dpbusd_epi32(s1, X[7], _mm512_set1_epi32(w4[7]));                              \
+                    isum[t] = _mm512_add_epi32(isum[t], _mm512_mullo_epi32(s0, sa));                           \
+                    isum[t] = _mm512_add_epi32(isum[t], _mm512_mullo_epi32(s1, sb));                           \
+                }                                                                                              \
+            }                                                                                                  \
+            for (int t = 0; t < T; t++) {                                                                      \
+                const cm_block_q8_K *yb = (const cm_block_q8_K *)(a + (size_t)t * act_row_bytes) + i;          \
+                acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(dx, _mm512_set1_ps(yb->d)), _mm512_cvtepi32_ps(isum[t]), \
+                                         acc[t]);                                                              \
+            }                                                                                                  \
+        }                                                                                                      \
+        for (int t = 0; t < T; t++) _mm512_mask_storeu_ps(y + (size_t)t * y_stride, rmask, acc[t]);           \
+    } while (0)
+
+void cm_gemm_q6_K_avx512(const void *panel, int n_rows, int64_t n_cols, const void *act, size_t act_row_bytes,
+                         int n_tok, float *y, size_t y_stride) {
+    const int64_t nb = n_cols / CM_QK_K;
+    const __mmask16 rmask = (__mmask16)(n_rows >= 16 ? 0xffff : (1u << n_rows) - 1);
+    const uint8_t *a = act;
+    switch (n_tok) {
+    case 8: GEMM_K6_BODY(8); break;
+    case 7: GEMM_K6_BODY(7); break;
+    case 6: GEMM_K6_BODY(6); break;
+    case 5: GEMM_K6_BODY(5); break;
+    case 4: GEMM_K6_BODY(4); break;
+    case 3: GEMM_K6_BODY(3); break;
+    case 2: GEMM_K6_BODY(2); break;
+    case 1: GEMM_K6_BODY(1); break;
+    default: break;
+    }
+}

@@ -115,24 +115,35 @@ static void *grow(void **p, size_t *have, size_t need) {
 
 bool cm_gemm_x86_applies(int w_type, int64_t n_tokens) {
     return chosen && !strcmp(chosen, "avx512-vnni") &&
-           (w_type == CM_TYPE_Q4_0 || w_type == CM_TYPE_Q8_0 || w_type == CM_TYPE_Q4_K) && n_tokens >= 2;
+           (w_type == CM_TYPE_Q4_0 || w_type == CM_TYPE_Q8_0 || w_type == CM_TYPE_Q4_K || w_type == CM_TYPE_Q6_K) &&
+           n_tokens >= 2;
 }
 
 bool cm_gemm_x86(int w_type, const void *w, size_t w_row_bytes, int64_t r0, int64_t r1, int64_t n_cols,
                  const void *act, size_t act_row_bytes, int64_t n_tokens, float *y, int64_t y_row_stride) {
     if (!cm_gemm_x86_applies(w_type, n_tokens)) return false;
     const uint8_t *a = act;
-    if (w_type == CM_TYPE_Q4_K) {
+    if (w_type == CM_TYPE_Q4_K || w_type == CM_TYPE_Q6_K) {
+        const bool k4 = w_type == CM_TYPE_Q4_K;
         if (n_cols % 256) return false;
-        void *panel = grow(&tl_panel, &tl_panel_bytes, cm_gemm_panel_bytes_k(n_cols));
+        void *panel =
+            grow(&tl_panel, &tl_panel_bytes, k4 ? cm_gemm_panel_bytes_k(n_cols) : cm_gemm_panel_bytes_k6(n_cols));
         if (!panel) return false;
         for (int64_t r = r0; r < r1; r += CM_GEMM_ROWS) {
             const int nr = (int)(r1 - r < CM_GEMM_ROWS ? r1 - r : CM_GEMM_ROWS);
-            cm_gemm_pack_q4_K_avx512((const uint8_t *)w + (size_t)r * w_row_bytes, w_row_bytes, nr, n_cols, panel);
+            const uint8_t *wr = (const uint8_t *)w + (size_t)r * w_row_bytes;
+            if (k4)
+                cm_gemm_pack_q4_K_avx512(wr, w_row_bytes, nr, n_cols, panel);
+            else
+                cm_gemm_pack_q6_K_avx512(wr, w_row_bytes, nr, n_cols, panel);
             for (int64_t t = 0; t < n_tokens; t += CM_GEMM_TOKENS) {
                 const int nt = (int)(n_tokens - t < CM_GEMM_TOKENS ? n_tokens - t : CM_GEMM_TOKENS);
-                cm_gemm_q4_K_avx512(panel, nr, n_cols, a + (size_t)t * act_row_bytes, act_row_bytes, nt,
-                                    y + t * y_row_stride + r, (size_t)y_row_stride);
+                if (k4)
+                    cm_gemm_q4_K_avx512(panel, nr, n_cols, a + (size_t)t * act_row_bytes, act_row_bytes, nt,
+                                        y + t * y_row_stride + r, (size_t)y_row_stride);
+                else
+                    cm_gemm_q6_K_avx512(panel, nr, n_cols, a + (size_t)t * act_row_bytes, act_row_bytes, nt,
+                                        y + t * y_row_stride + r, (size_t)y_row_stride);
             }
         }
         return true;

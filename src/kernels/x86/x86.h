@@ -63,11 +63,15 @@ void cm_gemm_act_sums_avx512(const void *act, size_t act_row_bytes, int n_tok, i
 void cm_gemm_q8_0_avx512(int type, const void *panel, int n_rows, int64_t n_cols, const void *act,
                          size_t act_row_bytes, const int32_t *sums, int n_tok, float *y, size_t y_stride);
 
-/* q4_K weights against q8_K activations, the same scheme per 256-wide
- * super-block (no activation sums needed: q8_K carries them). */
+/* q4_K and q6_K weights against q8_K activations, the same scheme per
+ * 256-wide super-block (no activation sums needed: q8_K carries them). */
 size_t cm_gemm_panel_bytes_k(int64_t n_cols);
 void cm_gemm_pack_q4_K_avx512(const void *w, size_t w_row_bytes, int n_rows, int64_t n_cols, void *panel);
 void cm_gemm_q4_K_avx512(const void *panel, int n_rows, int64_t n_cols, const void *act, size_t act_row_bytes,
+                         int n_tok, float *y, size_t y_stride);
+size_t cm_gemm_panel_bytes_k6(int64_t n_cols);
+void cm_gemm_pack_q6_K_avx512(const void *w, size_t w_row_bytes, int n_rows, int64_t n_cols, void *panel);
+void cm_gemm_q6_K_avx512(const void *panel, int n_rows, int64_t n_cols, const void *act, size_t act_row_bytes,
                          int n_tok, float *y, size_t y_stride);
 
 /* The hook for cm_matmul (x86.c): output rows [r0, r1) of every token with
