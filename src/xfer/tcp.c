@@ -145,6 +145,7 @@ typedef struct tpeer {
     open_write *wmap[WMAP_BUCKETS];
     int n_open;
     uint64_t send_seq;
+    tx_item *pend, **pend_tail; /* write segments not yet given to a link */
     _Atomic int n_progress; /* application threads receiving in tcp_progress */
 } tpeer;
 
@@ -164,10 +165,12 @@ typedef struct tcp_backend {
 #endif
     conn *conns;
     conn *graveyard;
+    int pumping; /* pump() is running: flushes inside it do not re-enter */
     tpeer peers[MAX_PEERS];
 } tcp_backend;
 
 static void peer_fail(tcp_backend *b, int pid, int status, const char *why);
+static void pump(tcp_backend *b, int pid);
 
 /* ---- addresses and sockets ---- */
 
@@ -325,6 +328,7 @@ static int conn_flush(tcp_backend *b, conn *c) {
     }
     if (!c->txq && c->peer >= 0) link_dry_check(&b->peers[c->peer], c->link);
     update_out(b, c);
+    if (c->peer >= 0 && b->peers[c->peer].pend) pump(b, c->peer);
     return CM_OK;
 }
 
@@ -399,6 +403,12 @@ static void peer_fail(tcp_backend *b, int pid, int status, const char *why) {
         }
     wmap_clear(p);
     p->n_ready = 0;
+    while (p->pend) {
+        tx_item *it = p->pend;
+        p->pend = it->next;
+        item_done(b, it, status);
+    }
+    p->pend_tail = &p->pend;
     if (was_up)
         cm_xfer_core_peer_down(b->x, pid, status, why);
     else if (why)
@@ -1237,7 +1247,82 @@ out:
     return rc;
 }
 
+/* Hands pending write segments to links. Each segment goes to the link
+ * whose queue would drain first at its measured rate (on its least-loaded
+ * socket), but a link is only given about 10 ms of work (at its rate, at
+ * least two chunks) beyond what it is sending: the rest waits here and is
+ * handed out as links drain, so a misjudged rate costs at most ~10 ms of
+ * imbalance at the end of a transfer. */
+static void pump(tcp_backend *b, int pid) {
+    tpeer *p = &b->peers[pid];
+    if (b->pumping) return;
+    b->pumping = 1;
+    while (p->pend && p->active && p->up) {
+        double queued[CM_XFER_MAX_LINKS] = {0}, rate[CM_XFER_MAX_LINKS], horizon[CM_XFER_MAX_LINKS];
+        double known = 0;
+        for (int l = 0; l < p->n_links; l++) {
+            if (p->links[l].rate > known) known = p->links[l].rate;
+            for (int s = 0; s < p->n_socks; s++) queued[l] += (double)p->links[l].socks[s]->tx_bytes;
+        }
+        for (int l = 0; l < p->n_links; l++) {
+            rate[l] = p->links[l].rate > 0 ? p->links[l].rate : known > 0 ? known : 1e9;
+            horizon[l] = rate[l] * 0.010;
+            if (horizon[l] < 2.0 * (double)b->cfg->chunk_bytes) horizon[l] = 2.0 * (double)b->cfg->chunk_bytes;
+        }
+        conn *used[CM_XFER_MAX_LINKS * CM_XFER_MAX_SOCKS];
+        int n_used = 0;
+        uint64_t touched = 0;
+        while (p->pend) {
+            tx_item *it = p->pend;
+            int best = -1;
+            double best_t = 0;
+            for (int l = 0; l < p->n_links; l++) {
+                if (queued[l] >= horizon[l]) continue;
+                double tl = (queued[l] + (double)it->payload_bytes) / rate[l];
+                if (best < 0 || tl < best_t) best = l, best_t = tl;
+            }
+            if (best < 0) break; /* every link has enough to do */
+            p->pend = it->next;
+            if (!p->pend) p->pend_tail = &p->pend;
+            link_state *ls = &p->links[best];
+            conn *c = ls->socks[0];
+            for (int s = 1; s < p->n_socks; s++)
+                if (ls->socks[s]->tx_bytes < c->tx_bytes) c = ls->socks[s];
+            if (!ls->win_backlogged && !queued[best]) {
+                ls->win_start = cm_now_ns();
+                ls->win_bytes = 0;
+                ls->win_backlogged = 1;
+            }
+            queued[best] += (double)(CM_WIRE_HDR_BYTES + it->payload_bytes);
+            conn_enqueue(c, it);
+            uint64_t bit = 1ull << (best * CM_XFER_MAX_SOCKS + c->sock);
+            if (!(touched & bit)) used[n_used++] = c;
+            touched |= bit;
+        }
+        if (!n_used) break;
+        int failed = 0;
+        for (int i = 0; i < n_used && !failed; i++) {
+            if (used[i]->state != CS_READY) continue;
+            if (conn_flush(b, used[i])) {
+                conn_fail(b, used[i], CM_EPEER, cm_last_error(CM_EPEER));
+                failed = 1;
+            }
+        }
+        if (failed) break;
+        /* again only if the flushes made room somewhere */
+        int room = 0;
+        for (int l = 0; l < p->n_links && !room; l++) {
+            double q = 0;
+            for (int s = 0; s < p->n_socks; s++) q += (double)p->links[l].socks[s]->tx_bytes;
+            room = q < horizon[l];
+        }
+        if (!room) break;
+    }
+    b->pumping = 0;
+}
+
 static int tcp_write(void *state, cm_xfer_op *op) {
+
     tcp_backend *b = state;
     pthread_mutex_lock(&b->mu);
     int rc = peer_ready_locked(b, op->peer);
@@ -1262,48 +1347,14 @@ static int tcp_write(void *state, cm_xfer_op *op) {
     }
     t->remaining = op->n_segs;
     op->backend_data = t;
-    /* Each segment goes to the link whose queue would drain first at its
-     * measured rate; within the link, to its least-loaded socket. */
-    double queued[CM_XFER_MAX_LINKS] = {0}, rate[CM_XFER_MAX_LINKS];
-    double known = 0;
-    for (int l = 0; l < p->n_links; l++) {
-        if (p->links[l].rate > known) known = p->links[l].rate;
-        for (int s = 0; s < p->n_socks; s++) queued[l] += (double)p->links[l].socks[s]->tx_bytes;
-    }
-    for (int l = 0; l < p->n_links; l++) rate[l] = p->links[l].rate > 0 ? p->links[l].rate : known > 0 ? known : 1e9;
-    uint64_t touched = 0;
-    conn *used[CM_XFER_MAX_LINKS * CM_XFER_MAX_SOCKS];
-    int n_used = 0;
+    if (!p->pend_tail) p->pend_tail = &p->pend;
     for (int i = 0; i < op->n_segs; i++) {
-        int best = 0;
-        double best_t = 0;
-        for (int l = 0; l < p->n_links; l++) {
-            double tl = (queued[l] + op->segs[i].bytes) / rate[l];
-            if (l == 0 || tl < best_t) best = l, best_t = tl;
-        }
-        link_state *ls = &p->links[best];
-        conn *c = ls->socks[0];
-        for (int s = 1; s < p->n_socks; s++)
-            if (ls->socks[s]->tx_bytes < c->tx_bytes) c = ls->socks[s];
-        if (!ls->win_backlogged && !queued[best]) {
-            ls->win_start = cm_now_ns();
-            ls->win_bytes = 0;
-            ls->win_backlogged = 1;
-        }
-        queued[best] += op->segs[i].bytes;
-        conn_enqueue(c, items[i]);
-        uint64_t bit = 1ull << (best * CM_XFER_MAX_SOCKS + c->sock);
-        if (!(touched & bit) && n_used < (int)(sizeof used / sizeof used[0])) used[n_used++] = c;
-        touched |= bit;
+        items[i]->next = NULL;
+        *p->pend_tail = items[i];
+        p->pend_tail = &items[i]->next;
     }
     free(items);
-    for (int i = 0; i < n_used; i++) {
-        if (used[i]->state != CS_READY) continue;
-        if (conn_flush(b, used[i])) {
-            conn_fail(b, used[i], CM_EPEER, cm_last_error(CM_EPEER));
-            break;
-        }
-    }
+    pump(b, op->peer);
 out:
     pthread_mutex_unlock(&b->mu);
     return rc;
