@@ -103,17 +103,18 @@ static void ffn_moe(cm_ctx *c, const cm_layer *L, int n) {
         for (int e = 0; e < nx; e++) sum += (r[e] = expf(r[e] - mx));
         for (int e = 0; e < nx; e++) r[e] /= sum;
         /* top-k by probability, lower index first on ties; a taken expert
-         * is marked by a negative probability */
+         * is marked -2 (probabilities lie in [0, 1]; a NaN from a broken file
+         * still picks some expert, so nothing indexes out of range) */
         int32_t *sel = c->sel + (size_t)t * k;
         float *sw = c->sel_w + (size_t)t * k, wsum = 0;
         for (int j = 0; j < k; j++) {
             int best = -1;
             for (int e = 0; e < nx; e++)
-                if (r[e] >= 0 && (best < 0 || r[e] > r[best])) best = e;
+                if (r[e] != -2.0f && (best < 0 || r[e] > r[best])) best = e;
             sel[j] = best;
             sw[j] = r[best];
             wsum += r[best];
-            r[best] = -1.0f;
+            r[best] = -2.0f;
         }
         for (int j = 0; j < k; j++) {
             float w = c->model->moe_norm_topk ? sw[j] / wsum : sw[j];
