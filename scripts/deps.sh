@@ -7,7 +7,8 @@ pkgs=(build-essential cmake pkg-config git
       libibverbs-dev librdmacm-dev libfabric-dev
       iproute2 clang libclang-rt-14-dev curl)
 if [ "${1:-}" = "--test" ]; then
-  pkgs+=(nodejs npm prometheus iperf3 python3)
+  pkgs+=(nodejs npm prometheus iperf3 python3
+         gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user)
 fi
 missing=()
 for p in "${pkgs[@]}"; do
