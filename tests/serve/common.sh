@@ -64,10 +64,14 @@ serve_need_node() {
 
 serve_model() {
     SERVE_MODEL=$CELLM_TMP/serve-tiny.gguf
-    if [ ! -s "$SERVE_MODEL" ]; then
-        "$CELLM_BIN" model synth -o "$SERVE_MODEL" --arch llama --embd 64 --layers 2 --heads 4 --kv-heads 2 \
-            --ffn 128 --vocab 512 --type f16 --seed 1 >/dev/null || { echo "FAIL: model synth"; exit 1; }
-    fi
+    # Locked: the serve tests may run in parallel and share this file.
+    (
+        command -v flock >/dev/null 2>&1 && flock 9
+        if [ ! -s "$SERVE_MODEL" ]; then
+            "$CELLM_BIN" model synth -o "$SERVE_MODEL" --arch llama --embd 64 --layers 2 --heads 4 --kv-heads 2 \
+                --ffn 128 --vocab 512 --type f16 --seed 1 >/dev/null 2>&1 || { echo "FAIL: model synth"; exit 1; }
+        fi
+    ) 9>"$CELLM_TMP/serve-model.lock" || exit 1
     export CELLM_MODEL=serve-tiny
 }
 
