@@ -115,6 +115,7 @@ typedef struct conn {
     tx_item *txq, **txq_tail;
     size_t tx_bytes; /* frame bytes queued, not yet handed to the kernel */
     int want_out;
+    int lent; /* input watched by application threads (tcp_progress), not the loop */
     struct conn *next; /* b->conns or b->graveyard */
 } conn;
 
@@ -145,6 +146,7 @@ typedef struct tpeer {
     open_write *wmap[WMAP_BUCKETS];
     int n_open;
     uint64_t send_seq;
+    uint64_t progress_ns; /* last time an application thread received for itself */
     tx_item *pend, **pend_tail; /* write segments not yet given to a link */
     _Atomic int n_progress; /* application threads receiving in tcp_progress */
 } tpeer;
@@ -165,7 +167,8 @@ typedef struct tcp_backend {
 #endif
     conn *conns;
     conn *graveyard;
-    int pumping; /* pump() is running: flushes inside it do not re-enter */
+    int pumping;
+    int n_lent; /* sockets lent to application threads */ /* pump() is running: flushes inside it do not re-enter */
     tpeer peers[MAX_PEERS];
 } tcp_backend;
 
@@ -246,16 +249,33 @@ static void poller_del(tcp_backend *b, conn *c) {
 #endif
 }
 
-static void update_out(tcp_backend *b, conn *c) {
-    int want = c->txq != NULL && c->state == CS_READY;
-    if (want == c->want_out) return;
-    c->want_out = want;
+static void poller_arm(tcp_backend *b, conn *c) {
 #ifdef USE_EPOLL
-    struct epoll_event ev = {.events = EPOLLIN | (want ? EPOLLOUT : 0), .data.ptr = c};
+    struct epoll_event ev = {.events = (c->lent ? 0u : (unsigned)EPOLLIN) | (c->want_out ? (unsigned)EPOLLOUT : 0u),
+                             .data.ptr = c};
     epoll_ctl(b->epfd, EPOLL_CTL_MOD, c->fd, &ev);
 #else
     wake_loop(b);
 #endif
+}
+
+static void update_out(tcp_backend *b, conn *c) {
+    int want = c->txq != NULL && c->state == CS_READY;
+    if (want == c->want_out) return;
+    c->want_out = want;
+    poller_arm(b, c);
+}
+
+/* Lending: while application threads keep waiting on a peer (tcp_progress),
+ * its sockets' input is taken out of the loop's epoll set, so an arriving
+ * frame wakes only the thread that waits for it (one wake-up per message,
+ * as with a plain blocking socket). The loop takes them back when nobody
+ * has waited for a millisecond; meanwhile it ticks every millisecond. */
+static void lend(tcp_backend *b, conn *c, int on) {
+    if (c->lent == on) return;
+    c->lent = on;
+    b->n_lent += on ? 1 : -1;
+    if (c->state == CS_READY) poller_arm(b, c);
 }
 
 /* ---- ops and tx queues ---- */
@@ -359,6 +379,10 @@ static void conn_rx_abort(tcp_backend *b, conn *c, int status) {
 static void conn_kill(tcp_backend *b, conn *c, int status) {
     if (c->state == CS_DEAD) return;
     c->state = CS_DEAD;
+    if (c->lent) {
+        c->lent = 0;
+        b->n_lent--;
+    }
     conn_rx_abort(b, c, status);
     while (c->txq) {
         tx_item *it = c->txq;
@@ -744,6 +768,16 @@ static void do_accept(tcp_backend *b) {
 
 /* ---- periodic work ---- */
 
+static void take_back(tcp_backend *b, uint64_t now) {
+    for (int i = 0; i < MAX_PEERS && b->n_lent; i++) {
+        tpeer *p = &b->peers[i];
+        if (!p->active || atomic_load(&p->n_progress) > 0 || now - p->progress_ns < 1000000ull) continue;
+        for (int l = 0; l < p->n_links; l++)
+            for (int s = 0; s < p->n_socks; s++)
+                if (p->links[l].socks[s]) lend(b, p->links[l].socks[s], 0);
+    }
+}
+
 static void tick(tcp_backend *b, uint64_t now) {
     const uint64_t timeout_ns = (uint64_t)b->cfg->peer_timeout_ms * 1000000ull;
     const uint64_t hb_ns = (uint64_t)b->cfg->heartbeat_ms * 1000000ull;
@@ -808,7 +842,7 @@ static void *loop_main(void *arg) {
 #endif
     while (!b->stop) {
 #ifdef USE_EPOLL
-        int n = epoll_wait(b->epfd, evs, 64, TICK_MS);
+        int n = epoll_wait(b->epfd, evs, 64, b->n_lent ? 1 : TICK_MS);
         /* An application thread receiving for itself (tcp_progress) holds
          * the lock only briefly: do not sleep on it, and leave the sockets
          * of the peer it waits on to it (they stay readable, so we see them
@@ -892,6 +926,7 @@ static void *loop_main(void *arg) {
         }
 #endif
         uint64_t now = cm_now_ns();
+        if (b->n_lent) take_back(b, now);
         if (now - last_tick >= TICK_MS * 1000000ull) {
             tick(b, now);
             last_tick = now;
@@ -1370,8 +1405,10 @@ static int tcp_progress(void *state, int peer, int timeout_us) {
     if (p->up)
         for (int l = 0; l < p->n_links; l++)
             for (int s = 0; s < p->n_socks; s++)
-                if (p->links[l].socks[s] && p->links[l].socks[s]->state == CS_READY)
+                if (p->links[l].socks[s] && p->links[l].socks[s]->state == CS_READY) {
                     pf[n++] = (struct pollfd){p->links[l].socks[s]->fd, POLLIN, 0};
+                    lend(b, p->links[l].socks[s], 1);
+                }
     if (!n) {
         pthread_mutex_unlock(&b->mu);
         return CM_EUNSUPPORTED;
@@ -1402,6 +1439,7 @@ static int tcp_progress(void *state, int peer, int timeout_us) {
             }
     }
     atomic_fetch_sub(&p->n_progress, 1);
+    p->progress_ns = cm_now_ns();
     pthread_mutex_unlock(&b->mu);
     return CM_OK;
 }
