@@ -62,7 +62,7 @@ static double median(double *v, int n) {
 
 #if defined(__x86_64__)
 /* The blocked AVX-512 path (gemm_avx512.c) over the same matrix, as a
- * matmul would run it: quantize the tokens and their block sums, then each
+ * matmul would run it: quantize the tokens and their block sums and scales, then each
  * thread packs its 16-row panels and runs them against 8 tokens at a time. */
 typedef struct gemm_job {
     cm_pool *pool;
@@ -71,7 +71,7 @@ typedef struct gemm_job {
     size_t rb, arb;
     const float *x;
     uint8_t *act;
-    int32_t *sums;
+    cm_gemm_act_info *info;
     float *y;
     uint8_t *panels; /* one panel buffer per thread */
     size_t panel_bytes;
@@ -84,8 +84,8 @@ static void gemm_worker(void *arg, int ith, int nth) {
     for (long t = t0; t < t1; t++)
         cm_type_traits_get(CM_TYPE_Q8_0)->from_float(j->x + (size_t)t * j->n, j->act + (size_t)t * j->arb, j->n);
     if (t1 > t0)
-        cm_gemm_act_sums_avx512(j->act + (size_t)t0 * j->arb, j->arb, (int)(t1 - t0), j->n,
-                                j->sums + (size_t)t0 * (j->n / 32));
+        cm_gemm_act_info_avx512(j->type, j->act + (size_t)t0 * j->arb, j->arb, (int)(t1 - t0), j->n,
+                                j->info + (size_t)t0 * (j->n / 32));
     if (nth > 1) cm_pool_barrier(j->pool);
     const long n_panels = (j->n + CM_GEMM_ROWS - 1) / CM_GEMM_ROWS;
     long p0, p1;
@@ -98,7 +98,7 @@ static void gemm_worker(void *arg, int ith, int nth) {
         for (int t = 0; t < j->n_tok; t += CM_GEMM_TOKENS) {
             const int nt = j->n_tok - t < CM_GEMM_TOKENS ? j->n_tok - t : CM_GEMM_TOKENS;
             cm_gemm_q8_0_avx512(j->type, panel, nr, j->n, j->act + (size_t)t * j->arb, j->arb,
-                                j->sums + (size_t)t * (j->n / 32), nt, j->y + (size_t)t * j->n + r0, (size_t)j->n);
+                                j->info + (size_t)t * (j->n / 32), nt, j->y + (size_t)t * j->n + r0, (size_t)j->n);
         }
     }
 }
@@ -168,9 +168,9 @@ static int bench_type(cm_pool *pool, int type, int n, int n_tok, int hot, const 
                       .arb = (size_t)(n / 32) * sizeof(cm_block_q8_0), .x = x, .y = y,
                       .panel_bytes = cm_gemm_panel_bytes(n)};
         j.act = malloc(j.arb * (size_t)n_tok);
-        j.sums = malloc((size_t)n_tok * (size_t)(n / 32) * sizeof(int32_t));
+        j.info = malloc((size_t)n_tok * (size_t)(n / 32) * sizeof *j.info);
         j.panels = malloc(j.panel_bytes * (size_t)cm_pool_n_threads(pool));
-        if (j.act && j.sums && j.panels) {
+        if (j.act && j.info && j.panels) {
             double tg[N_REPS];
             gemm_seconds(&j); /* warm-up */
             for (int rep = 0; rep < N_REPS; rep++) tg[rep] = gemm_seconds(&j);
@@ -182,7 +182,7 @@ static int bench_type(cm_pool *pool, int type, int n, int n_tok, int hot, const 
                    2.0 * n * n * n_tok / sg / 1e9, 2.0 * n * n * n_tok / tg[0] / 1e9);
             fflush(stdout);
         }
-        free(j.act), free(j.sums), free(j.panels);
+        free(j.act), free(j.info), free(j.panels);
     }
 #endif
     free(w), free(x), free(y), free(scratch), free(row);

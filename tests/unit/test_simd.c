@@ -263,7 +263,7 @@ TEST(gemm_matches_reference) {
     float *xf = malloc(nmax * sizeof(float)), *fw = malloc(nmax * sizeof(float)), *fa = malloc(nmax * sizeof(float));
     uint8_t *w = malloc((size_t)16 * nmax * 2), *a = malloc((size_t)8 * nmax * 2);
     void *panel = malloc(cm_gemm_panel_bytes(nmax));
-    int32_t *sums = malloc((size_t)8 * (nmax / 32) * sizeof(int32_t));
+    cm_gemm_act_info *info = malloc((size_t)8 * (nmax / 32) * sizeof *info);
     float y[8 * 16];
     for (int ti = 0; ti < 2; ti++) {
         const int type = types[ti];
@@ -277,12 +277,12 @@ TEST(gemm_matches_reference) {
                 random_floats(&r, xf, n, k & 1);
                 at->from_float(xf, a + k * arb, n);
             }
-            cm_gemm_act_sums_avx512(a, arb, 8, n, sums);
+            cm_gemm_act_info_avx512(type, a, arb, 8, n, info);
             for (int ri = 0; ri < 3; ri++) {
                 cm_gemm_pack_avx512(type, w, wrb, rows[ri], n, panel);
                 for (int ki = 0; ki < 3; ki++) {
                     for (int k = 0; k < 8 * 16; k++) y[k] = -12345.0f;
-                    cm_gemm_q8_0_avx512(type, panel, rows[ri], n, a, arb, sums, toks[ki], y, 16);
+                    cm_gemm_q8_0_avx512(type, panel, rows[ri], n, a, arb, info, toks[ki], y, 16);
                     for (int tk = 0; tk < 8; tk++) {
                         for (int rr = 0; rr < 16; rr++) {
                             const float got = y[tk * 16 + rr];
@@ -304,7 +304,7 @@ TEST(gemm_matches_reference) {
         }
         if (!bad) fprintf(stderr, "     gemm    %-5s matches\n", t->name);
     }
-    free(xf), free(fw), free(fa), free(w), free(a), free(panel), free(sums);
+    free(xf), free(fw), free(fa), free(w), free(a), free(panel), free(info);
 }
 
 /* The matmul hook: odd row ranges (partial panels) and token counts (partial

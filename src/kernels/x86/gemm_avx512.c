@@ -16,12 +16,13 @@
  * For each token, the 4 activation bytes of group g are broadcast to every
  * lane and VPDPBUSD adds the 4 products into each row's lane; 8 of them make
  * the block's integer dot for 16 rows; the offset comes back out as
- * off * sum(activation block) (sums computed once per matmul), and one FMA
+ * off * sum(activation block) (sums and scales converted once per matmul,
+ * cm_gemm_act_info_avx512), and one FMA
  * scales 16 rows' results. Up to 8 tokens share each loaded weight group.
  * Integer sums are exact, so results match the reference up to float
  * summation order.
  *
- * Nothing here allocates; callers own the panel and sums buffers. */
+ * Nothing here allocates; callers own the panel and info buffers. */
 #include <immintrin.h>
 #include <string.h>
 
@@ -68,8 +69,10 @@ void cm_gemm_pack_avx512(int type, const void *w, size_t w_row_bytes, int n_rows
     }
 }
 
-void cm_gemm_act_sums_avx512(const void *act, size_t act_row_bytes, int n_tok, int64_t n_cols, int32_t *sums) {
+void cm_gemm_act_info_avx512(int type, const void *act, size_t act_row_bytes, int n_tok, int64_t n_cols,
+                             cm_gemm_act_info *info) {
     const int64_t nb = n_cols / CM_QK;
+    const int off = type == CM_TYPE_Q4_0 ? 8 : 128;
     const __m256i flip = _mm256_set1_epi8((char)0x80);
     for (int t = 0; t < n_tok; t++) {
         const cm_block_q8_0 *y = (const cm_block_q8_0 *)((const uint8_t *)act + (size_t)t * act_row_bytes);
@@ -79,7 +82,9 @@ void cm_gemm_act_sums_avx512(const void *act, size_t act_row_bytes, int n_tok, i
                                         _mm256_setzero_si256());
             __m128i h = _mm_add_epi64(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
             h = _mm_add_epi64(h, _mm_unpackhi_epi64(h, h));
-            sums[(size_t)t * nb + i] = (int32_t)_mm_cvtsi128_si32(h) - 32 * 128;
+            const int32_t sum = (int32_t)_mm_cvtsi128_si32(h) - 32 * 128;
+            info[(size_t)t * nb + i].corr = -off * sum;
+            info[(size_t)t * nb + i].d = _cvtsh_ss(y[i].d);
         }
     }
 }
@@ -97,7 +102,8 @@ void cm_gemm_act_sums_avx512(const void *act, size_t act_row_bytes, int n_tok, i
             for (int t = 0; t < T; t++) {                                                                      \
                 const cm_block_q8_0 *yb = (const cm_block_q8_0 *)(a + (size_t)t * act_row_bytes) + i;          \
                 const int32_t *yq = (const int32_t *)(const void *)yb->qs;                                     \
-                __m512i s0 = _mm512_set1_epi32(-off * sums[(size_t)t * nb + i]);                               \
+                const cm_gemm_act_info *ai = info + (size_t)t * nb + i;                                        \
+                __m512i s0 = _mm512_set1_epi32(ai->corr);                                                      \
                 __m512i s1 = _mm512_setzero_si512();                                                           \
                 int32_t w4[8];                                                                                 \
                 memcpy(w4, yq, 32);                                                                            \
@@ -109,7 +115,7 @@ void cm_gemm_act_sums_avx512(const void *act, size_t act_row_bytes, int n_tok, i
                 s1 = _mm512_dpbusd_epi32(s1, X[5], _mm512_set1_epi32(w4[5]));                                  \
                 s0 = _mm512_dpbusd_epi32(s0, X[6], _mm512_set1_epi32(w4[6]));                                  \
                 s1 = _mm512_dpbusd_epi32(s1, X[7], _mm512_set1_epi32(w4[7]));                                  \
-                const __m512 dd = _mm512_mul_ps(dx, _mm512_set1_ps(_cvtsh_ss(yb->d)));                         \
+                const __m512 dd = _mm512_mul_ps(dx, _mm512_set1_ps(ai->d));                                    \
                 acc[t] = _mm512_fmadd_ps(dd, _mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)), acc[t]);            \
             }                                                                                                  \
         }                                                                                                      \
@@ -117,9 +123,8 @@ void cm_gemm_act_sums_avx512(const void *act, size_t act_row_bytes, int n_tok, i
     } while (0)
 
 void cm_gemm_q8_0_avx512(int type, const void *panel, int n_rows, int64_t n_cols, const void *act,
-                         size_t act_row_bytes, const int32_t *sums, int n_tok, float *y, size_t y_stride) {
+                         size_t act_row_bytes, const cm_gemm_act_info *info, int n_tok, float *y, size_t y_stride) {
     const int64_t nb = n_cols / CM_QK;
-    const int off = type == CM_TYPE_Q4_0 ? 8 : 128;
     const __mmask16 rmask = (__mmask16)(n_rows >= 16 ? 0xffff : (1u << n_rows) - 1);
     const uint8_t *a = act;
     switch (n_tok) {

@@ -98,7 +98,7 @@ void cm_kernels_register_x86(cm_type_traits *table, int n_types) {
 
 /* ---- blocked matmul hook ----
  * Per-thread buffers for cm_gemm_x86: the panel being multiplied and the
- * activation block sums. They grow to the largest shape seen and are then
+ * activation block sums and scales. They grow to the largest shape seen and are then
  * reused, so a steady stream of matmuls of the same shapes allocates
  * nothing; they live as long as the (persistent) pool threads. */
 static _Thread_local void *tl_panel, *tl_sums;
@@ -151,17 +151,17 @@ bool cm_gemm_x86(int w_type, const void *w, size_t w_row_bytes, int64_t r0, int6
     if (n_cols % 32) return false;
     const int64_t nb = n_cols / 32;
     void *panel = grow(&tl_panel, &tl_panel_bytes, cm_gemm_panel_bytes(n_cols));
-    int32_t *sums = grow(&tl_sums, &tl_sums_bytes, (size_t)n_tokens * (size_t)nb * sizeof(int32_t));
-    if (!panel || !sums) return false;
+    cm_gemm_act_info *info = grow(&tl_sums, &tl_sums_bytes, (size_t)n_tokens * (size_t)nb * sizeof *info);
+    if (!panel || !info) return false;
     if (r1 <= r0) return true;
-    cm_gemm_act_sums_avx512(act, act_row_bytes, (int)n_tokens, n_cols, sums);
+    cm_gemm_act_info_avx512(w_type, act, act_row_bytes, (int)n_tokens, n_cols, info);
     for (int64_t r = r0; r < r1; r += CM_GEMM_ROWS) {
         const int nr = (int)(r1 - r < CM_GEMM_ROWS ? r1 - r : CM_GEMM_ROWS);
         cm_gemm_pack_avx512(w_type, (const uint8_t *)w + (size_t)r * w_row_bytes, w_row_bytes, nr, n_cols, panel);
         for (int64_t t = 0; t < n_tokens; t += CM_GEMM_TOKENS) {
             const int nt = (int)(n_tokens - t < CM_GEMM_TOKENS ? n_tokens - t : CM_GEMM_TOKENS);
             cm_gemm_q8_0_avx512(w_type, panel, nr, n_cols, a + (size_t)t * act_row_bytes, act_row_bytes,
-                                sums + (size_t)t * (size_t)nb, nt, y + t * y_row_stride + r, (size_t)y_row_stride);
+                                info + (size_t)t * (size_t)nb, nt, y + t * y_row_stride + r, (size_t)y_row_stride);
         }
     }
     return true;

@@ -48,20 +48,26 @@ void cm_vec_dot_q6_K_q8_K_avx512(int n, float *s, const void *x, const void *y);
 
 /* Blocked matmul for many tokens (gemm_avx512.c, AVX-512 VNNI), for q4_0
  * and q8_0 weights against q8_0 activations:
- *   1. cm_gemm_act_sums_avx512 once per matmul: sums[t * n_blocks + i] =
- *      sum of the quants of block i of activation row t;
+ *   1. cm_gemm_act_info_avx512 once per matmul: info[t * n_blocks + i]
+ *      holds block i of activation row t's scale as f32 and its quants'
+ *      sum times -off (the weights' storage offset, which depends on type);
  *   2. per panel of up to CM_GEMM_ROWS weight rows: cm_gemm_pack_avx512
  *      into a cm_gemm_panel_bytes(n_cols) buffer (caller-owned, reused);
  *   3. per up to CM_GEMM_TOKENS activation rows: cm_gemm_q8_0_avx512 writes
  *      y[t * y_stride + r] = dot(weight row r, activation row t) for
- *      r < n_rows, t < n_tok. `sums` points at row 0 of those tokens. */
+ *      r < n_rows, t < n_tok. `info` points at row 0 of those tokens. */
 #define CM_GEMM_ROWS 16
 #define CM_GEMM_TOKENS 8
 size_t cm_gemm_panel_bytes(int64_t n_cols);
 void cm_gemm_pack_avx512(int type, const void *w, size_t w_row_bytes, int n_rows, int64_t n_cols, void *panel);
-void cm_gemm_act_sums_avx512(const void *act, size_t act_row_bytes, int n_tok, int64_t n_cols, int32_t *sums);
+typedef struct cm_gemm_act_info {
+    int32_t corr; /* -off * sum of the block's quants */
+    float d;      /* the block's scale */
+} cm_gemm_act_info;
+void cm_gemm_act_info_avx512(int type, const void *act, size_t act_row_bytes, int n_tok, int64_t n_cols,
+                             cm_gemm_act_info *info);
 void cm_gemm_q8_0_avx512(int type, const void *panel, int n_rows, int64_t n_cols, const void *act,
-                         size_t act_row_bytes, const int32_t *sums, int n_tok, float *y, size_t y_stride);
+                         size_t act_row_bytes, const cm_gemm_act_info *info, int n_tok, float *y, size_t y_stride);
 
 /* q4_K and q6_K weights against q8_K activations, the same scheme per
  * 256-wide super-block (no activation sums needed: q8_K carries them). */
