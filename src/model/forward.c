@@ -35,12 +35,6 @@ static void mm(cm_ctx *c, const cm_weight *w, int64_t mat, const float *x, int n
               y, c->mm_scratch);
 }
 
-static void add_bias(float *y, const float *b, int n_tokens, int n) {
-    if (!b) return;
-    for (int t = 0; t < n_tokens; t++)
-        for (int i = 0; i < n; i++) y[(size_t)t * n + i] += b[i];
-}
-
 static float silu(float x) { return x / (1.0f + expf(-x)); }
 
 static int validate(cm_ctx *c, const cm_batch *b, const float *hidden_in, float *hidden_out) {
@@ -82,11 +76,18 @@ static void embed(cm_ctx *c, const cm_batch *b) {
         tr->to_float(w->data + (size_t)b->token[t] * w->row_bytes, c->x + (size_t)t * ne, ne);
 }
 
+/* The element-wise work between matmuls, spread over the pool so that it
+ * does not become the serial part on many-core machines. Per-token phases
+ * split the batch's entries; element-wise ones split the elements. */
+enum ew_phase { EW_NORM, EW_ADD_NORM, EW_QKV, EW_ADD, EW_SWIGLU };
+
+static void ew(cm_ctx *c, const cm_batch *b, const cm_layer *L, int il, int phase, const float *w, size_t n);
+
 static void ffn_dense(cm_ctx *c, const cm_layer *L, int n) {
     int ff = (int)L->ffn_gate.n_rows;
     mm(c, &L->ffn_gate, 0, c->xb, n, c->hb);
     mm(c, &L->ffn_up, 0, c->xb, n, c->hb2);
-    for (size_t i = 0; i < (size_t)n * ff; i++) c->hb[i] = silu(c->hb[i]) * c->hb2[i];
+    ew(c, NULL, L, 0, EW_SWIGLU, NULL, (size_t)n * (size_t)ff);
     mm(c, &L->ffn_down, 0, c->hb, n, c->xo);
 }
 
@@ -143,51 +144,101 @@ static void ffn_moe(cm_ctx *c, const cm_layer *L, int n) {
     }
 }
 
-static void layer_forward(cm_ctx *c, int il, const cm_batch *b) {
-    const cm_model *m = c->model;
-    const cm_hparams *hp = &m->hp;
-    const cm_layer *L = &m->layers[il];
-    const int n = b->n_tokens, ne = hp->n_embd, hd = hp->head_dim, n_q = c->n_q, n_kv = c->n_kv;
 
-    for (int t = 0; t < n; t++)
-        cm_rmsnorm(c->xb + (size_t)t * ne, c->x + (size_t)t * ne, L->attn_norm, ne, hp->norm_eps);
+typedef struct ew_job {
+    cm_ctx *c;
+    const cm_batch *b;
+    const cm_layer *L;
+    int il;
+    int phase;
+    const float *w; /* norm weight */
+    size_t n;       /* element count for EW_ADD / EW_SWIGLU */
+} ew_job;
+
+static void qkv_token(cm_ctx *c, const cm_layer *L, int il, const cm_batch *b, int t) {
+    const cm_hparams *hp = &c->model->hp;
+    const int hd = hp->head_dim, n_q = c->n_q, n_kv = c->n_kv;
+    float *qt = c->q + (size_t)t * n_q, *kt = c->k + (size_t)t * n_kv, *vt = c->v + (size_t)t * n_kv;
+    if (L->bq)
+        for (int i = 0; i < n_q; i++) qt[i] += L->bq[i];
+    if (L->bk)
+        for (int i = 0; i < n_kv; i++) kt[i] += L->bk[i];
+    if (L->bv)
+        for (int i = 0; i < n_kv; i++) vt[i] += L->bv[i];
+    const float *cs = c->rope_cs + (size_t)t * hp->rope_dim;
+    for (int h = 0; h < hp->n_head; h++) {
+        float *q = qt + (size_t)h * hd;
+        if (L->q_norm) cm_rmsnorm(q, q, L->q_norm, hd, hp->norm_eps);
+        cm_rope_apply(hp, cs, q);
+    }
+    for (int h = 0; h < hp->n_head_kv; h++) {
+        float *k = kt + (size_t)h * hd;
+        if (L->k_norm) cm_rmsnorm(k, k, L->k_norm, hd, hp->norm_eps);
+        cm_rope_apply(hp, cs, k);
+    }
+    size_t slot = ((size_t)b->seq_id[t] * (size_t)c->params.n_ctx + (size_t)b->pos[t]) * (size_t)n_kv;
+    cm_f16 *kd = c->k_cache[il] + slot, *vd = c->v_cache[il] + slot;
+    for (int i = 0; i < n_kv; i++) {
+        kd[i] = cm_f32_to_f16(kt[i]);
+        vd[i] = cm_f32_to_f16(vt[i]);
+    }
+}
+
+static void ew_worker(void *arg, int ith, int nth) {
+    const ew_job *j = arg;
+    cm_ctx *c = j->c;
+    const cm_hparams *hp = &c->model->hp;
+    const size_t ne = (size_t)hp->n_embd;
+    long b, e;
+    if (j->phase == EW_ADD || j->phase == EW_SWIGLU) {
+        cm_split_range((long)j->n, ith, nth, &b, &e);
+        if (j->phase == EW_ADD)
+            for (long i = b; i < e; i++) c->x[i] += c->xo[i];
+        else
+            for (long i = b; i < e; i++) c->hb[i] = silu(c->hb[i]) * c->hb2[i];
+        return;
+    }
+    cm_split_range(j->b->n_tokens, ith, nth, &b, &e);
+    for (long t = b; t < e; t++) {
+        float *x = c->x + (size_t)t * ne;
+        switch (j->phase) {
+        case EW_ADD_NORM:
+            for (size_t i = 0; i < ne; i++) x[i] += c->xo[(size_t)t * ne + i];
+            /* fall through */
+        case EW_NORM:
+            cm_rmsnorm(c->xb + (size_t)t * ne, x, j->w, (int)ne, hp->norm_eps);
+            break;
+        case EW_QKV:
+            qkv_token(c, j->L, j->il, j->b, (int)t);
+            break;
+        }
+    }
+}
+
+static void ew(cm_ctx *c, const cm_batch *b, const cm_layer *L, int il, int phase, const float *w, size_t n) {
+    ew_job j = {c, b, L, il, phase, w, n};
+    cm_pool_run(c->pool, ew_worker, &j);
+}
+
+static void layer_forward(cm_ctx *c, int il, const cm_batch *b) {
+    const cm_hparams *hp = &c->model->hp;
+    const cm_layer *L = &c->model->layers[il];
+    const int n = b->n_tokens;
+    const size_t n_x = (size_t)n * (size_t)hp->n_embd;
+
+    ew(c, b, L, il, EW_NORM, L->attn_norm, 0);
     mm(c, &L->wq, 0, c->xb, n, c->q);
     mm(c, &L->wk, 0, c->xb, n, c->k);
     mm(c, &L->wv, 0, c->xb, n, c->v);
-    add_bias(c->q, L->bq, n, n_q);
-    add_bias(c->k, L->bk, n, n_kv);
-    add_bias(c->v, L->bv, n, n_kv);
-    for (int t = 0; t < n; t++) {
-        const float *cs = c->rope_cs + (size_t)t * hp->rope_dim;
-        for (int h = 0; h < hp->n_head; h++) {
-            float *q = c->q + (size_t)t * n_q + (size_t)h * hd;
-            if (L->q_norm) cm_rmsnorm(q, q, L->q_norm, hd, hp->norm_eps);
-            cm_rope_apply(hp, cs, q);
-        }
-        for (int h = 0; h < hp->n_head_kv; h++) {
-            float *k = c->k + (size_t)t * n_kv + (size_t)h * hd;
-            if (L->k_norm) cm_rmsnorm(k, k, L->k_norm, hd, hp->norm_eps);
-            cm_rope_apply(hp, cs, k);
-        }
-        size_t slot = ((size_t)b->seq_id[t] * (size_t)c->params.n_ctx + (size_t)b->pos[t]) * (size_t)n_kv;
-        cm_f16 *kd = c->k_cache[il] + slot, *vd = c->v_cache[il] + slot;
-        const float *ks = c->k + (size_t)t * n_kv, *vs = c->v + (size_t)t * n_kv;
-        for (int i = 0; i < n_kv; i++) {
-            kd[i] = cm_f32_to_f16(ks[i]);
-            vd[i] = cm_f32_to_f16(vs[i]);
-        }
-    }
+    ew(c, b, L, il, EW_QKV, NULL, 0); /* biases, q/k norms, RoPE, K/V into the cache */
     cm_attention(c, il, b);
     mm(c, &L->wo, 0, c->att, n, c->xo);
-    for (size_t i = 0; i < (size_t)n * ne; i++) c->x[i] += c->xo[i];
-
-    for (int t = 0; t < n; t++)
-        cm_rmsnorm(c->xb + (size_t)t * ne, c->x + (size_t)t * ne, L->ffn_norm, ne, hp->norm_eps);
+    ew(c, b, L, il, EW_ADD_NORM, L->ffn_norm, 0); /* x += attention; xb = norm(x) */
     if (hp->n_expert > 0)
         ffn_moe(c, L, n);
     else
         ffn_dense(c, L, n);
-    for (size_t i = 0; i < (size_t)n * ne; i++) c->x[i] += c->xo[i];
+    ew(c, b, L, il, EW_ADD, NULL, n_x);
 }
 
 int cm_stage_forward(cm_ctx *c, const cm_batch *b, const float *hidden_in, float *hidden_out) {
