@@ -1364,7 +1364,9 @@ static int tcp_write(void *state, cm_xfer_op *op) {
     if (rc) goto out;
     tpeer *p = &b->peers[op->peer];
     op_track *t = calloc(1, sizeof *t);
-    tx_item **items = calloc((size_t)op->n_segs, sizeof *items);
+    tx_item *few[4];
+    tx_item **items = op->n_segs <= 4 ? few : calloc((size_t)op->n_segs, sizeof *items);
+    if (items == few) memset(few, 0, sizeof few);
     int ok = t && items;
     for (int i = 0; ok && i < op->n_segs; i++) {
         cm_wire_hdr h = {.type = CM_WIRE_WRITE, .payload_bytes = op->segs[i].bytes, .id = op->write_id,
@@ -1375,7 +1377,7 @@ static int tcp_write(void *state, cm_xfer_op *op) {
     }
     if (!ok) {
         for (int i = 0; items && i < op->n_segs; i++) free(items[i]);
-        free(items);
+        if (items != few) free(items);
         free(t);
         rc = CM_ENOMEM;
         goto out;
@@ -1388,7 +1390,7 @@ static int tcp_write(void *state, cm_xfer_op *op) {
         *p->pend_tail = items[i];
         p->pend_tail = &items[i]->next;
     }
-    free(items);
+    if (items != few) free(items);
     pump(b, op->peer);
 out:
     pthread_mutex_unlock(&b->mu);

@@ -110,7 +110,7 @@ struct cm_xfer {
     cm_xfer_event *events;
     size_t ev_head, ev_n, ev_cap;
     cm_xfer_cq *default_cq;
-    uint64_t next_write_id;
+    _Atomic uint64_t next_write_id;
 };
 
 /* ---- small helpers ---- */
@@ -515,6 +515,7 @@ void cm_xfer_mr_deregister(cm_xfer *x, cm_xfer_mr *mr) {
 
 void *cm_xfer_mr_base(const cm_xfer_mr *mr) { return mr->base; }
 size_t cm_xfer_mr_bytes(const cm_xfer_mr *mr) { return mr->bytes; }
+unsigned cm_xfer_mr_flags(const cm_xfer_mr *mr) { return mr->flags; }
 void cm_xfer_mr_desc_get(const cm_xfer_mr *mr, cm_xfer_mr_desc *out) { *out = mr->desc; }
 
 /* ---- completion queues ---- */
@@ -656,9 +657,7 @@ static int write_common(cm_xfer *x, int peer, const cm_xfer_mr *src, const cm_xf
     op->src_mr = src;
     op->cq = cq ? cq : x->default_cq;
     op->user_data = user_data;
-    pthread_mutex_lock(&x->mu);
-    op->write_id = ++x->next_write_id;
-    pthread_mutex_unlock(&x->mu);
+    op->write_id = atomic_fetch_add_explicit(&x->next_write_id, 1, memory_order_relaxed) + 1;
     int rc = x->ops->write(x->bstate, op);
     if (rc) {
         if (op->segs != &op->seg1) free(op->segs);

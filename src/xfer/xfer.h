@@ -213,6 +213,9 @@ void cm_xfer_mr_deregister(cm_xfer *x, cm_xfer_mr *mr);
 
 void *cm_xfer_mr_base(const cm_xfer_mr *mr);
 size_t cm_xfer_mr_bytes(const cm_xfer_mr *mr);
+/* The flags given to cm_xfer_mr_register (RDMA backends register remote
+ * write access only when they ask for it). */
+unsigned cm_xfer_mr_flags(const cm_xfer_mr *mr);
 void cm_xfer_mr_desc_get(const cm_xfer_mr *mr, cm_xfer_mr_desc *out);
 
 /* Little-endian wire form: u32 magic "XMRD", u32 region_id, u32 n_rkeys,
