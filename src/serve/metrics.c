@@ -177,6 +177,11 @@ char *cm_metrics_prometheus(cm_metrics *m, const cm_sched_stats *st, const char 
                    (long long)st->kv_cap_tokens,
                    st->kv_cap_tokens ? (double)st->kv_used_tokens / (double)st->kv_cap_tokens : 0.0,
                    (unsigned long long)st->n_steps, (unsigned long long)st->n_batch_tokens);
+    if (st->kv_bytes)
+        cm_sbuf_printf(&b,
+                       "# HELP cellm_kv_cache_allocated_bytes Memory allocated for the KV cache of all slots.\n"
+                       "# TYPE cellm_kv_cache_allocated_bytes gauge\ncellm_kv_cache_allocated_bytes %llu\n",
+                       (unsigned long long)st->kv_bytes);
     if (b.oom) {
         cm_sbuf_free(&b);
         return NULL;

@@ -686,5 +686,6 @@ void cm_sched_stats_get(cm_sched *s, cm_sched_stats *st) {
     st->kv_cap_tokens = (int64_t)s->e->n_seq_max * s->e->n_ctx;
     st->n_steps = s->n_steps;
     st->n_batch_tokens = s->n_batch_tokens;
+    st->kv_bytes = 0;
     pthread_mutex_unlock(&s->mu);
 }

@@ -112,6 +112,7 @@ typedef struct cm_sched_stats {
     int64_t kv_cap_tokens;    /* n_slots x n_ctx */
     uint64_t n_steps;         /* decode calls so far */
     uint64_t n_batch_tokens;  /* entries over all decode calls */
+    uint64_t kv_bytes;        /* KV cache memory allocated; set by the owner of the engine, 0 = unknown */
 } cm_sched_stats;
 
 /* Starts the engine thread. */

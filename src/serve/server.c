@@ -557,6 +557,7 @@ static enum MHD_Result handle_get(cm_server *s, struct MHD_Connection *c, const 
     cm_sched_stats st;
     if (!strcmp(url, "/metrics")) {
         cm_sched_stats_get(s->sched, &st);
+        st.kv_bytes = cm_ctx_kv_bytes(s->ctx);
         return respond_body(s, c, 200, cm_metrics_prometheus(s->metrics, &st, s->model_name),
                             "text/plain; version=0.0.4; charset=utf-8");
     }

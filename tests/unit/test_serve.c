@@ -534,7 +534,8 @@ TEST(prometheus_text) {
     cm_metrics_ttft(m, 7);
     cm_metrics_itl(m, 0.003);
     cm_metrics_generated_tokens(m, 11);
-    cm_sched_stats st = {.n_queued = 2, .n_active = 3, .n_slots = 4, .kv_used_tokens = 10, .kv_cap_tokens = 40};
+    cm_sched_stats st = {.n_queued = 2, .n_active = 3, .n_slots = 4, .kv_used_tokens = 10, .kv_cap_tokens = 40,
+                         .kv_bytes = 4096};
     char *t = cm_metrics_prometheus(m, &st, "tiny\"model");
     CHECK(strstr(t, "cellm_requests_total{code=\"200\"} 2\n") != NULL);
     CHECK(strstr(t, "cellm_requests_total{code=\"429\"} 1\n") != NULL);
@@ -547,6 +548,7 @@ TEST(prometheus_text) {
     CHECK(strstr(t, "cellm_queue_depth 2\n") != NULL);
     CHECK(strstr(t, "cellm_active_sequences 3\n") != NULL);
     CHECK(strstr(t, "cellm_kv_cache_usage_ratio 0.250000\n") != NULL);
+    CHECK(strstr(t, "cellm_kv_cache_allocated_bytes 4096\n") != NULL);
     CHECK(strstr(t, "model=\"tiny\\\"model\"") != NULL);
     free(t);
     char *j = cm_metrics_json(m, &st, "tiny", 1.5);
