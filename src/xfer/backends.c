@@ -5,10 +5,21 @@
 
 #include "xfer/backend.h"
 
+#ifdef CM_HAVE_VERBS
+extern const cm_xfer_backend_ops cm_xfer_verbs_ops;
+#endif
+#ifdef CM_HAVE_FABRIC
+extern const cm_xfer_backend_ops cm_xfer_fabric_ops;
+#endif
+
 static const cm_xfer_backend_ops *const g_backends[] = {
     &cm_xfer_tcp_ops,
-    /* verbs: &cm_xfer_verbs_ops (CM_HAVE_VERBS), fabric: &cm_xfer_fabric_ops
-     * (CM_HAVE_FABRIC) - added with their files. */
+#ifdef CM_HAVE_VERBS
+    &cm_xfer_verbs_ops,
+#endif
+#ifdef CM_HAVE_FABRIC
+    &cm_xfer_fabric_ops,
+#endif
 };
 
 const cm_xfer_backend_ops *cm_xfer_backend_find(const char *name) {

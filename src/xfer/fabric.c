@@ -1,0 +1,1402 @@
+/* fabric.c - the libfabric transfer backend (what AWS EFA speaks; runs here
+ * over libfabric's software providers, e.g. "tcp;ofi_rxm", for tests).
+ *
+ * Shape
+ *   Every link of a peer is a pair: an authenticated TCP side channel and a
+ *   reliable-datagram endpoint (FI_EP_RDM) of its own, with its own
+ *   completion queue and a one-entry address vector holding the remote
+ *   endpoint. The side channel runs the cell-key challenge-response of
+ *   wire.h (the same HELLO/PROOF exchange as the tcp backend) before
+ *   anything else; only then do the two sides create their endpoints, swap
+ *   endpoint addresses (fi_getname) over it, and insert each other. After
+ *   that the side channel carries only heartbeats, and its EOF tells at once
+ *   that the peer process died.
+ *
+ *     dial/accept TCP -> HELLO/PROOF (cell key) -> endpoint created, receive
+ *     buffers posted -> ADDR swapped -> av_insert -> link READY -> peer up
+ *     when all its links are READY.
+ *
+ * Data path
+ *   write_imm  RMA writes (fi_writemsg) into the peer's region, whose key and
+ *              address came in its descriptor. A write goes whole over one
+ *              link; its last segment is an fi_writedata carrying the 32-bit
+ *              immediate as remote CQ data, so the receiver sees exactly one
+ *              FI_REMOTE_CQ_DATA completion per write and bumps the counter
+ *              once. That completion must not overtake the other segments:
+ *              when the provider orders writes on an endpoint (FI_ORDER_WAW)
+ *              all segments are posted at once; otherwise the first n-1 are
+ *              posted with FI_DELIVERY_COMPLETE and the last one only after
+ *              they all completed (a software fence).
+ *   send/recv  two-sided messages in fragments of at most FRAG_BYTES, each
+ *              with a 16-byte header (magic, sequence, total, offset), into
+ *              receive buffers the backend posts itself (RX_BUFS per link),
+ *              copied into the buffer the application posted (or buffered
+ *              by the core when none is). All messages of a peer go over
+ *              link 0, and the provider must keep sends in order
+ *              (FI_ORDER_SAS): a fragment out of sequence fails the peer.
+ *
+ * Security
+ *   Endpoint addresses are only learnt through the authenticated side
+ *   channel. Regions get FI_REMOTE_WRITE only when registered with
+ *   CM_XFER_MR_REMOTE_WRITE, with a random 64-bit key where the provider
+ *   lets us choose keys; the provider checks key and bounds on every
+ *   write. Unlike the tcp backend, the per-peer allowlist is enforced only
+ *   by who was given the descriptor (the key), not per write. Receive
+ *   completions from a source other than the link's peer are dropped when
+ *   the provider reports sources (FI_SOURCE).
+ *
+ * Failure: side-channel EOF or error, peer_timeout_ms without a heartbeat,
+ * or an error completion fails every link of the peer: its pending ops
+ * complete with the error at once, its endpoints are closed by the progress
+ * thread (which alone frees links, so nothing it polls disappears under it).
+ *
+ * Threads: one progress thread polls every link's completion queue (data
+ * progress is manual on most software providers) and side channel; one
+ * accept thread authenticates incoming connections one at a time. b->mu
+ * (recursive) guards all backend state and may be held across core calls. */
+#ifdef CM_HAVE_FABRIC
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <pthread.h>
+#include <rdma/fabric.h>
+#include <rdma/fi_cm.h>
+#include <rdma/fi_domain.h>
+#include <rdma/fi_endpoint.h>
+#include <rdma/fi_errno.h>
+#include <rdma/fi_rma.h>
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "base/log.h"
+#include "base/status.h"
+#include "base/time.h"
+#include "xfer/backend.h"
+#include "xfer/fabric_proto.h"
+#include "xfer/wire.h"
+
+#define MAX_PEERS 256
+#define RX_BUFS 32
+#define TICK_MS 5
+#define CQ_BATCH 32
+
+enum { CTX_RX = 1, CTX_TX };
+enum { L_NEW = 0, L_READY, L_DEAD };
+enum { FAB_RX_RECV = 1, FAB_RX_DISCARD, FAB_RX_HEAP };
+
+struct flink;
+
+typedef struct fctx {
+    struct fi_context2 fi; /* first: libfabric hands back &fi as op_context */
+    int type;
+    struct flink *link;
+    struct ftrack *track; /* CTX_TX */
+    int idx;              /* CTX_RX: buffer index */
+} fctx;
+
+/* One op (or one message) in flight on a link. */
+typedef struct ftrack {
+    cm_xfer_op *op;     /* NULL once completed to the core (peer failed) */
+    int outstanding;    /* provider completions still due */
+    int pending_last;   /* fence mode: the imm-carrying segment is not posted yet */
+    int status;
+    uint8_t *hdrs;      /* SEND: one header per fragment */
+    struct ftrack *prev, *next;
+    fctx ctx[];         /* one per posted piece */
+} ftrack;
+
+typedef struct parked_rx {
+    int idx;
+    size_t len;
+    uint32_t seq;
+} parked_rx;
+
+typedef struct flink {
+    struct fab_backend *b;
+    int state;
+    int peer, index;
+    int fd;                 /* side channel */
+    char addr[64];
+    struct fid_ep *ep;
+    struct fid_cq *cq;
+    struct fid_av *av;
+    int cq_fd;              /* wait fd of the cq, -1 when none */
+    fi_addr_t remote;
+    uint8_t *rxmem;         /* RX_BUFS * (CM_FABRIC_FRAG_HDR + CM_FABRIC_FRAG_BYTES) */
+    fctx rxctx[RX_BUFS];
+    /* message reassembly */
+    uint32_t rx_seq, tx_seq;
+    parked_rx parked[RX_BUFS]; /* fragments that completed ahead of their turn */
+    int n_parked;
+    int rx_active, rx_kind;
+    uint8_t *rx_dst;
+    size_t rx_cap, rx_total, rx_got;
+    void *rx_token;
+    uint64_t last_rx_ns, last_tx_ns;
+    uint64_t bytes_sent, bytes_received;
+    ftrack *tracks;
+    struct flink *next;     /* b->graveyard */
+} flink;
+
+typedef struct fpeer {
+    int active, up;
+    int n_links, n_ready;
+    unsigned next_link;
+    uint64_t instance;
+    char name[CM_XFER_NAME_MAX];
+    flink *links[CM_XFER_MAX_LINKS];
+} fpeer;
+
+typedef struct fmr {
+    struct fid_mr *mr;
+} fmr;
+
+typedef struct fab_backend {
+    cm_xfer *x;
+    const cm_xfer_config *cfg;
+    pthread_mutex_t mu;
+    struct fi_info *info; /* the chosen provider */
+    struct fid_fabric *fabric;
+    struct fid_domain *domain;
+    int ordered;          /* provider orders writes (FI_ORDER_WAW) */
+    int have_source;      /* FI_SOURCE granted */
+    int virt_addr;        /* FI_MR_VIRT_ADDR: remote addresses are virtual */
+    int prov_key;         /* FI_MR_PROV_KEY */
+    int wait_fd;          /* cqs have FI_WAIT_FD */
+    pthread_t thread, accept_thread;
+    int thread_started, accept_started;
+    volatile int stop;
+    int listen_fd;
+    char listen_addr[96];
+    int wake[2];
+    fpeer peers[MAX_PEERS];
+    flink *graveyard;
+} fab_backend;
+
+static void peer_fail(fab_backend *b, int pid, int status, const char *why);
+
+/* ---- errors ---- */
+
+static int fi_err(int status, const char *what, ssize_t ret) {
+    return cm_errorf(status, "fabric: %s: %s", what, fi_strerror((int)-ret));
+}
+
+/* ---- side channel (plain sockets, deadlines) ---- */
+
+static int split_hostport(const char *s, char *host, size_t hcap, char *port, size_t pcap) {
+    const char *colon = strrchr(s, ':');
+    if (!colon || !colon[1]) return cm_errorf(CM_EINVAL, "'%s': expected HOST:PORT", s);
+    const char *h = s;
+    size_t hl = (size_t)(colon - s);
+    if (hl >= 2 && h[0] == '[' && h[hl - 1] == ']') h++, hl -= 2;
+    if (hl >= hcap || strlen(colon + 1) >= pcap) return cm_errorf(CM_EINVAL, "'%s': address too long", s);
+    memcpy(host, h, hl);
+    host[hl] = 0;
+    snprintf(port, pcap, "%s", colon + 1);
+    return CM_OK;
+}
+
+static void addr_string(const struct sockaddr *sa, char *out, size_t cap) {
+    char host[64] = "?";
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
+        inet_ntop(AF_INET, &in->sin_addr, host, sizeof host);
+        snprintf(out, cap, "%s:%d", host, ntohs(in->sin_port));
+    } else if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *in = (const struct sockaddr_in6 *)sa;
+        inet_ntop(AF_INET6, &in->sin6_addr, host, sizeof host);
+        snprintf(out, cap, "[%s]:%d", host, ntohs(in->sin6_port));
+    } else {
+        snprintf(out, cap, "?");
+    }
+}
+
+static int set_nonblock(int fd) {
+    int fl = fcntl(fd, F_GETFL, 0);
+    return fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0 ? -1 : 0;
+}
+
+static int io_full(int fd, uint8_t *p, size_t n, int writing, uint64_t deadline) {
+    size_t done = 0;
+    while (done < n) {
+        ssize_t r = writing ? send(fd, p + done, n - done, MSG_DONTWAIT | MSG_NOSIGNAL)
+                            : recv(fd, p + done, n - done, MSG_DONTWAIT);
+        if (r > 0) {
+            done += (size_t)r;
+            continue;
+        }
+        if (r == 0) return cm_errorf(CM_ECONN, "connection closed by the peer during setup");
+        if (errno == EINTR) continue;
+        if (errno != EAGAIN && errno != EWOULDBLOCK) return cm_errorf(CM_ECONN, "%s", strerror(errno));
+        uint64_t now = cm_now_ns();
+        if (now >= deadline) return cm_errorf(CM_ETIMEDOUT, "connection setup timed out");
+        struct pollfd pf = {fd, writing ? POLLOUT : POLLIN, 0};
+        poll(&pf, 1, (int)((deadline - now) / 1000000ull) + 1);
+    }
+    return CM_OK;
+}
+
+/* The mutual challenge-response of wire.h on a fresh socket; role 1 dials,
+ * role 2 accepts. On success *remote is the other side's hello. */
+static int authenticate(fab_backend *b, int fd, int role, int link, int n_links, uint64_t deadline,
+                        const char *addr, cm_wire_hello *remote) {
+    uint8_t mine[CM_WIRE_HELLO_BYTES], theirs[CM_WIRE_HELLO_BYTES], proof[CM_WIRE_PROOF_BYTES];
+    uint8_t mac[CM_WIRE_MAC_BYTES];
+    int rc;
+    cm_wire_hello me = {.role = role, .link = link, .sock = 0, .n_links = n_links, .n_socks = 1,
+                        .instance = cm_xfer_core_instance(b->x)};
+    randombytes_buf(me.nonce, sizeof me.nonce);
+    snprintf(me.name, sizeof me.name, "%s", cm_xfer_core_name(b->x));
+    if (role == 1) {
+        cm_wire_hello_encode(&me, mine);
+        if ((rc = io_full(fd, mine, sizeof mine, 1, deadline))) return rc;
+        if ((rc = io_full(fd, theirs, sizeof theirs, 0, deadline))) return rc;
+        if ((rc = cm_wire_hello_decode(theirs, remote))) return rc;
+        if (remote->role != 2 || remote->link != link)
+            return cm_errorf(CM_EFORMAT, "%s: unexpected hello from the peer", addr);
+        cm_wire_auth_mac(&b->cfg->key, 1, mine, theirs, mac);
+        cm_wire_proof_encode(0, mac, proof);
+        if ((rc = io_full(fd, proof, sizeof proof, 1, deadline))) return rc;
+        if ((rc = io_full(fd, proof, sizeof proof, 0, deadline)))
+            return rc == CM_ECONN ? cm_errorf(CM_EAUTH, "%s closed the connection during authentication", addr) : rc;
+        int verdict;
+        if ((rc = cm_wire_proof_decode(proof, &verdict, mac))) return rc;
+        if (verdict) return cm_errorf(CM_EAUTH, "%s refused our cell key (does it use the same --key-file?)", addr);
+        if (cm_wire_auth_verify(&b->cfg->key, 2, mine, theirs, mac))
+            return cm_errorf(CM_EAUTH, "%s does not hold our cell key", addr);
+        return CM_OK;
+    }
+    if ((rc = io_full(fd, theirs, sizeof theirs, 0, deadline))) return rc;
+    if ((rc = cm_wire_hello_decode(theirs, remote))) return rc;
+    if (remote->role != 1 || remote->n_socks != 1)
+        return cm_errorf(CM_EFORMAT, "%s: not a fabric client hello", addr);
+    me.link = remote->link;
+    me.n_links = remote->n_links;
+    cm_wire_hello_encode(&me, mine);
+    if ((rc = io_full(fd, mine, sizeof mine, 1, deadline))) return rc;
+    if ((rc = io_full(fd, proof, sizeof proof, 0, deadline))) return rc;
+    int verdict;
+    if ((rc = cm_wire_proof_decode(proof, &verdict, mac)) || verdict)
+        return rc ? rc : cm_errorf(CM_EFORMAT, "%s: bad proof", addr);
+    if (cm_wire_auth_verify(&b->cfg->key, 1, theirs, mine, mac)) {
+        cm_wire_proof_encode(1, NULL, proof);
+        io_full(fd, proof, sizeof proof, 1, deadline);
+        CM_LOGW("xfer: fabric connection from %s (%s) refused: it does not hold our cell key", addr, remote->name);
+        return cm_errorf(CM_EAUTH, "%s does not hold our cell key", addr);
+    }
+    cm_wire_auth_mac(&b->cfg->key, 2, theirs, mine, mac);
+    cm_wire_proof_encode(0, mac, proof);
+    return io_full(fd, proof, sizeof proof, 1, deadline);
+}
+
+/* ---- ops ---- */
+
+static void track_unlink(flink *l, ftrack *t) {
+    if (t->prev) t->prev->next = t->next;
+    else l->tracks = t->next;
+    if (t->next) t->next->prev = t->prev;
+}
+
+/* Completes the op of a track to the core (once) and frees the track when
+ * the provider owes it nothing more. */
+static void track_settle(fab_backend *b, flink *l, ftrack *t) {
+    if (t->op && t->outstanding == 0 && !t->pending_last) {
+        cm_xfer_op *op = t->op;
+        t->op = NULL;
+        cm_xfer_core_op_done(b->x, op, t->status);
+    }
+    if (!t->op && t->outstanding == 0) {
+        track_unlink(l, t);
+        free(t->hdrs);
+        free(t);
+    }
+}
+
+static ftrack *track_new(flink *l, cm_xfer_op *op, int n_ctx) {
+    ftrack *t = calloc(1, sizeof *t + (size_t)n_ctx * sizeof(fctx));
+    if (!t) return NULL;
+    t->op = op;
+    for (int i = 0; i < n_ctx; i++) t->ctx[i] = (fctx){.type = CTX_TX, .link = l, .track = t, .idx = i};
+    t->next = l->tracks;
+    if (l->tracks) l->tracks->prev = t;
+    l->tracks = t;
+    return t;
+}
+
+/* ---- links ---- */
+
+static uint8_t *rx_buf(flink *l, int i) { return l->rxmem + (size_t)i * (CM_FABRIC_FRAG_HDR + CM_FABRIC_FRAG_BYTES); }
+
+static int rx_post(flink *l, int i) {
+    ssize_t r;
+    do r = fi_recv(l->ep, rx_buf(l, i), CM_FABRIC_FRAG_HDR + CM_FABRIC_FRAG_BYTES, NULL, FI_ADDR_UNSPEC, &l->rxctx[i].fi);
+    while (r == -FI_EAGAIN && (fi_cq_read(l->cq, NULL, 0), 1));
+    return r ? fi_err(CM_EIO, "fi_recv", r) : CM_OK;
+}
+
+/* Marks a link dead: fails what it holds; the progress thread closes it. */
+static void link_kill(fab_backend *b, flink *l, int status) {
+    if (l->state == L_DEAD) return;
+    l->state = L_DEAD;
+    if (l->rx_active) {
+        if (l->rx_kind == FAB_RX_RECV || l->rx_kind == FAB_RX_DISCARD)
+            cm_xfer_core_recv_end(b->x, l->rx_token, l->peer, status, 0);
+        else if (l->rx_kind == FAB_RX_HEAP)
+            free(l->rx_dst);
+        l->rx_active = 0;
+    }
+    for (ftrack *t = l->tracks, *n; t; t = n) {
+        n = t->next;
+        if (t->op) {
+            cm_xfer_op *op = t->op;
+            t->op = NULL;
+            t->pending_last = 0;
+            cm_xfer_core_op_done(b->x, op, status);
+        }
+    }
+    l->next = b->graveyard;
+    b->graveyard = l;
+    if (b->wake[1] >= 0) {
+        char c = 1;
+        ssize_t w = write(b->wake[1], &c, 1);
+        (void)w;
+    }
+}
+
+/* Only the progress thread (or destroy, after it stopped) calls this. */
+static void link_free(flink *l) {
+    if (l->ep) fi_close(&l->ep->fid);
+    if (l->av) fi_close(&l->av->fid);
+    if (l->cq) fi_close(&l->cq->fid);
+    while (l->tracks) {
+        ftrack *t = l->tracks;
+        l->tracks = t->next;
+        free(t->hdrs);
+        free(t);
+    }
+    if (l->fd >= 0) close(l->fd);
+    free(l->rxmem);
+    free(l);
+}
+
+static void peer_fail(fab_backend *b, int pid, int status, const char *why) {
+    fpeer *p = &b->peers[pid];
+    if (!p->active) return;
+    p->active = 0;
+    int was_up = p->up;
+    p->up = 0;
+    for (int i = 0; i < CM_XFER_MAX_LINKS; i++) {
+        flink *l = p->links[i];
+        p->links[i] = NULL;
+        if (l) link_kill(b, l, status);
+    }
+    p->n_ready = 0;
+    if (was_up)
+        cm_xfer_core_peer_down(b->x, pid, status, why);
+    else if (why)
+        CM_LOGW("xfer: fabric peer %d (%s) failed while connecting: %s", pid, p->name, why);
+}
+
+static void link_fail(fab_backend *b, flink *l, int status, const char *why) {
+    if (l->state == L_DEAD) return;
+    if (l->peer >= 0 && b->peers[l->peer].active) {
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s: %s", l->addr, why);
+        peer_fail(b, l->peer, status, msg);
+    } else {
+        link_kill(b, l, status);
+    }
+}
+
+/* Creates the endpoint of a link, its cq and av, and posts its receive
+ * buffers. `local` is the side channel's local address: the endpoint binds
+ * to the same interface, so it is reachable wherever the side channel is. */
+static int link_open(fab_backend *b, flink *l, const struct sockaddr *local) {
+    struct fi_info *hints = fi_dupinfo(b->info), *info = NULL;
+    if (!hints) return CM_ENOMEM;
+    char host[64] = "";
+    if (local->sa_family == AF_INET)
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)local)->sin_addr, host, sizeof host);
+    else if (local->sa_family == AF_INET6)
+        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)local)->sin6_addr, host, sizeof host);
+    free(hints->src_addr);
+    hints->src_addr = NULL;
+    hints->src_addrlen = 0;
+    free(hints->dest_addr);
+    hints->dest_addr = NULL;
+    hints->dest_addrlen = 0;
+    hints->addr_format = FI_FORMAT_UNSPEC;
+    int r = host[0] ? fi_getinfo(FI_VERSION(1, 9), host, NULL, FI_SOURCE, hints, &info) : -FI_ENODATA;
+    if (r) {
+        info = NULL; /* not an IP provider (or no match): its default address */
+    }
+    fi_freeinfo(hints);
+    struct fi_info *use = info ? info : b->info;
+    int rc = CM_OK;
+    struct fi_cq_attr cqa = {.format = FI_CQ_FORMAT_DATA, .size = 4096,
+                             .wait_obj = b->wait_fd ? FI_WAIT_FD : FI_WAIT_NONE};
+    if ((r = fi_cq_open(b->domain, &cqa, &l->cq, NULL))) {
+        rc = fi_err(CM_EIO, "fi_cq_open", r);
+        goto out;
+    }
+    l->cq_fd = -1;
+    if (b->wait_fd && fi_control(&l->cq->fid, FI_GETWAIT, &l->cq_fd)) l->cq_fd = -1;
+    struct fi_av_attr ava = {.type = FI_AV_TABLE, .count = 1};
+    if ((r = fi_av_open(b->domain, &ava, &l->av, NULL))) {
+        rc = fi_err(CM_EIO, "fi_av_open", r);
+        goto out;
+    }
+    if ((r = fi_endpoint(b->domain, use, &l->ep, NULL))) {
+        rc = fi_err(CM_EIO, "fi_endpoint", r);
+        goto out;
+    }
+    if ((r = fi_ep_bind(l->ep, &l->cq->fid, FI_TRANSMIT | FI_RECV)) || (r = fi_ep_bind(l->ep, &l->av->fid, 0)) ||
+        (r = fi_enable(l->ep))) {
+        rc = fi_err(CM_EIO, "endpoint setup", r);
+        goto out;
+    }
+    l->rxmem = malloc((size_t)RX_BUFS * (CM_FABRIC_FRAG_HDR + CM_FABRIC_FRAG_BYTES));
+    if (!l->rxmem) {
+        rc = CM_ENOMEM;
+        goto out;
+    }
+    for (int i = 0; i < RX_BUFS && !rc; i++) {
+        l->rxctx[i] = (fctx){.type = CTX_RX, .link = l, .idx = i};
+        rc = rx_post(l, i);
+    }
+out:
+    if (info) fi_freeinfo(info);
+    return rc;
+}
+
+/* Swaps endpoint addresses over the authenticated side channel. */
+static int link_exchange(fab_backend *b, flink *l, uint64_t deadline) {
+    uint8_t mine[CM_FABRIC_ADDR_MSG_BYTES], theirs[CM_FABRIC_ADDR_MSG_BYTES];
+    uint8_t name[CM_FABRIC_ADDR_MAX];
+    size_t len = sizeof name;
+    int r = fi_getname(&l->ep->fid, name, &len);
+    if (r) return fi_err(CM_EIO, "fi_getname", r);
+    cm_fabric_addr_encode(name, len, mine);
+    int rc = io_full(l->fd, mine, sizeof mine, 1, deadline);
+    if (!rc) rc = io_full(l->fd, theirs, sizeof theirs, 0, deadline);
+    if (rc) return rc;
+    size_t rlen;
+    if ((rc = cm_fabric_addr_decode(theirs, name, &rlen))) return rc;
+    (void)b;
+    if (fi_av_insert(l->av, name, 1, &l->remote, 0, NULL) != 1)
+        return cm_errorf(CM_ECONN, "fabric: %s: the peer's endpoint address is not usable here", l->addr);
+    return CM_OK;
+}
+
+static flink *link_new(fab_backend *b, int fd, const char *addr) {
+    flink *l = calloc(1, sizeof *l);
+    if (!l) return NULL;
+    l->b = b;
+    l->fd = fd;
+    l->peer = -1;
+    l->cq_fd = -1;
+    l->last_rx_ns = l->last_tx_ns = cm_now_ns();
+    snprintf(l->addr, sizeof l->addr, "%s", addr);
+    return l;
+}
+
+/* ---- receive ---- */
+
+static int on_fragment(fab_backend *b, flink *l, const uint8_t *buf, size_t len) {
+    cm_fabric_frag f;
+    int rc = cm_fabric_frag_decode(buf, len, l->rx_seq, l->rx_active, (uint32_t)l->rx_total, (uint32_t)l->rx_got, &f);
+    if (rc) return rc;
+    l->rx_seq++;
+    if (!l->rx_active) {
+        size_t cap = 0;
+        l->rx_total = f.total;
+        l->rx_got = 0;
+        rc = cm_xfer_core_recv_begin(b->x, l->peer, &l->rx_dst, &cap, &l->rx_token);
+        if (rc == CM_OK) {
+            l->rx_kind = f.total > cap ? FAB_RX_DISCARD : FAB_RX_RECV;
+        } else {
+            l->rx_dst = malloc(f.total ? f.total : 1);
+            if (!l->rx_dst) return cm_errorf(CM_ENOMEM, "no memory for a %u-byte message", f.total);
+            l->rx_kind = FAB_RX_HEAP;
+        }
+        l->rx_active = 1;
+    }
+    if (l->rx_kind != FAB_RX_DISCARD && f.bytes) memcpy(l->rx_dst + f.offset, f.payload, f.bytes);
+    l->rx_got += f.bytes;
+    if (l->rx_got < l->rx_total) return CM_OK;
+    l->rx_active = 0;
+    switch (l->rx_kind) {
+    case FAB_RX_RECV: cm_xfer_core_recv_end(b->x, l->rx_token, l->peer, CM_OK, l->rx_total); break;
+    case FAB_RX_DISCARD: cm_xfer_core_recv_end(b->x, l->rx_token, l->peer, CM_ERANGE, 0); break;
+    default:
+        rc = cm_xfer_core_recv_unexpected(b->x, l->peer, l->rx_dst, l->rx_total);
+        if (rc) free(l->rx_dst);
+        return rc;
+    }
+    return CM_OK;
+}
+
+static int post_last_segment(fab_backend *b, flink *l, ftrack *t);
+
+/* Handles one completion of link l; CM_OK or why the peer must fail. */
+static int on_completion(fab_backend *b, flink *l, const struct fi_cq_data_entry *e, fi_addr_t src) {
+    fctx *c = e->op_context;
+    if ((e->flags & FI_REMOTE_CQ_DATA) && (e->flags & (FI_REMOTE_WRITE | FI_RMA))) {
+        if (b->have_source && src != l->remote && src != FI_ADDR_NOTAVAIL)
+            return cm_errorf(CM_EFORMAT, "remote write from an unknown source");
+        l->last_rx_ns = cm_now_ns();
+        cm_xfer_core_write_landed(b->x, l->peer, (uint32_t)e->data);
+        if (c && c->type == CTX_RX) return rx_post(l, c->idx); /* FI_RX_CQ_DATA mode used a buffer */
+        return CM_OK;
+    }
+    if (!c) return CM_OK;
+    if (c->type == CTX_RX) {
+        if (b->have_source && src != l->remote) {
+            CM_LOGW("xfer: fabric: dropped a message from a source that is not this link's peer");
+            return rx_post(l, c->idx);
+        }
+        l->last_rx_ns = cm_now_ns();
+        l->bytes_received += e->len;
+        const uint8_t *buf = rx_buf(l, c->idx);
+        /* Buffers are matched in order, but a large fragment (a rendezvous
+         * inside the provider) may complete after later small ones: park
+         * early arrivals until their turn. */
+        uint32_t seq = e->len >= CM_FABRIC_FRAG_HDR ? cm_get_u32(buf + 4) : l->rx_seq;
+        if (seq != l->rx_seq) {
+            if ((int32_t)(seq - l->rx_seq) < 0 || l->n_parked == RX_BUFS)
+                return cm_errorf(CM_EFORMAT, "fragment %u arrived where %u was due (lost or repeated)", seq, l->rx_seq);
+            l->parked[l->n_parked++] = (parked_rx){c->idx, e->len, seq};
+            return CM_OK;
+        }
+        int rc = on_fragment(b, l, buf, e->len);
+        if (!rc && l->state != L_DEAD) rc = rx_post(l, c->idx);
+        for (int i = 0; !rc && i < l->n_parked && l->state != L_DEAD;) {
+            if (l->parked[i].seq != l->rx_seq) {
+                i++;
+                continue;
+            }
+            parked_rx pr = l->parked[i];
+            l->parked[i] = l->parked[--l->n_parked];
+            rc = on_fragment(b, l, rx_buf(l, pr.idx), pr.len);
+            if (!rc && l->state != L_DEAD) rc = rx_post(l, pr.idx);
+            i = 0;
+        }
+        return rc;
+    }
+    ftrack *t = c->track;
+    t->outstanding--;
+    if (t->pending_last && t->outstanding == 0 && t->op && !t->status) {
+        int rc = post_last_segment(b, l, t);
+        if (rc) t->status = rc, t->pending_last = 0;
+    }
+    track_settle(b, l, t);
+    return CM_OK;
+}
+
+/* Reads what the link's cq holds; fails the peer on an error. Returns the
+ * number of completions handled. */
+static int link_drain(fab_backend *b, flink *l) {
+    struct fi_cq_data_entry e[CQ_BATCH];
+    fi_addr_t src[CQ_BATCH];
+    int total = 0;
+    while (l->state != L_DEAD) {
+        ssize_t n = b->have_source ? fi_cq_readfrom(l->cq, e, CQ_BATCH, src) : fi_cq_read(l->cq, e, CQ_BATCH);
+        if (n == -FI_EAGAIN) break;
+        if (n == -FI_EAVAIL) {
+            struct fi_cq_err_entry err = {0};
+            if (fi_cq_readerr(l->cq, &err, 0) != 1) break;
+            fctx *c = err.op_context;
+            char why[256];
+            snprintf(why, sizeof why, "%s failed: %s", c && c->type == CTX_TX ? "a transfer" : "a receive",
+                     fi_strerror(err.err));
+            if (c && c->type == CTX_TX) {
+                ftrack *t = c->track;
+                t->outstanding--;
+                t->pending_last = 0;
+                if (!t->status) t->status = CM_EPEER;
+                track_settle(b, l, t);
+            }
+            link_fail(b, l, CM_EPEER, why);
+            break;
+        }
+        if (n < 0) {
+            link_fail(b, l, CM_EPEER, fi_strerror((int)-n));
+            break;
+        }
+        for (ssize_t i = 0; i < n && l->state != L_DEAD; i++) {
+            int rc = on_completion(b, l, &e[i], b->have_source ? src[i] : FI_ADDR_NOTAVAIL);
+            if (rc) {
+                char why[400];
+                snprintf(why, sizeof why, "bad message from peer: %s", cm_last_error(rc));
+                link_fail(b, l, rc == CM_EFORMAT ? CM_EFORMAT : CM_EPEER, why);
+            }
+        }
+        total += (int)n;
+        if (n < CQ_BATCH) break;
+    }
+    return total;
+}
+
+/* Reads the side channel: heartbeats, BYE, EOF. */
+static void link_side_read(fab_backend *b, flink *l) {
+    uint8_t buf[64];
+    for (;;) {
+        ssize_t n = recv(l->fd, buf, sizeof buf, MSG_DONTWAIT);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
+        if (n <= 0) {
+            link_fail(b, l, CM_EPEER, n == 0 ? "side channel closed by the peer" : strerror(errno));
+            return;
+        }
+        for (ssize_t i = 0; i < n; i++) {
+            if (buf[i] == CM_FABRIC_SIDE_BYE) {
+                link_fail(b, l, CM_EPEER, "peer closed the connection");
+                return;
+            }
+            if (buf[i] != CM_FABRIC_SIDE_HEARTBEAT) {
+                link_fail(b, l, CM_EFORMAT, "garbage on the side channel");
+                return;
+            }
+        }
+        l->last_rx_ns = cm_now_ns();
+    }
+}
+
+/* ---- progress thread ---- */
+
+static void tick(fab_backend *b, uint64_t now) {
+    const uint64_t timeout_ns = (uint64_t)b->cfg->peer_timeout_ms * 1000000ull;
+    const uint64_t hb_ns = (uint64_t)b->cfg->heartbeat_ms * 1000000ull;
+    for (int i = 0; i < MAX_PEERS; i++) {
+        fpeer *p = &b->peers[i];
+        if (!p->active) continue;
+        for (int k = 0; k < CM_XFER_MAX_LINKS && p->active; k++) {
+            flink *l = p->links[k];
+            if (!l || l->state != L_READY) continue;
+            if (now - l->last_rx_ns > timeout_ns) {
+                char why[128];
+                snprintf(why, sizeof why, "nothing received for %d ms (peer dead or link cut)", b->cfg->peer_timeout_ms);
+                link_fail(b, l, CM_ETIMEDOUT, why);
+                break;
+            }
+            if (now - l->last_tx_ns >= hb_ns) {
+                uint8_t hb = CM_FABRIC_SIDE_HEARTBEAT;
+                ssize_t w = send(l->fd, &hb, 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+                if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
+                    link_fail(b, l, CM_EPEER, strerror(errno));
+                    break;
+                }
+                l->last_tx_ns = now;
+            }
+        }
+    }
+}
+
+static void *progress_main(void *arg) {
+    fab_backend *b = arg;
+    struct pollfd pf[1 + 2 * MAX_PEERS * 2];
+    flink *who[1 + 2 * MAX_PEERS * 2];
+    uint64_t last_tick = cm_now_ns();
+    while (!b->stop) {
+        pthread_mutex_lock(&b->mu);
+        while (b->graveyard) {
+            flink *l = b->graveyard;
+            b->graveyard = l->next;
+            link_free(l);
+        }
+        int n = 0, busy = 0, need_spin = !b->wait_fd;
+        pf[n] = (struct pollfd){b->wake[0], POLLIN, 0};
+        who[n++] = NULL;
+        struct fid *cqs[MAX_PEERS];
+        int n_cq = 0;
+        for (int i = 0; i < MAX_PEERS; i++) {
+            fpeer *p = &b->peers[i];
+            if (!p->active) continue;
+            for (int k = 0; k < CM_XFER_MAX_LINKS; k++) {
+                flink *l = p->links[k];
+                if (!l || l->state == L_DEAD) continue;
+                busy += link_drain(b, l);
+                if (!p->active) break;
+                if (l->state == L_DEAD || n + 2 > (int)(sizeof pf / sizeof pf[0])) continue;
+                pf[n] = (struct pollfd){l->fd, POLLIN, 0};
+                who[n++] = l;
+                if (l->cq_fd >= 0) {
+                    pf[n] = (struct pollfd){l->cq_fd, POLLIN, 0};
+                    who[n++] = NULL;
+                    if (n_cq < MAX_PEERS) cqs[n_cq++] = &l->cq->fid;
+                } else {
+                    need_spin = 1;
+                }
+            }
+        }
+        uint64_t now = cm_now_ns();
+        if (now - last_tick >= TICK_MS * 1000000ull) {
+            tick(b, now);
+            last_tick = now;
+        }
+        /* fi_trywait says whether sleeping on the wait fds is safe (nothing
+         * left that only a cq read would progress). */
+        int timeout = TICK_MS;
+        if (busy) timeout = 0;
+        else if (need_spin) timeout = 1;
+        else if (n_cq && fi_trywait(b->fabric, cqs, n_cq) != FI_SUCCESS) timeout = 0;
+        pthread_mutex_unlock(&b->mu);
+        int r = poll(pf, (nfds_t)n, timeout);
+        if (r <= 0) continue;
+        pthread_mutex_lock(&b->mu);
+        if (pf[0].revents) {
+            char buf[64];
+            while (read(b->wake[0], buf, sizeof buf) > 0) {
+            }
+        }
+        for (int i = 1; i < n; i++)
+            if (who[i] && pf[i].revents && who[i]->state != L_DEAD) link_side_read(b, who[i]);
+        pthread_mutex_unlock(&b->mu);
+    }
+    return NULL;
+}
+
+/* ---- connection setup ---- */
+
+/* Adds an authenticated, exchanged link to its peer; reports the peer up
+ * when it has all its links. Called with b->mu held. */
+static int link_attach(fab_backend *b, int pid, flink *l, const cm_wire_hello *r, int dialed) {
+    fpeer *p = &b->peers[pid];
+    if (p->active && p->instance != r->instance) peer_fail(b, pid, CM_EPEER, "peer restarted");
+    if (!p->active) {
+        memset(p->links, 0, sizeof p->links);
+        p->active = 1;
+        p->up = 0;
+        p->n_links = r->n_links;
+        p->n_ready = 0;
+        p->instance = r->instance;
+        snprintf(p->name, sizeof p->name, "%s", r->name);
+    }
+    if (r->link < 0 || r->link >= p->n_links || p->links[r->link] || p->n_links != r->n_links) {
+        if (!dialed) return cm_errorf(CM_EFORMAT, "link does not fit the peer's announced links");
+    }
+    l->peer = pid;
+    l->index = r->link;
+    l->state = L_READY;
+    l->last_rx_ns = l->last_tx_ns = cm_now_ns();
+    p->links[r->link] = l;
+    if (++p->n_ready == p->n_links) {
+        p->up = 1;
+        cm_xfer_core_peer_up(b->x, pid, p->name, p->instance);
+    }
+    char c = 1;
+    ssize_t w = write(b->wake[1], &c, 1);
+    (void)w;
+    return CM_OK;
+}
+
+static void *accept_main(void *arg) {
+    fab_backend *b = arg;
+    while (!b->stop) {
+        struct pollfd pf = {b->listen_fd, POLLIN, 0};
+        if (poll(&pf, 1, 50) <= 0) continue;
+        struct sockaddr_storage ss;
+        socklen_t sl = sizeof ss;
+        int fd = accept(b->listen_fd, (struct sockaddr *)&ss, &sl);
+        if (fd < 0) continue;
+        char addr[64];
+        addr_string((struct sockaddr *)&ss, addr, sizeof addr);
+        fcntl(fd, F_SETFD, FD_CLOEXEC);
+        set_nonblock(fd);
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        uint64_t deadline = cm_now_ns() + (uint64_t)b->cfg->peer_timeout_ms * 1000000ull;
+        cm_wire_hello r;
+        int rc = authenticate(b, fd, 2, 0, 0, deadline, addr, &r);
+        if (rc) {
+            if (rc != CM_EAUTH) CM_LOGW("xfer: fabric connection from %s dropped: %s", addr, cm_last_error(rc));
+            close(fd);
+            continue;
+        }
+        flink *l = link_new(b, fd, addr);
+        struct sockaddr_storage loc;
+        socklen_t ll = sizeof loc;
+        getsockname(fd, (struct sockaddr *)&loc, &ll);
+        rc = l ? link_open(b, l, (struct sockaddr *)&loc) : CM_ENOMEM;
+        if (!rc) rc = link_exchange(b, l, deadline);
+        int pid = -1;
+        if (!rc) rc = cm_xfer_core_peer_lookup(b->x, r.name, r.instance, &pid);
+        if (!rc) {
+            pthread_mutex_lock(&b->mu);
+            rc = link_attach(b, pid, l, &r, 0);
+            pthread_mutex_unlock(&b->mu);
+        }
+        if (rc) {
+            CM_LOGW("xfer: fabric connection from %s dropped: %s", addr, cm_last_error(rc));
+            if (l) link_free(l);
+            else close(fd);
+        }
+    }
+    return NULL;
+}
+
+static int dial_one(fab_backend *b, const char *addr, int link, int n_links, uint64_t deadline, cm_wire_hello *r,
+                    flink **out) {
+    char host[256], port[16];
+    int rc = split_hostport(addr, host, sizeof host, port, sizeof port);
+    if (rc) return rc;
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res = NULL;
+    int gai = getaddrinfo(host, port, &hints, &res);
+    if (gai) return cm_errorf(CM_ECONN, "%s: cannot resolve: %s", addr, gai_strerror(gai));
+    int fd = -1;
+    rc = cm_errorf(CM_ECONN, "%s: no usable address", addr);
+    for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
+        fd = socket(ai->ai_family, ai->ai_socktype, ai->ai_protocol);
+        if (fd < 0) continue;
+        fcntl(fd, F_SETFD, FD_CLOEXEC);
+        set_nonblock(fd);
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0) {
+            rc = CM_OK;
+            break;
+        }
+        if (errno == EINPROGRESS) {
+            uint64_t now = cm_now_ns();
+            struct pollfd pf = {fd, POLLOUT, 0};
+            int pr = now < deadline ? poll(&pf, 1, (int)((deadline - now) / 1000000ull) + 1) : 0;
+            int err = 0;
+            socklen_t el = sizeof err;
+            if (pr == 1 && getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el) == 0 && err == 0) {
+                rc = CM_OK;
+                break;
+            }
+            rc = pr == 0 ? cm_errorf(CM_ETIMEDOUT, "%s: connect timed out", addr)
+                         : cm_errorf(CM_ECONN, "%s: %s", addr, strerror(err ? err : errno));
+        } else {
+            rc = cm_errorf(CM_ECONN, "%s: %s", addr, strerror(errno));
+        }
+        close(fd);
+        fd = -1;
+    }
+    freeaddrinfo(res);
+    if (rc) return rc;
+    if ((rc = authenticate(b, fd, 1, link, n_links, deadline, addr, r))) {
+        close(fd);
+        return rc;
+    }
+    flink *l = link_new(b, fd, addr);
+    if (!l) {
+        close(fd);
+        return CM_ENOMEM;
+    }
+    struct sockaddr_storage loc;
+    socklen_t ll = sizeof loc;
+    getsockname(fd, (struct sockaddr *)&loc, &ll);
+    rc = link_open(b, l, (struct sockaddr *)&loc);
+    if (!rc) rc = link_exchange(b, l, deadline);
+    if (rc) {
+        link_free(l);
+        return rc;
+    }
+    *out = l;
+    return CM_OK;
+}
+
+static int fab_connect(void *state, int pid, const char *const *addrs, int n_addrs, int timeout_ms) {
+    fab_backend *b = state;
+    uint64_t deadline = cm_now_ns() + (uint64_t)(timeout_ms > 0 ? timeout_ms : 10000) * 1000000ull;
+    flink *links[CM_XFER_MAX_LINKS] = {0};
+    cm_wire_hello r[CM_XFER_MAX_LINKS];
+    int rc = CM_OK;
+    for (int i = 0; i < n_addrs && !rc; i++) {
+        rc = dial_one(b, addrs[i], i, n_addrs, deadline, &r[i], &links[i]);
+        if (!rc && i > 0 && r[i].instance != r[0].instance)
+            rc = cm_errorf(CM_EINVAL, "%s reaches another engine (%s) than %s", addrs[i], r[i].name, addrs[0]);
+    }
+    if (rc) {
+        for (int i = 0; i < n_addrs; i++)
+            if (links[i]) link_free(links[i]);
+        return rc;
+    }
+    pthread_mutex_lock(&b->mu);
+    if (b->peers[pid].active) peer_fail(b, pid, CM_EPEER, "replaced by a new connection");
+    for (int i = 0; i < n_addrs; i++) {
+        r[i].link = i;
+        r[i].n_links = n_addrs;
+        link_attach(b, pid, links[i], &r[i], 1);
+    }
+    pthread_mutex_unlock(&b->mu);
+    return CM_OK;
+}
+
+/* ---- data path ---- */
+
+static int peer_link(fab_backend *b, int pid, int which, flink **out) {
+    if (pid < 0 || pid >= MAX_PEERS || !b->peers[pid].up) return cm_errorf(CM_EPEER, "xfer: peer %d is down", pid);
+    fpeer *p = &b->peers[pid];
+    flink *l = NULL;
+    if (which >= 0) {
+        l = p->links[which];
+    } else {
+        /* Whole writes go round-robin over the links: the imm-carrying
+         * last segment may only follow its own write's segments on the
+         * same endpoint (see the top of the file). */
+        l = p->links[p->next_link++ % p->n_links];
+    }
+    if (!l || l->state != L_READY) return cm_errorf(CM_EPEER, "xfer: peer %d is down", pid);
+    *out = l;
+    return CM_OK;
+}
+
+/* Retries a post while the provider's queue is full, draining this link's
+ * completions meanwhile; gives up after the peer timeout. */
+#define POST_RETRY(l, call)                                                              \
+    do {                                                                                 \
+        uint64_t until_ = cm_now_ns() + (uint64_t)b->cfg->peer_timeout_ms * 1000000ull; \
+        for (;;) {                                                                       \
+            r = (call);                                                                  \
+            if (r != -FI_EAGAIN) break;                                                  \
+            link_drain(b, (l));                                                          \
+            if ((l)->state == L_DEAD || cm_now_ns() > until_) break;                     \
+        }                                                                                \
+    } while (0)
+
+static uint64_t remote_addr(fab_backend *b, const cm_xfer_mr_desc *d, uint64_t off) {
+    return b->virt_addr ? d->addr + off : off;
+}
+
+static int post_segment(fab_backend *b, flink *l, ftrack *t, int i, int last) {
+    cm_xfer_op *op = t->op;
+    const cm_xfer_seg *s = &op->segs[i];
+    struct iovec iov = {(void *)s->src, s->bytes};
+    struct fi_rma_iov rma = {remote_addr(b, op->dst, s->dst_off), s->bytes, op->dst->rkeys[0]};
+    struct fi_msg_rma m = {.msg_iov = &iov, .desc = NULL, .iov_count = s->bytes ? 1 : 0, .addr = l->remote,
+                           .rma_iov = &rma, .rma_iov_count = 1, .context = &t->ctx[i].fi, .data = op->imm};
+    /* The imm-carrying segment asks for delivery completion: the op then
+     * completes once the peer placed it (a refused write comes back as an
+     * error instead of a silent success). */
+    uint64_t flags = last ? FI_REMOTE_CQ_DATA | FI_COMPLETION | FI_DELIVERY_COMPLETE
+                          : FI_COMPLETION | (b->ordered ? 0 : FI_DELIVERY_COMPLETE);
+    ssize_t r;
+    t->outstanding++;
+    POST_RETRY(l, fi_writemsg(l->ep, &m, flags));
+    if (r) {
+        t->outstanding--;
+        return l->state == L_DEAD ? CM_EPEER : fi_err(CM_EPEER, "fi_writemsg", r);
+    }
+    l->bytes_sent += s->bytes;
+    return CM_OK;
+}
+
+static int post_last_segment(fab_backend *b, flink *l, ftrack *t) {
+    t->pending_last = 0;
+    return post_segment(b, l, t, t->op->n_segs - 1, 1);
+}
+
+static int fab_write(void *state, cm_xfer_op *op) {
+    fab_backend *b = state;
+    pthread_mutex_lock(&b->mu);
+    flink *l;
+    int rc = peer_link(b, op->peer, -1, &l);
+    if (rc) goto out;
+    if (op->dst->n_rkeys < 1) {
+        rc = cm_errorf(CM_EINVAL, "xfer: region descriptor without a key (was it made by a fabric engine?)");
+        goto out;
+    }
+    ftrack *t = track_new(l, op, op->n_segs);
+    if (!t) {
+        rc = CM_ENOMEM;
+        goto out;
+    }
+    /* Taken from here: failures complete the op through the track. */
+    for (int i = 0; i < op->n_segs - 1 && !t->status; i++) {
+        int e = post_segment(b, l, t, i, 0);
+        if (e) t->status = e;
+    }
+    if (!t->status && l->state != L_DEAD) {
+        if (b->ordered || t->outstanding == 0) {
+            int e = post_segment(b, l, t, op->n_segs - 1, 1);
+            if (e) t->status = e;
+        } else {
+            t->pending_last = 1;
+        }
+    }
+    if (t->status && l->state != L_DEAD) {
+        t->pending_last = 0;
+        int st = t->status;
+        track_settle(b, l, t);
+        link_fail(b, l, st, cm_last_error(st));
+    } else if (l->state != L_DEAD) {
+        track_settle(b, l, t);
+    }
+out:
+    pthread_mutex_unlock(&b->mu);
+    return rc;
+}
+
+static int fab_send(void *state, cm_xfer_op *op) {
+    fab_backend *b = state;
+    pthread_mutex_lock(&b->mu);
+    flink *l;
+    int rc = peer_link(b, op->peer, 0, &l);
+    if (rc) goto out;
+    const cm_xfer_seg *s = &op->segs[0];
+    int n_frags = s->bytes ? (int)((s->bytes + CM_FABRIC_FRAG_BYTES - 1) / CM_FABRIC_FRAG_BYTES) : 1;
+    ftrack *t = track_new(l, op, n_frags);
+    if (!t || !(t->hdrs = malloc((size_t)n_frags * CM_FABRIC_FRAG_HDR))) {
+        if (t) {
+            t->op = NULL;
+            track_settle(b, l, t);
+        }
+        rc = CM_ENOMEM;
+        goto out;
+    }
+    for (int i = 0; i < n_frags && !t->status && l->state != L_DEAD; i++) {
+        uint32_t off = (uint32_t)i * CM_FABRIC_FRAG_BYTES;
+        uint32_t len = s->bytes - off < CM_FABRIC_FRAG_BYTES ? s->bytes - off : CM_FABRIC_FRAG_BYTES;
+        uint8_t *h = t->hdrs + (size_t)i * CM_FABRIC_FRAG_HDR;
+        cm_fabric_frag_encode(h, l->tx_seq++, s->bytes, off);
+        struct iovec iov[2] = {{h, CM_FABRIC_FRAG_HDR}, {(void *)(s->src + off), len}};
+        ssize_t r;
+        t->outstanding++;
+        POST_RETRY(l, fi_sendv(l->ep, iov, NULL, len ? 2 : 1, l->remote, &t->ctx[i].fi));
+        if (r) {
+            t->outstanding--;
+            t->status = l->state == L_DEAD ? CM_EPEER : fi_err(CM_EPEER, "fi_sendv", r);
+        } else {
+            l->bytes_sent += len;
+        }
+    }
+    if (t->status && l->state != L_DEAD) {
+        int st = t->status;
+        track_settle(b, l, t);
+        link_fail(b, l, st, cm_last_error(st)); /* the message stream is broken */
+    } else if (l->state != L_DEAD) {
+        track_settle(b, l, t);
+    }
+out:
+    pthread_mutex_unlock(&b->mu);
+    return rc;
+}
+
+static int fab_progress(void *state, int peer, int timeout_us) {
+    fab_backend *b = state;
+    uint64_t until = cm_now_ns() + (uint64_t)(timeout_us > 2000 ? 2000 : timeout_us) * 1000ull;
+    do {
+        pthread_mutex_lock(&b->mu);
+        fpeer *p = &b->peers[peer];
+        if (!p->up) {
+            pthread_mutex_unlock(&b->mu);
+            return CM_EUNSUPPORTED;
+        }
+        int got = 0;
+        for (int i = 0; i < p->n_links && p->up; i++)
+            if (p->links[i] && p->links[i]->state == L_READY) got += link_drain(b, p->links[i]);
+        pthread_mutex_unlock(&b->mu);
+        if (got) return CM_OK;
+    } while (cm_now_ns() < until);
+    return CM_OK;
+}
+
+/* ---- regions ---- */
+
+static int fab_mr_register(void *state, cm_xfer_mr *mr, cm_xfer_mr_desc *desc, void **mr_state) {
+    fab_backend *b = state;
+    fmr *m = calloc(1, sizeof *m);
+    if (!m) return CM_ENOMEM;
+    unsigned flags = cm_xfer_mr_flags(mr);
+    uint64_t access = FI_SEND | FI_RECV | FI_WRITE | FI_READ;
+    if (flags & CM_XFER_MR_REMOTE_WRITE) access |= FI_REMOTE_WRITE;
+    uint64_t key = 0;
+    if (!b->prov_key) {
+        randombytes_buf(&key, sizeof key);
+        size_t ks = b->info->domain_attr->mr_key_size;
+        if (ks < 8) key &= ks ? (1ull << (8 * ks)) - 1 : 0;
+    }
+    void *base = cm_xfer_mr_base(mr);
+    size_t bytes = cm_xfer_mr_bytes(mr);
+    static uint8_t dummy[8];
+    int r = fi_mr_reg(b->domain, bytes ? base : dummy, bytes ? bytes : 1, access, 0, key, 0, &m->mr, NULL);
+    if (r) {
+        free(m);
+        return fi_err(CM_EIO, "fi_mr_reg", r);
+    }
+    desc->n_rkeys = 1;
+    desc->rkeys[0] = fi_mr_key(m->mr);
+    desc->addr = b->virt_addr ? (uint64_t)(uintptr_t)(bytes ? base : dummy) : 0;
+    *mr_state = m;
+    return CM_OK;
+}
+
+static void fab_mr_deregister(void *state, cm_xfer_mr *mr, void *mr_state) {
+    (void)state;
+    (void)mr;
+    fmr *m = mr_state;
+    if (!m) return;
+    if (m->mr) fi_close(&m->mr->fid);
+    free(m);
+}
+
+/* ---- create / destroy ---- */
+
+/* Providers that can only reach this host, or are too slow to be useful,
+ * are taken only when FI_PROVIDER names them. */
+static int provider_forced(void) {
+    const char *e = getenv("FI_PROVIDER");
+    return e && *e;
+}
+
+static int provider_usable(const struct fi_info *fi) {
+    const char *name = fi->fabric_attr->prov_name;
+    if (provider_forced()) return 1;
+    return !strstr(name, "shm") && strcmp(name, "sockets") && !strstr(name, "udp") && !strstr(name, "ofi_rxd") &&
+           !strstr(name, "mrail");
+}
+
+static struct fi_info *make_hints(void) {
+    struct fi_info *h = fi_allocinfo();
+    if (!h) return NULL;
+    h->caps = FI_MSG | FI_RMA | FI_WRITE | FI_REMOTE_WRITE | FI_SEND | FI_RECV;
+    h->mode = FI_CONTEXT | FI_CONTEXT2 | FI_RX_CQ_DATA;
+    h->ep_attr->type = FI_EP_RDM;
+    h->domain_attr->mr_mode = FI_MR_VIRT_ADDR | FI_MR_ALLOCATED | FI_MR_PROV_KEY;
+    h->domain_attr->threading = FI_THREAD_SAFE;
+    h->tx_attr->msg_order = FI_ORDER_SAS;
+    h->rx_attr->msg_order = FI_ORDER_SAS;
+    return h;
+}
+
+static int choose_provider(struct fi_info **out, char *why, size_t cap) {
+    struct fi_info *hints = make_hints(), *list = NULL;
+    if (!hints) return CM_ENOMEM;
+    int r = fi_getinfo(FI_VERSION(1, 9), NULL, NULL, 0, hints, &list);
+    fi_freeinfo(hints);
+    if (r) {
+        snprintf(why, cap, "no libfabric provider offers reliable datagrams with RMA and ordered sends (%s)%s",
+                 fi_strerror(-r), provider_forced() ? "; check FI_PROVIDER" : "");
+        return CM_EUNSUPPORTED;
+    }
+    /* libfabric lists hardware providers first; among the software ones
+     * "tcp;ofi_rxm" had steadier latency here than "net". */
+    struct fi_info *pick = NULL;
+    for (int pass = 0; pass < 2 && !pick; pass++)
+        for (struct fi_info *fi = list; fi && !pick; fi = fi->next)
+            if (fi->domain_attr->cq_data_size >= 4 && provider_usable(fi) &&
+                (pass || strncmp(fi->fabric_attr->prov_name, "net", 3)))
+                pick = fi;
+    if (!pick) {
+        snprintf(why, cap, "no libfabric provider here carries 4 bytes of remote CQ data between hosts%s",
+                 provider_forced() ? " (FI_PROVIDER is set)" : "");
+        fi_freeinfo(list);
+        return CM_EUNSUPPORTED;
+    }
+    if (out) *out = fi_dupinfo(pick);
+    fi_freeinfo(list);
+    return out && !*out ? CM_ENOMEM : CM_OK;
+}
+
+static int fab_probe(char *why, size_t cap) { return choose_provider(NULL, why, cap); }
+
+static void fab_destroy(void *state);
+
+static int fab_listen(fab_backend *b, const char *spec) {
+    char host[256], port[16];
+    int rc = split_hostport(spec, host, sizeof host, port, sizeof port);
+    if (rc) return rc;
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE}, *res = NULL;
+    const char *h = host[0] && strcmp(host, "*") ? host : NULL;
+    int gai = getaddrinfo(h, port, &hints, &res);
+    if (gai) return cm_errorf(CM_ECONN, "listen %s: %s", spec, gai_strerror(gai));
+    rc = cm_errorf(CM_ECONN, "listen %s: no usable address", spec);
+    for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
+        int fd = socket(ai->ai_family, ai->ai_socktype, ai->ai_protocol);
+        if (fd < 0) continue;
+        int one = 1;
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        fcntl(fd, F_SETFD, FD_CLOEXEC);
+        if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && listen(fd, 64) == 0) {
+            set_nonblock(fd);
+            struct sockaddr_storage ss;
+            socklen_t sl = sizeof ss;
+            getsockname(fd, (struct sockaddr *)&ss, &sl);
+            addr_string((struct sockaddr *)&ss, b->listen_addr, sizeof b->listen_addr);
+            b->listen_fd = fd;
+            rc = CM_OK;
+            break;
+        }
+        rc = cm_errorf(CM_ECONN, "listen %s: %s", spec, strerror(errno));
+        close(fd);
+    }
+    freeaddrinfo(res);
+    return rc;
+}
+
+static int fab_create(cm_xfer *x, const cm_xfer_config *cfg, void **state) {
+    fab_backend *b = calloc(1, sizeof *b);
+    if (!b) return CM_ENOMEM;
+    b->x = x;
+    b->cfg = cfg;
+    b->listen_fd = -1;
+    b->wake[0] = b->wake[1] = -1;
+    pthread_mutexattr_t ma;
+    pthread_mutexattr_init(&ma);
+    pthread_mutexattr_settype(&ma, PTHREAD_MUTEX_RECURSIVE);
+    pthread_mutex_init(&b->mu, &ma);
+    pthread_mutexattr_destroy(&ma);
+    char why[256] = "";
+    int rc = choose_provider(&b->info, why, sizeof why);
+    if (rc) {
+        rc = cm_errorf(rc, "fabric: %s; use --backend tcp", why);
+        goto fail;
+    }
+    int r = fi_fabric(b->info->fabric_attr, &b->fabric, NULL);
+    if (!r) r = fi_domain(b->fabric, b->info, &b->domain, NULL);
+    if (r) {
+        rc = fi_err(CM_EUNSUPPORTED, "opening the fabric/domain", r);
+        goto fail;
+    }
+    uint64_t order = b->info->tx_attr->msg_order;
+    b->ordered = (order & FI_ORDER_WAW) != 0;
+    b->have_source = (b->info->caps & FI_SOURCE) != 0;
+    b->virt_addr = (b->info->domain_attr->mr_mode & (FI_MR_VIRT_ADDR | FI_MR_BASIC)) != 0;
+    b->prov_key = (b->info->domain_attr->mr_mode & (FI_MR_PROV_KEY | FI_MR_BASIC)) != 0;
+    {
+        /* Whether cqs can sleep on a file descriptor (else the progress
+         * thread polls every millisecond while links exist). */
+        struct fi_cq_attr cqa = {.format = FI_CQ_FORMAT_DATA, .size = 16, .wait_obj = FI_WAIT_FD};
+        struct fid_cq *cq;
+        if (fi_cq_open(b->domain, &cqa, &cq, NULL) == 0) {
+            int fd = -1;
+            b->wait_fd = fi_control(&cq->fid, FI_GETWAIT, &fd) == 0 && fd >= 0;
+            fi_close(&cq->fid);
+        }
+    }
+    CM_LOGI("xfer: fabric backend on provider %s (%s writes%s)", b->info->fabric_attr->prov_name,
+            b->ordered ? "ordered" : "fenced", b->wait_fd ? "" : ", polling");
+    if (pipe(b->wake)) {
+        rc = cm_errorf(CM_EIO, "xfer: pipe: %s", strerror(errno));
+        goto fail;
+    }
+    set_nonblock(b->wake[0]);
+    set_nonblock(b->wake[1]);
+    if (cfg->listen && (rc = fab_listen(b, cfg->listen))) goto fail;
+    if (pthread_create(&b->thread, NULL, progress_main, b)) {
+        rc = cm_errorf(CM_EIO, "xfer: cannot start the fabric progress thread");
+        goto fail;
+    }
+    b->thread_started = 1;
+    if (b->listen_fd >= 0) {
+        if (pthread_create(&b->accept_thread, NULL, accept_main, b)) {
+            rc = cm_errorf(CM_EIO, "xfer: cannot start the fabric accept thread");
+            goto fail;
+        }
+        b->accept_started = 1;
+    }
+    *state = b;
+    return CM_OK;
+fail:
+    fab_destroy(b);
+    return rc;
+}
+
+static void fab_destroy(void *state) {
+    fab_backend *b = state;
+    if (!b) return;
+    b->stop = 1;
+    if (b->accept_started) pthread_join(b->accept_thread, NULL);
+    if (b->thread_started) {
+        char c = 1;
+        ssize_t w = write(b->wake[1], &c, 1);
+        (void)w;
+        pthread_join(b->thread, NULL);
+    }
+    pthread_mutex_lock(&b->mu);
+    for (int i = 0; i < MAX_PEERS; i++) {
+        fpeer *p = &b->peers[i];
+        for (int k = 0; p->active && k < CM_XFER_MAX_LINKS; k++)
+            if (p->links[k] && p->links[k]->state == L_READY) {
+                uint8_t bye = CM_FABRIC_SIDE_BYE;
+                ssize_t w = send(p->links[k]->fd, &bye, 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+                (void)w;
+            }
+        peer_fail(b, i, CM_ECLOSED, NULL);
+    }
+    while (b->graveyard) {
+        flink *l = b->graveyard;
+        b->graveyard = l->next;
+        link_free(l);
+    }
+    pthread_mutex_unlock(&b->mu);
+    if (b->domain) fi_close(&b->domain->fid);
+    if (b->fabric) fi_close(&b->fabric->fid);
+    if (b->info) fi_freeinfo(b->info);
+    if (b->listen_fd >= 0) close(b->listen_fd);
+    if (b->wake[0] >= 0) close(b->wake[0]);
+    if (b->wake[1] >= 0) close(b->wake[1]);
+    pthread_mutex_destroy(&b->mu);
+    free(b);
+}
+
+static int fab_listen_addr(void *state, char *buf, size_t cap) {
+    fab_backend *b = state;
+    if (b->listen_fd < 0) return cm_errorf(CM_ENOTFOUND, "xfer: no listener");
+    snprintf(buf, cap, "%s", b->listen_addr);
+    return CM_OK;
+}
+
+static void fab_disconnect(void *state, int peer, int status) {
+    fab_backend *b = state;
+    pthread_mutex_lock(&b->mu);
+    fpeer *p = &b->peers[peer];
+    for (int k = 0; p->active && k < CM_XFER_MAX_LINKS; k++)
+        if (p->links[k] && p->links[k]->state == L_READY) {
+            uint8_t bye = CM_FABRIC_SIDE_BYE;
+            ssize_t w = send(p->links[k]->fd, &bye, 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+            (void)w;
+        }
+    peer_fail(b, peer, status, status == CM_ECLOSED ? "disconnected" : "dropped");
+    pthread_mutex_unlock(&b->mu);
+}
+
+static int fab_peer_links(void *state, int peer, cm_xfer_link_stats *out, int max, int *n) {
+    fab_backend *b = state;
+    pthread_mutex_lock(&b->mu);
+    fpeer *p = &b->peers[peer];
+    *n = p->active ? p->n_links : 0;
+    for (int i = 0; i < *n && i < max; i++) {
+        memset(&out[i], 0, sizeof out[i]);
+        flink *l = p->links[i];
+        if (!l) continue;
+        snprintf(out[i].addr, sizeof out[i].addr, "%s", l->addr);
+        out[i].bytes_sent = l->bytes_sent;
+        out[i].bytes_received = l->bytes_received;
+    }
+    pthread_mutex_unlock(&b->mu);
+    return CM_OK;
+}
+
+const cm_xfer_backend_ops cm_xfer_fabric_ops = {
+    .name = "fabric",
+    .probe = fab_probe,
+    .create = fab_create,
+    .destroy = fab_destroy,
+    .listen_addr = fab_listen_addr,
+    .connect = fab_connect,
+    .disconnect = fab_disconnect,
+    .mr_register = fab_mr_register,
+    .mr_deregister = fab_mr_deregister,
+    .send = fab_send,
+    .write = fab_write,
+    .recv_posted = NULL,
+    .progress = fab_progress,
+    .peer_links = fab_peer_links,
+};
+
+#else
+/* Built without libfabric: the backend is absent from backends.c. */
+typedef int cm_fabric_not_built;
+#endif
