@@ -408,7 +408,7 @@ static tol tol_for(int type) {
     case CM_TYPE_F32: return (tol){1e-3, 5e-3};
     case CM_TYPE_F16: return (tol){3e-3, 2e-2};
     case CM_TYPE_BF16: return (tol){1e-2, 5e-2};
-    default: return (tol){4e-2, 0.25};
+    default: return (tol){5e-2, 0.3};
     }
 }
 
