@@ -536,10 +536,24 @@ static int on_fragment(fab_backend *b, flink *l, const uint8_t *buf, size_t len)
     switch (l->rx_kind) {
     case FAB_RX_RECV: cm_xfer_core_recv_end(b->x, l->rx_token, l->peer, CM_OK, l->rx_total); break;
     case FAB_RX_DISCARD: cm_xfer_core_recv_end(b->x, l->rx_token, l->peer, CM_ERANGE, 0); break;
-    default:
+    default: {
+        /* The application may have posted a recv while the fragments of
+         * this message were arriving: hand it over now rather than park it
+         * as unexpected next to a waiting recv. */
+        uint8_t *dst;
+        size_t cap;
+        void *token;
+        if (cm_xfer_core_recv_begin(b->x, l->peer, &dst, &cap, &token) == CM_OK) {
+            int fits = l->rx_total <= cap;
+            if (fits && l->rx_total) memcpy(dst, l->rx_dst, l->rx_total);
+            free(l->rx_dst);
+            cm_xfer_core_recv_end(b->x, token, l->peer, fits ? CM_OK : CM_ERANGE, fits ? l->rx_total : 0);
+            return CM_OK;
+        }
         rc = cm_xfer_core_recv_unexpected(b->x, l->peer, l->rx_dst, l->rx_total);
         if (rc) free(l->rx_dst);
         return rc;
+    }
     }
     return CM_OK;
 }

@@ -214,7 +214,8 @@ TEST(send_recv_in_order) {
         int k = cm_xfer_cq_poll(cqa, c + got, 3 - got, 100);
         if (k > 0) got += k;
     }
-    CHECK(got == 3);
+    CHECK_MSG(got == 3, "%d recvs completed (first: %llu, status %d)", got, got ? (unsigned long long)c[0].user_data : 0ull,
+              got ? c[0].status : 0);
     if (got == 3) {
         CHECK(c[0].user_data == 101 && c[0].status == CM_OK && c[0].bytes == big);
         CHECK(c[1].user_data == 102 && c[1].status == CM_OK && c[1].bytes == 0);
