@@ -13,9 +13,9 @@
  * machine, the run least disturbed by other work):
  *   gb_s     weight bytes / second (matrix-vector)
  *   gflop_s  2*N*N*T / second (T tokens)
- * On AVX-512 VNNI machines, q4_0 and q8_0 also get a "gemm" line: the
- * blocked kernel of gemm_avx512.c on the same T tokens (quantization,
- * packing and all).
+ * On AVX-512 VNNI machines, q4_0, q8_0, q4_K and q6_K also get a "gemm"
+ * line: the blocked kernel (cm_gemm_x86) on the same T tokens
+ * (quantization, packing and all).
  * The kernels are whatever cm_kernels_init picks; CELLM_KERNELS=ref (or
  * avx2) in the environment selects others, so
  *   CELLM_KERNELS=ref bench_kernels ; bench_kernels
@@ -61,9 +61,9 @@ static double median(double *v, int n) {
 }
 
 #if defined(__x86_64__)
-/* The blocked AVX-512 path (gemm_avx512.c) over the same matrix, as a
- * matmul would run it: quantize the tokens and their block sums and scales, then each
- * thread packs its 16-row panels and runs them against 8 tokens at a time. */
+/* The blocked AVX-512 path (cm_gemm_x86, gemm_avx512.c) over the same
+ * matrix, as cm_matmul would run it with the hook: quantize the tokens, then
+ * each thread runs the hook over its row range (packing panels and all). */
 typedef struct gemm_job {
     cm_pool *pool;
     int type, n, n_tok;
@@ -71,36 +71,19 @@ typedef struct gemm_job {
     size_t rb, arb;
     const float *x;
     uint8_t *act;
-    cm_gemm_act_info *info;
     float *y;
-    uint8_t *panels; /* one panel buffer per thread */
-    size_t panel_bytes;
 } gemm_job;
 
 static void gemm_worker(void *arg, int ith, int nth) {
     gemm_job *j = arg;
+    const cm_type_traits *vt = cm_type_traits_get(cm_type_traits_get(j->type)->vec_dot_type);
     long t0, t1;
     cm_split_range(j->n_tok, ith, nth, &t0, &t1);
-    for (long t = t0; t < t1; t++)
-        cm_type_traits_get(CM_TYPE_Q8_0)->from_float(j->x + (size_t)t * j->n, j->act + (size_t)t * j->arb, j->n);
-    if (t1 > t0)
-        cm_gemm_act_info_avx512(j->type, j->act + (size_t)t0 * j->arb, j->arb, (int)(t1 - t0), j->n,
-                                j->info + (size_t)t0 * (j->n / 32));
+    for (long t = t0; t < t1; t++) vt->from_float(j->x + (size_t)t * j->n, j->act + (size_t)t * j->arb, j->n);
     if (nth > 1) cm_pool_barrier(j->pool);
-    const long n_panels = (j->n + CM_GEMM_ROWS - 1) / CM_GEMM_ROWS;
-    long p0, p1;
-    cm_split_range(n_panels, ith, nth, &p0, &p1);
-    uint8_t *panel = j->panels + (size_t)ith * j->panel_bytes;
-    for (long p = p0; p < p1; p++) {
-        const int r0 = (int)p * CM_GEMM_ROWS;
-        const int nr = j->n - r0 < CM_GEMM_ROWS ? j->n - r0 : CM_GEMM_ROWS;
-        cm_gemm_pack_avx512(j->type, j->w + (size_t)r0 * j->rb, j->rb, nr, j->n, panel);
-        for (int t = 0; t < j->n_tok; t += CM_GEMM_TOKENS) {
-            const int nt = j->n_tok - t < CM_GEMM_TOKENS ? j->n_tok - t : CM_GEMM_TOKENS;
-            cm_gemm_q8_0_avx512(j->type, panel, nr, j->n, j->act + (size_t)t * j->arb, j->arb,
-                                j->info + (size_t)t * (j->n / 32), nt, j->y + (size_t)t * j->n + r0, (size_t)j->n);
-        }
-    }
+    long r0, r1;
+    cm_split_range(j->n, ith, nth, &r0, &r1);
+    if (!cm_gemm_x86(j->type, j->w, j->rb, r0, r1, j->n, j->act, j->arb, j->n_tok, j->y, j->n)) abort();
 }
 
 static double gemm_seconds(gemm_job *j) {
@@ -158,31 +141,27 @@ static int bench_type(cm_pool *pool, int type, int n, int n_tok, int hot, const 
     printf("{\"bench\":\"kernels\",\"clock\":\"%s\",\"kernels\":\"%s\",\"weights\":\"%s\",\"type\":\"%s\",\"n\":%d,\"threads\":%d,"
            "\"matvec_ms\":%.3f,\"gb_s\":%.2f,\"gb_s_best\":%.2f,\"tokens\":%d,\"matmul_ms\":%.2f,\"gflop_s\":%.2f,"
            "\"gflop_s_best\":%.2f}\n",
-           use_cpu_time ? "cpu" : "wall", kname, hot ? "cache" : "memory", t->name, n, cm_pool_n_threads(pool), sv * 1e3, (double)mat_bytes / sv / 1e9,
-           (double)mat_bytes / bv / 1e9, n_tok, sm * 1e3, 2.0 * n * n * n_tok / sm / 1e9, 2.0 * n * n * n_tok / bm / 1e9);
+           use_cpu_time ? "cpu" : "wall", kname, hot ? "cache" : "memory", t->name, n, cm_pool_n_threads(pool),
+           sv * 1e3, (double)mat_bytes / sv / 1e9, (double)mat_bytes / bv / 1e9, n_tok, sm * 1e3, 2.0 * n * n * n_tok / sm / 1e9, 2.0 * n * n * n_tok / bm / 1e9);
     fflush(stdout);
 #if defined(__x86_64__)
-    __builtin_cpu_init();
-    if ((type == CM_TYPE_Q4_0 || type == CM_TYPE_Q8_0) && strncmp(kname, "avx512", 6) == 0) {
+    if (cm_gemm_x86_applies(type, n_tok)) {
+        const cm_type_traits *vt = cm_type_traits_get(t->vec_dot_type);
         gemm_job j = {.pool = pool, .type = type, .n = n, .n_tok = n_tok, .w = w, .rb = rb,
-                      .arb = (size_t)(n / 32) * sizeof(cm_block_q8_0), .x = x, .y = y,
-                      .panel_bytes = cm_gemm_panel_bytes(n)};
+                      .arb = (size_t)(n / vt->block_elems) * vt->block_bytes, .x = x, .y = y};
         j.act = malloc(j.arb * (size_t)n_tok);
-        j.info = malloc((size_t)n_tok * (size_t)(n / 32) * sizeof *j.info);
-        j.panels = malloc(j.panel_bytes * (size_t)cm_pool_n_threads(pool));
-        if (j.act && j.info && j.panels) {
+        if (j.act) {
             double tg[N_REPS];
-            gemm_seconds(&j); /* warm-up */
+            gemm_seconds(&j); /* warm-up, and the per-thread buffers grow */
             for (int rep = 0; rep < N_REPS; rep++) tg[rep] = gemm_seconds(&j);
             double sg = median(tg, N_REPS);
             printf("{\"bench\":\"gemm\",\"clock\":\"%s\",\"kernels\":\"avx512-vnni-gemm\",\"weights\":\"%s\",\"type\":\"%s\","
                    "\"n\":%d,\"threads\":%d,\"tokens\":%d,\"matmul_ms\":%.2f,\"gflop_s\":%.2f,\"gflop_s_best\":%.2f}\n",
                    use_cpu_time ? "cpu" : "wall", hot ? "cache" : "memory", t->name, n, cm_pool_n_threads(pool), n_tok,
-                   sg * 1e3,
-                   2.0 * n * n * n_tok / sg / 1e9, 2.0 * n * n * n_tok / tg[0] / 1e9);
+                   sg * 1e3, 2.0 * n * n * n_tok / sg / 1e9, 2.0 * n * n * n_tok / tg[0] / 1e9);
             fflush(stdout);
         }
-        free(j.act), free(j.info), free(j.panels);
+        free(j.act);
     }
 #endif
     free(w), free(x), free(y), free(scratch), free(row);
