@@ -7,8 +7,8 @@
  *   ppN  N random prompt tokens from an empty cache, in batches of at most
  *        BATCH; tok/s = N / time.
  *   tgN  N tokens decoded one at a time from an empty cache; tok/s = N / time.
- * Each test runs once untimed (warm-up: page cache, thread wake-up), then
- * REPS timed times; the median, min and max tok/s are reported.
+ * Each test first runs a few tokens untimed (warm-up: page cache, thread
+ * wake-up), then REPS timed times; the median, min and max tok/s are reported.
  *
  * Decode reads every weight once per token, so its speed limit is
  * bandwidth / bytes_per_token. bytes_per_token is cm_model_weight_bytes()
@@ -261,7 +261,9 @@ static int run_test(bench_ctx *b, const bench_opts *o, bool gen, int n, result *
     double *tps = malloc((size_t)o->reps * sizeof *tps);
     if (!tps) return cm_errorf(CM_ENOMEM, "out of memory");
     double secs;
-    int rc = gen ? run_tg(b, n < 8 ? n : 8, &secs) : run_pp(b, n, &secs); /* warm-up */
+    /* warm-up: any forward pass reads every weight, which pages in the
+     * mapped file and wakes the pool; a few tokens are enough */
+    int rc = gen ? run_tg(b, n < 8 ? n : 8, &secs) : run_pp(b, n < 8 ? n : 8, &secs);
     for (int k = 0; !rc && k < o->reps; k++) {
         rc = gen ? run_tg(b, n, &secs) : run_pp(b, n, &secs);
         tps[k] = n / secs;
