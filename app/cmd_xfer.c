@@ -134,13 +134,26 @@ static int split_port(const char *addr, char *host, size_t hcap, int *port) {
 }
 
 /* One text command (at most 127 bytes) through the engine's send/recv. */
+static char g_msg_buf[128];
+static cm_xfer_mr *g_msg_mr;
+static cm_xfer_cq *g_msg_cq;
+
+static void msg_close(cm_xfer *x) {
+    if (g_msg_mr) cm_xfer_mr_deregister(x, g_msg_mr);
+    if (g_msg_cq) cm_xfer_cq_destroy(x, g_msg_cq);
+    g_msg_mr = NULL;
+    g_msg_cq = NULL;
+}
+
 static int msg_send(cm_xfer *x, int peer, const char *text) {
-    static char buf[128];
-    static cm_xfer_mr *mr;
-    static cm_xfer_cq *cq;
+    char *buf = g_msg_buf;
+    cm_xfer_mr *mr = g_msg_mr;
+    cm_xfer_cq *cq = g_msg_cq;
     if (!mr) {
-        cm_xfer_mr_register(x, buf, sizeof buf, 0, &mr);
+        cm_xfer_mr_register(x, buf, sizeof g_msg_buf, 0, &mr);
         cm_xfer_cq_create(x, &cq);
+        g_msg_mr = mr;
+        g_msg_cq = cq;
     }
     size_t n = strlen(text);
     memcpy(buf, text, n);
@@ -584,13 +597,19 @@ static int run_client(const bench_opts *o) {
         if (rc) goto fail;
     }
     msg_send(x, peer, "BYE"); /* after the baseline: a --once server stays up for it */
+    msg_close(x);
+    cm_xfer_cq_destroy(x, cq);
     cm_xfer_destroy(x);
     free(src);
     free(list);
     return 0;
 fail:
     fprintf(stderr, "cellm xfer-bench: %s\n", cm_last_error(rc));
-    if (x) cm_xfer_destroy(x);
+    if (x) {
+        msg_close(x);
+        if (cq) cm_xfer_cq_destroy(x, cq);
+        cm_xfer_destroy(x);
+    }
     free(src);
     free(list);
     return 1;
