@@ -116,9 +116,9 @@ void cm_xfer_config_init(cm_xfer_config *cfg);
 int cm_xfer_create(const cm_xfer_config *cfg, cm_xfer **out);
 
 /* Closes every connection, fails every pending operation with CM_ECLOSED
- * (reported to its cq), wakes all waiters with CM_ECLOSED, and frees the
- * engine. Registered regions and cqs must be released before (they are freed
- * here if not). */
+ * (reported to its cq), and frees the engine. No other thread may be inside
+ * an engine call. Regions still registered are released here; cqs made
+ * with cm_xfer_cq_create are not: destroy them after the engine. */
 void cm_xfer_destroy(cm_xfer *x);
 
 /* The name of the backend in use ("tcp", ...). */
@@ -236,8 +236,8 @@ typedef struct cm_xfer_completion {
 } cm_xfer_completion;
 
 int cm_xfer_cq_create(cm_xfer *x, cm_xfer_cq **out);
-/* Operations still pending on it are failed first (their completions are
- * dropped with the queue: destroy a cq only when nothing uses it). */
+/* Frees a cq and the completions still in it. Destroy it only when no
+ * operation that reports to it is pending (or after cm_xfer_destroy). */
 void cm_xfer_cq_destroy(cm_xfer *x, cm_xfer_cq *cq);
 
 /* Takes up to max completions, waiting up to timeout_ms for the first
