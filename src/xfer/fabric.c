@@ -63,6 +63,7 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <rdma/fabric.h>
 #include <rdma/fi_cm.h>
 #include <rdma/fi_domain.h>
@@ -70,6 +71,7 @@
 #include <rdma/fi_errno.h>
 #include <rdma/fi_rma.h>
 #include <sodium.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -85,7 +87,7 @@
 
 #define MAX_PEERS 256
 #define RX_BUFS 32
-#define TICK_MS 5
+#define TICK_MS 1
 #define CQ_BATCH 32
 
 enum { CTX_RX = 1, CTX_TX };
@@ -174,6 +176,7 @@ typedef struct fab_backend {
     pthread_t thread, accept_thread;
     int thread_started, accept_started;
     volatile int stop;
+    _Atomic int n_progress; /* application threads polling in fab_progress */
     int listen_fd;
     char listen_addr[96];
     int wake[2];
@@ -758,8 +761,9 @@ static void *progress_main(void *arg) {
         }
         /* fi_trywait says whether sleeping on the wait fds is safe (nothing
          * left that only a cq read would progress). */
-        int timeout = TICK_MS;
-        if (busy) timeout = 0;
+        int timeout = n > 1 ? TICK_MS : 50; /* idle engines (no links) wake rarely */
+        if (atomic_load(&b->n_progress) > 0) timeout = TICK_MS; /* a waiter polls: do not fight it for the cores */
+        else if (busy) timeout = 0;
         else if (need_spin) timeout = 1;
         else if (n_cq && fi_trywait(b->fabric, cqs, n_cq) != FI_SUCCESS) timeout = 0;
         pthread_mutex_unlock(&b->mu);
@@ -1100,19 +1104,42 @@ out:
 static int fab_progress(void *state, int peer, int timeout_us) {
     fab_backend *b = state;
     uint64_t until = cm_now_ns() + (uint64_t)(timeout_us > 2000 ? 2000 : timeout_us) * 1000ull;
+    atomic_fetch_add(&b->n_progress, 1);
     do {
         pthread_mutex_lock(&b->mu);
         fpeer *p = &b->peers[peer];
         if (!p->up) {
             pthread_mutex_unlock(&b->mu);
+            atomic_fetch_sub(&b->n_progress, 1);
             return CM_EUNSUPPORTED;
         }
-        int got = 0;
-        for (int i = 0; i < p->n_links && p->up; i++)
-            if (p->links[i] && p->links[i]->state == L_READY) got += link_drain(b, p->links[i]);
+        int got = 0, n_fd = 0;
+        struct pollfd pf[CM_XFER_MAX_LINKS];
+        struct fid *cqs[CM_XFER_MAX_LINKS];
+        for (int i = 0; i < p->n_links && p->up; i++) {
+            flink *l = p->links[i];
+            if (!l || l->state != L_READY) continue;
+            got += link_drain(b, l);
+            if (l->state == L_READY && l->cq_fd >= 0) {
+                pf[n_fd] = (struct pollfd){l->cq_fd, POLLIN, 0};
+                cqs[n_fd++] = &l->cq->fid;
+            }
+        }
+        /* Sleep on the cq's wait fd when the provider says that is safe: on
+         * a loaded machine a sleeper is woken sooner than a spinner is
+         * scheduled again. */
+        int can_sleep = !got && n_fd && fi_trywait(b->fabric, cqs, n_fd) == FI_SUCCESS;
         pthread_mutex_unlock(&b->mu);
-        if (got) return CM_OK;
+        if (got) break;
+        if (can_sleep) {
+            uint64_t now = cm_now_ns();
+            int ms = now < until ? (int)((until - now) / 1000000ull) + 1 : 0;
+            poll(pf, (nfds_t)n_fd, ms);
+        } else {
+            sched_yield();
+        }
     } while (cm_now_ns() < until);
+    atomic_fetch_sub(&b->n_progress, 1);
     return CM_OK;
 }
 
