@@ -56,9 +56,7 @@ static void add_quant(const char *level, int type, cm_from_float_fn fn) {
 
 static void collect(void) {
 #if defined(HAVE_X86_KERNELS)
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c") &&
-        __builtin_cpu_supports("bmi2")) {
+    if (cm_x86_has_avx2()) {
         add_dot("avx2", CM_TYPE_F32, cm_vec_dot_f32_f32_avx2);
         add_dot("avx2", CM_TYPE_F16, cm_vec_dot_f16_f16_avx2);
         add_dot("avx2", CM_TYPE_BF16, cm_vec_dot_bf16_bf16_avx2);
@@ -77,9 +75,7 @@ static void collect(void) {
         add_quant("avx2", CM_TYPE_Q8_K, cm_quantize_q8_K_avx2);
         add_quant("avx2", CM_TYPE_F16, cm_quantize_f16_avx2);
     }
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-        __builtin_cpu_supports("avx512vnni")) {
+    if (cm_x86_has_avx512_vnni()) {
         add_dot("avx512", CM_TYPE_F32, cm_vec_dot_f32_f32_avx512);
         add_dot("avx512", CM_TYPE_F16, cm_vec_dot_f16_f16_avx512);
         add_dot("avx512", CM_TYPE_BF16, cm_vec_dot_bf16_bf16_avx512);
@@ -249,10 +245,7 @@ TEST(quantizers_give_reference_bytes) {
 /* The blocked AVX-512 matmul: every (row, token) of panels with 1..16 rows
  * and tiles of 1..8 tokens against the reference dot. */
 TEST(gemm_matches_reference) {
-    __builtin_cpu_init();
-    if (!(__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni")))
-        TEST_SKIP("no AVX-512 VNNI");
+    if (!cm_x86_has_avx512_vnni()) TEST_SKIP("no AVX-512 VNNI");
     cm_rng r;
     cm_rng_init(&r, 5);
     static const int cols[] = {32, 96, 2048};

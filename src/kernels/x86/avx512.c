@@ -21,18 +21,6 @@
 
 static inline float f16_load(cm_f16 h) { return _cvtsh_ss(h); }
 
-/* Two 16-byte nibble arrays -> 64 bytes: [lo0 hi0 lo1 hi1], each 16 wide,
- * the element order of two consecutive 32-wide blocks. */
-static inline __m512i nibbles_2x32(const uint8_t *p0, const uint8_t *p1) {
-    __m128i a = _mm_loadu_si128((const __m128i *)p0);
-    __m128i b = _mm_loadu_si128((const __m128i *)p1);
-    __m512i v = _mm512_castsi128_si512(a);
-    v = _mm512_inserti32x4(v, _mm_srli_epi16(a, 4), 1);
-    v = _mm512_inserti32x4(v, b, 2);
-    v = _mm512_inserti32x4(v, _mm_srli_epi16(b, 4), 3);
-    return _mm512_and_si512(v, _mm512_set1_epi8(0x0f));
-}
-
 static inline __m512i load_2x32(const int8_t *p0, const int8_t *p1) {
     __m512i v = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)p0));
     return _mm512_inserti64x4(v, _mm256_loadu_si256((const __m256i *)p1), 1);

@@ -3,15 +3,17 @@
  *
  * Compiled without ISA flags, so it runs on any x86-64; it only takes the
  * addresses of the kernels in avx2.c / avx512.c, and only after the CPU (and
- * the OS, which must save the wider registers: __builtin_cpu_supports checks
- * XCR0 too) has been found to have what they need:
+ * the OS, which must save the wider registers: XCR0) has been found to have
+ * what they need:
  *   avx2          AVX2 + FMA + F16C + BMI2
  *   avx512-vnni   the above + AVX-512 F/BW/VL/DQ + VNNI
  * CELLM_KERNELS=avx2 caps the choice at AVX2 (so the AVX2 kernels can be
  * tested on an AVX-512 machine); CELLM_KERNELS=ref is handled by the
  * dispatcher before this runs. A kernel replaces an entry only when the
  * entry's vec_dot_type is the activation type the kernel was written for. */
+#include <cpuid.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -39,17 +41,33 @@ static void set_to_float(cm_type_traits *table, int n_types, int type, cm_to_flo
     table[type].to_float = fn;
 }
 
-static int has_avx2(void) {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c") &&
-           __builtin_cpu_supports("bmi2");
+/* CPU features from cpuid, and whether the OS saves the registers they use
+ * (XCR0: bits 1-2 for XMM/YMM, 5-7 for the AVX-512 opmask and ZMM state).
+ * Raw cpuid rather than __builtin_cpu_supports, whose feature names differ
+ * between compilers. */
+static uint64_t xcr0(void) {
+    uint32_t lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    return (uint64_t)hi << 32 | lo;
 }
 
-static int has_avx512_vnni(void) {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-           __builtin_cpu_supports("avx512vnni");
+int cm_x86_has_avx2(void) {
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) return 0;
+    const int fma = (c >> 12) & 1, osxsave = (c >> 27) & 1, avx = (c >> 28) & 1, f16c = (c >> 29) & 1;
+    if (!(fma && osxsave && avx && f16c) || (xcr0() & 0x6) != 0x6) return 0;
+    if (__get_cpuid_max(0, NULL) < 7) return 0;
+    __cpuid_count(7, 0, a, b, c, d);
+    return ((b >> 5) & 1) && ((b >> 8) & 1); /* AVX2, BMI2 */
+}
+
+int cm_x86_has_avx512_vnni(void) {
+    unsigned a, b, c, d;
+    if (!cm_x86_has_avx2() || (xcr0() & 0xe6) != 0xe6) return 0;
+    __cpuid_count(7, 0, a, b, c, d);
+    const int f = (b >> 16) & 1, dq = (b >> 17) & 1, bw = (b >> 30) & 1, vl = (b >> 31) & 1;
+    const int vnni = (c >> 11) & 1;
+    return f && dq && bw && vl && vnni;
 }
 
 static void register_avx2(cm_type_traits *t, int n) {
@@ -88,10 +106,10 @@ void cm_kernels_register_x86(cm_type_traits *table, int n_types) {
     int cap_avx2 = want && !strcmp(want, "avx2");
     if (want && *want && !cap_avx2 && strcmp(want, "ref") && strcmp(want, "auto") && strcmp(want, "avx512-vnni"))
         CM_LOGW("CELLM_KERNELS=%s is not one of ref, avx2, avx512-vnni, auto: choosing from the CPU", want);
-    if (!has_avx2()) return; /* the reference is all there is */
+    if (!cm_x86_has_avx2()) return; /* the reference is all there is */
     register_avx2(table, n_types);
     chosen = "avx2";
-    if (cap_avx2 || !has_avx512_vnni()) return;
+    if (cap_avx2 || !cm_x86_has_avx512_vnni()) return;
     register_avx512(table, n_types);
     chosen = "avx512-vnni";
 }

@@ -11,6 +11,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* Whether this CPU and OS can run the avx2.c / avx512.c kernels (x86.c). */
+int cm_x86_has_avx2(void);
+int cm_x86_has_avx512_vnni(void);
+
 #define CM_X86_DOTS(X, isa)      \
     X(f32_f32, isa)              \
     X(f16_f16, isa)              \
