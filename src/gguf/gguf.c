@@ -287,8 +287,8 @@ static int parse_kv(struct parser *p, uint64_t idx) {
     p->ctx_name = NULL;
     p->ctx_elem = -1;
 
-    const uint8_t *kb;
-    uint64_t klen;
+    const uint8_t *kb = NULL;
+    uint64_t klen = 0;
     int rc = read_str(p, "key length", &kb, &klen, &kv->key);
     if (rc) return rc;
     kv->key_len = klen;
@@ -785,8 +785,8 @@ static int get_int_in(const cm_gguf *g, const char *key, const char *want, int64
 }
 
 int cm_gguf_get_u32(const cm_gguf *g, const char *key, uint32_t *out) {
-    int64_t si;
-    uint64_t ui;
+    int64_t si = 0;
+    uint64_t ui = 0;
     int rc = get_int_in(g, key, "u32", 0, UINT32_MAX, &si, &ui);
     if (rc) return rc;
     *out = (uint32_t)ui;
@@ -794,8 +794,8 @@ int cm_gguf_get_u32(const cm_gguf *g, const char *key, uint32_t *out) {
 }
 
 int cm_gguf_get_i64(const cm_gguf *g, const char *key, int64_t *out) {
-    int64_t si;
-    uint64_t ui;
+    int64_t si = 0;
+    uint64_t ui = 0;
     int rc = get_int_in(g, key, "i64", INT64_MIN, INT64_MAX, &si, &ui);
     if (rc) return rc;
     *out = si;
