@@ -36,7 +36,7 @@ static int verbs_probe(char *why, size_t cap) {
     if (list) ibv_free_device_list(list);
     if (list && n > 0) return CM_OK;
     if (!list && err && err != ENODEV)
-        snprintf(why, cap, "no RDMA device found (ibv_get_device_list is empty: %s); use --backend tcp", strerror(err));
+        snprintf(why, cap, "no RDMA device found (ibv_get_device_list is empty; the system says: %s); use --backend tcp", strerror(err));
     else
         snprintf(why, cap, "no RDMA device found (ibv_get_device_list is empty); use --backend tcp");
     return CM_EUNSUPPORTED;
