@@ -592,109 +592,173 @@ void cm_vec_dot_q6_K_q8_K_ref(int n, float *s, const void *vx, const void *vy) {
 /* ---- K formats: quantizers ----
  *
  * Simpler than ggml's weighted search, same bytes format: each sub-block is
- * fitted on its own (min/max, then a few least-squares refinements for the
- * asymmetric formats; max-abs, then one least-squares step for the
- * symmetric ones), the sub-block scales are quantized to their stored width
- * against the super-block's largest, and finally every weight is rounded
- * again against the scales as they will be decoded, so rounding of the
- * scales does not add to the error twice. */
+ * fitted on its own, the sub-block scales are quantized to their stored
+ * width against the super-block's largest, and finally every weight is
+ * rounded again against the scales as they will be decoded, so rounding of
+ * the scales does not add to the error twice.
+ *
+ * The fit of a sub-block is a bounded search: for each of a fixed handful
+ * of candidate steps around the min/max (or max-abs) one, the weights are
+ * rounded once and the least-squares step (and offset) for those integers
+ * is solved in closed form from running sums, as is its squared error, so a
+ * candidate costs one pass over the sub-block. The best candidate is then
+ * polished by a few rounds of "round against the fit, refit". Every
+ * candidate's error is at most that of the plain min/max (max-abs) fit,
+ * because the least-squares solution for the same integers can only be
+ * better; so the result never loses to that fit. Rounding inside the
+ * search uses truncation of a value made non-negative, which compilers turn
+ * into vector code; ties (measure zero) may round differently from
+ * nearest(), which only moves which candidate wins, not correctness. */
 
-/* Squared error of x against step*L + mn, L rounded into [0, nmax]. */
-static float asym_error(const float *x, int n, int nmax, float step, float mn, uint8_t *L) {
-    float err = 0;
-    for (int i = 0; i < n; i++) {
-        L[i] = (uint8_t)clampi(nearest((x[i] - mn) / step), 0, nmax);
-        const float e = step * L[i] + mn - x[i];
-        err += e * e;
-    }
-    return err;
+/* Candidate steps are range / (nmax + k / steps) for |k| <= steps: the
+ * search spans one quantization level either side; steps is chosen per
+ * format (below), fewer where levels are fine and rounding matters less. */
+#define FIT_POLISH 2
+#define LANES 8
+/* candidates per side, the fewest that kept each format's error at or
+ * below that of a 21-candidate search on N(0,1) data */
+#define STEPS_Q2_K 3
+#define STEPS_Q3_K 3
+#define STEPS_Q4_K 2
+#define STEPS_Q5_K 2
+#define STEPS_Q6_K 3
+
+static inline float lane_sum(const float v[LANES]) {
+    return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]));
 }
 
-/* Least-squares step and offset for fixed L, the offset kept <= 0. */
-static int asym_lsq(const float *x, const uint8_t *L, int n, float *step, float *mn) {
-    float sl = 0, sl2 = 0, sx = 0, sxl = 0;
-    for (int i = 0; i < n; i++) {
-        sl += L[i];
-        sl2 += (float)L[i] * L[i];
-        sx += x[i];
-        sxl += x[i] * L[i];
-    }
+/* Asymmetric fit of n weights x ~= step*L + mn, L in [0, nmax], mn <= 0,
+ * given sx = sum x, sx2 = sum x^2 and L: the least-squares (step, mn) and
+ * its squared error; returns 0 when the integers do not determine a step. */
+static int asym_solve(int n, float sx, float sx2, float sl, float sl2, float sxl, float *step, float *mn, float *err) {
     const float det = n * sl2 - sl * sl;
     if (!(det > 0)) return 0;
     float s = (n * sxl - sx * sl) / det, m = (sl2 * sx - sl * sxl) / det;
-    if (m > 0) {
+    if (m > 0) { /* the format's offset is -dmin*m with m >= 0: pin it at 0 */
         m = 0;
         s = sxl / sl2;
     }
     if (!(s > 0)) return 0;
     *step = s;
     *mn = m;
+    /* sum (s*l + m - x)^2 expanded; done in double against cancellation */
+    *err = (float)((double)s * s * sl2 + 2.0 * s * m * sl + (double)n * m * m - 2.0 * s * sxl - 2.0 * m * sx + sx2);
     return 1;
 }
 
+/* One pass: L = round((x - mn) * iscale) clamped to [0, nmax], and the sums
+ * asym_solve needs. x - mn >= 0 for the starting min, but not always for a
+ * refitted one, hence the clamp before truncating. */
+static void asym_round(const float *x, int n, int nmax, float iscale, float mn, float *sl, float *sl2, float *sxl) {
+    /* LANES independent sums (n is a multiple of 16), so the loop is
+     * vectorizable without reassociating float additions */
+    float a[LANES] = {0}, b[LANES] = {0}, c[LANES] = {0};
+    const float top = (float)nmax;
+    for (int i = 0; i < n; i += LANES) {
+        for (int j = 0; j < LANES; j++) {
+            float v = (x[i + j] - mn) * iscale;
+            v = v > 0.0f ? v : 0.0f;
+            v = v < top ? v : top;
+            const float l = (float)(int)(v + 0.5f);
+            a[j] += l;
+            b[j] += l * l;
+            c[j] += x[i + j] * l;
+        }
+    }
+    *sl = lane_sum(a);
+    *sl2 = lane_sum(b);
+    *sxl = lane_sum(c);
+}
+
 /* Fits x ~= scale*L - the_min with L in [0, nmax] and the_min >= 0 (the
- * formats subtract a non-negative min). Starts from min/max, then tries a
- * few steps around (max-min)/nmax, each refitted by least squares, and keeps
- * the one with the least squared error. Returns scale >= 0. */
-static float fit_asym(const float *x, int n, int nmax, float *the_min) {
-    float lo, hi;
+ * formats subtract a non-negative min). Returns scale >= 0. */
+static float fit_asym(const float *x, int n, int nmax, int steps, float *the_min) {
+    float lo, hi, sx = 0, sx2 = 0;
     minmax(x, n, &lo, &hi);
     if (lo > 0) lo = 0;
     if (hi <= lo) {
         *the_min = -lo;
         return 0;
     }
-    uint8_t L[32];
-    float scale = (hi - lo) / nmax, mn = lo;
-    float best = asym_error(x, n, nmax, scale, mn, L);
-    for (int k = -10; k <= 10; k++) {
-        float s, m;
-        asym_error(x, n, nmax, (hi - lo) / (nmax + 0.1f * k), lo, L);
-        if (!asym_lsq(x, L, n, &s, &m)) continue;
-        const float err = asym_error(x, n, nmax, s, m, L);
-        if (err < best) {
+    for (int i = 0; i < n; i++) {
+        sx += x[i];
+        sx2 += x[i] * x[i];
+    }
+    float sl, sl2, sxl, s, m, err;
+    float scale = (hi - lo) / nmax, mn = lo, best = INFINITY;
+    for (int k = -steps; k <= steps; k++) {
+        asym_round(x, n, nmax, (nmax + (float)k / steps) / (hi - lo), lo, &sl, &sl2, &sxl);
+        if (asym_solve(n, sx, sx2, sl, sl2, sxl, &s, &m, &err) && err < best) {
             best = err;
             scale = s;
             mn = m;
         }
     }
+    for (int it = 0; it < FIT_POLISH && best < INFINITY; it++) {
+        asym_round(x, n, nmax, 1 / scale, mn, &sl, &sl2, &sxl);
+        if (!asym_solve(n, sx, sx2, sl, sl2, sxl, &s, &m, &err) || !(err < best)) break;
+        best = err;
+        scale = s;
+        mn = m;
+    }
     *the_min = -mn;
     return scale;
 }
 
-/* Squared error of x against step*L, L rounded into [-nlo, nlo-1]; also
- * the least-squares step for that L. */
-static float sym_error(const float *x, int n, int nlo, float step, float *lsq_step) {
-    float err = 0, sxl = 0, sl2 = 0;
-    for (int i = 0; i < n; i++) {
-        const int l = clampi(nearest(x[i] / step), -nlo, nlo - 1);
-        const float e = step * l - x[i];
-        err += e * e;
-        sxl += x[i] * l;
-        sl2 += (float)l * l;
+/* One pass of the symmetric fit: L = round(x * iscale) clamped to
+ * [-nlo, nlo-1]; returns sum L^2 and sets *sxl = sum x*L. */
+static float sym_round(const float *x, int n, int nlo, float iscale, float *sxl) {
+    float b[LANES] = {0}, c[LANES] = {0};
+    const float lo = (float)-nlo, hi = (float)(nlo - 1), off = (float)nlo + 0.5f;
+    for (int i = 0; i < n; i += LANES) {
+        for (int j = 0; j < LANES; j++) {
+            float v = x[i + j] * iscale;
+            v = v > lo ? v : lo;
+            v = v < hi ? v : hi;
+            const float l = (float)(int)(v + off) - nlo;
+            b[j] += l * l;
+            c[j] += x[i + j] * l;
+        }
     }
-    *lsq_step = sl2 > 0 && sxl != 0 ? sxl / sl2 : step;
-    return err;
+    *sxl = lane_sum(c);
+    return lane_sum(b);
 }
 
 /* Fits x ~= scale*L with L in [-nlo, nlo-1]. The scale is signed so that
  * the value of largest magnitude lands near -nlo, the end without a positive
- * twin; a few steps around that are tried, each refitted by least squares. */
-static float fit_sym(const float *x, int n, int nlo) {
+ * twin. For fixed L the least-squares step is sxl/sl2 and its squared error
+ * sx2 - sxl^2/sl2, so maximizing sxl^2/sl2 picks the best candidate. */
+static float fit_sym(const float *x, int n, int nlo, int steps) {
     const float mx = signed_absmax(x, n);
     if (mx == 0) return 0;
-    float lsq, scale = mx / -nlo;
-    float best = sym_error(x, n, nlo, scale, &lsq);
-    for (int k = -10; k <= 10; k++) {
-        sym_error(x, n, nlo, mx / -(nlo + 0.1f * k), &lsq);
-        float unused;
-        const float err = sym_error(x, n, nlo, lsq, &unused);
-        if (err < best) {
-            best = err;
-            scale = lsq;
+    float sxl, sl2, scale = mx / -nlo, best = -1;
+    for (int k = -steps; k <= steps; k++) {
+        sl2 = sym_round(x, n, nlo, -(nlo + (float)k / steps) / mx, &sxl);
+        if (sl2 > 0 && sxl != 0 && sxl * sxl / sl2 > best) {
+            best = sxl * sxl / sl2;
+            scale = sxl / sl2;
         }
     }
+    for (int it = 0; it < FIT_POLISH; it++) {
+        sl2 = sym_round(x, n, nlo, 1 / scale, &sxl);
+        if (!(sl2 > 0 && sxl != 0 && sxl * sxl / sl2 > best)) break;
+        best = sxl * sxl / sl2;
+        scale = sxl / sl2;
+    }
     return scale;
+}
+
+/* nearest(v) clamped to [lo, hi], without a libm call: the clamp comes
+ * first (in float, so huge values and NaN land on an end), then adding
+ * 1.5*2^23 leaves round-half-even(v) in the low mantissa bits, exactly as
+ * lrintf in the default rounding mode does for |v| < 2^22. */
+static inline int round_clamp(float v, int lo, int hi) {
+    v = v > (float)lo ? v : (float)lo;
+    v = v < (float)hi ? v : (float)hi;
+    const float t = v + 12582912.0f;
+    int32_t i;
+    memcpy(&i, &t, sizeof i);
+    return (i & 0x007fffff) - 0x00400000;
 }
 
 /* Quantizes n_sub non-negative values v to integers in [0, qmax] against
@@ -707,58 +771,136 @@ static float quant_pos(const float *v, int n_sub, int qmax, int *out) {
     return mx / qmax;
 }
 
+/* ---- the last stage: super-block scales refitted to the final integers ----
+ *
+ * Once the sub-block scales are integers, every weight of a super-block is
+ * x ~= d*sc[j]*L (symmetric formats) or d*sc[j]*L - dmin*m[j] (asymmetric
+ * ones), linear in d (and dmin). For the integers rounded against the first
+ * d, the least-squares d (and dmin) is solved in closed form, stored as f16,
+ * and the weights rounded again against it; the result is kept only when
+ * its squared error is lower, so this stage never makes a block worse. */
+
+/* Rounds a symmetric super-block against d: L in [-nlo, nlo-1]; returns the
+ * squared error. sub is the sub-block length. */
+static double round_sym(const float *x, const int *sc, int sub, int nlo, float d, int L[QKK]) {
+    double err = 0;
+    for (int j = 0; j < QKK / sub; j++) {
+        const float dl = d * sc[j], idl = dl ? 1 / dl : 0;
+        for (int l = 0; l < sub; l++) {
+            const int e = sub * j + l;
+            L[e] = round_clamp(x[e] * idl, -nlo, nlo - 1);
+            const float r = dl * L[e] - x[e];
+            err += r * r;
+        }
+    }
+    return err;
+}
+
+/* Sets L for the super-block and returns the f16 d to store (d0 or better). */
+static cm_f16 refit_sym(const float *x, const int *sc, int sub, int nlo, cm_f16 d0, int L[QKK]) {
+    int L1[QKK];
+    const double err0 = round_sym(x, sc, sub, nlo, h2f(d0), L);
+    double num = 0, den = 0;
+    for (int e = 0; e < QKK; e++) {
+        const double a = (double)sc[e / sub] * L[e];
+        num += a * x[e];
+        den += a * a;
+    }
+    if (!(den > 0)) return d0;
+    const cm_f16 d1 = f2h((float)(num / den));
+    if (d1 == d0 || !isfinite(h2f(d1))) return d0;
+    if (!(round_sym(x, sc, sub, nlo, h2f(d1), L1) < err0)) return d0;
+    memcpy(L, L1, sizeof L1);
+    return d1;
+}
+
+/* Rounds an asymmetric super-block: L in [0, nmax]; returns the squared
+ * error. */
+static double round_asym(const float *x, const int *ls, const int *lm, int sub, int nmax, float d, float dmin,
+                         int L[QKK]) {
+    double err = 0;
+    for (int j = 0; j < QKK / sub; j++) {
+        const float dl = d * ls[j], ml = dmin * lm[j], idl = dl ? 1 / dl : 0;
+        for (int l = 0; l < sub; l++) {
+            const int e = sub * j + l;
+            L[e] = round_clamp((x[e] + ml) * idl, 0, nmax);
+            const float r = dl * L[e] - ml - x[e];
+            err += r * r;
+        }
+    }
+    return err;
+}
+
+/* Sets L and returns the (d, dmin) pair to store, (d0, dmin0) or better:
+ * x ~= d*A - dmin*B with A = ls*L, B = lm is a 2x2 least-squares problem. */
+static void refit_asym(const float *x, const int *ls, const int *lm, int sub, int nmax, cm_f16 *d, cm_f16 *dmin,
+                       int L[QKK]) {
+    int L1[QKK];
+    const double err0 = round_asym(x, ls, lm, sub, nmax, h2f(*d), h2f(*dmin), L);
+    double aa = 0, bb = 0, ab = 0, xa = 0, xb = 0;
+    for (int e = 0; e < QKK; e++) {
+        const double a = (double)ls[e / sub] * L[e], b = lm[e / sub];
+        aa += a * a;
+        bb += b * b;
+        ab += a * b;
+        xa += x[e] * a;
+        xb += x[e] * b;
+    }
+    const double det = aa * bb - ab * ab;
+    if (!(det > 1e-9 * aa * bb) || !(aa > 0)) return; /* no min term, or A and B collinear */
+    const cm_f16 d1 = f2h((float)((xa * bb - ab * xb) / det)), m1 = f2h((float)((ab * xa - aa * xb) / det));
+    if ((d1 == *d && m1 == *dmin) || !isfinite(h2f(d1)) || !isfinite(h2f(m1)) || !(h2f(d1) > 0) || h2f(m1) < 0)
+        return;
+    if (!(round_asym(x, ls, lm, sub, nmax, h2f(d1), h2f(m1), L1) < err0)) return;
+    memcpy(L, L1, sizeof L1);
+    *d = d1;
+    *dmin = m1;
+}
+
 void cm_quantize_q2_K_ref(const float *x, void *vy, int64_t n) {
     cm_block_q2_K *y = vy;
+    int L[QKK];
     for (int64_t ib = 0; ib < n / QKK; ib++, x += QKK) {
         float scales[16], mins[16];
         int ls[16], lm[16];
-        for (int j = 0; j < 16; j++) scales[j] = fit_asym(x + 16 * j, 16, 3, &mins[j]);
+        for (int j = 0; j < 16; j++) scales[j] = fit_asym(x + 16 * j, 16, 3, STEPS_Q2_K, &mins[j]);
         y[ib].d = f2h(quant_pos(scales, 16, 15, ls));
         y[ib].dmin = f2h(quant_pos(mins, 16, 15, lm));
-        const float d = h2f(y[ib].d), dmin = h2f(y[ib].dmin);
+        refit_asym(x, ls, lm, 16, 3, &y[ib].d, &y[ib].dmin, L);
         memset(y[ib].qs, 0, sizeof(y[ib].qs));
-        for (int j = 0; j < 16; j++) {
-            y[ib].scales[j] = (uint8_t)(ls[j] | lm[j] << 4);
-            const float dl = d * ls[j], ml = dmin * lm[j];
-            for (int l = 0; l < 16; l++) {
-                int e = 16 * j + l;
-                int q = dl ? clampi(nearest((x[e] + ml) / dl), 0, 3) : 0;
-                y[ib].qs[32 * (e >> 7) + (e & 31)] |= (uint8_t)(q << (2 * ((e & 127) >> 5)));
-            }
-        }
+        for (int j = 0; j < 16; j++) y[ib].scales[j] = (uint8_t)(ls[j] | lm[j] << 4);
+        for (int e = 0; e < QKK; e++) y[ib].qs[32 * (e >> 7) + (e & 31)] |= (uint8_t)(L[e] << (2 * ((e & 127) >> 5)));
     }
 }
 
 void cm_quantize_q3_K_ref(const float *x, void *vy, int64_t n) {
     cm_block_q3_K *y = vy;
+    int L[QKK];
     for (int64_t ib = 0; ib < n / QKK; ib++, x += QKK) {
         float scales[16];
-        for (int j = 0; j < 16; j++) scales[j] = fit_sym(x + 16 * j, 16, 4);
+        int sc[16];
+        for (int j = 0; j < 16; j++) scales[j] = fit_sym(x + 16 * j, 16, 4, STEPS_Q3_K);
         const float smax = signed_absmax(scales, 16);
         memset(y[ib].scales, 0, sizeof(y[ib].scales));
         memset(y[ib].hmask, 0, sizeof(y[ib].hmask));
         memset(y[ib].qs, 0, sizeof(y[ib].qs));
         /* 6-bit signed sub-scales in [-32, 31]; the largest maps to -32. */
         const float inv = smax ? -32 / smax : 0;
-        y[ib].d = f2h(smax ? 1 / inv : 0.0f);
-        const float d = h2f(y[ib].d);
         for (int j = 0; j < 16; j++) {
-            int sc = clampi(nearest(inv * scales[j]), -32, 31);
-            int u = sc + 32;
+            sc[j] = clampi(nearest(inv * scales[j]), -32, 31);
+            const int u = sc[j] + 32;
             if (j < 8)
                 y[ib].scales[j] |= (uint8_t)(u & 15);
             else
                 y[ib].scales[j - 8] |= (uint8_t)((u & 15) << 4);
             y[ib].scales[8 + (j & 3)] |= (uint8_t)((u >> 4) << (2 * (j >> 2)));
-            const float dl = d * sc;
-            for (int l = 0; l < 16; l++) {
-                int e = 16 * j + l;
-                int q = dl ? clampi(nearest(x[e] / dl), -4, 3) : 0;
-                /* stored as q+4 in 3 bits: the high bit set means "no -4" */
-                int u3 = q + 4;
-                if (u3 > 3) y[ib].hmask[e & 31] |= (uint8_t)(1 << (e >> 5));
-                y[ib].qs[32 * (e >> 7) + (e & 31)] |= (uint8_t)((u3 & 3) << (2 * ((e & 127) >> 5)));
-            }
+        }
+        y[ib].d = refit_sym(x, sc, 16, 4, f2h(smax ? 1 / inv : 0.0f), L);
+        for (int e = 0; e < QKK; e++) {
+            /* stored as L+4 in 3 bits: the high bit set means "no -4" */
+            const int u3 = L[e] + 4;
+            if (u3 > 3) y[ib].hmask[e & 31] |= (uint8_t)(1 << (e >> 5));
+            y[ib].qs[32 * (e >> 7) + (e & 31)] |= (uint8_t)((u3 & 3) << (2 * ((e & 127) >> 5)));
         }
     }
 }
@@ -767,15 +909,11 @@ void cm_quantize_q3_K_ref(const float *x, void *vy, int64_t n) {
 static void quantize_k4(const float *x, int nmax, cm_f16 *d_out, cm_f16 *dmin_out, uint8_t *scales, int L[QKK]) {
     float sub_scale[8], sub_min[8];
     int ls[8], lm[8];
-    for (int j = 0; j < 8; j++) sub_scale[j] = fit_asym(x + 32 * j, 32, nmax, &sub_min[j]);
+    for (int j = 0; j < 8; j++) sub_scale[j] = fit_asym(x + 32 * j, 32, nmax, nmax == 15 ? STEPS_Q4_K : STEPS_Q5_K, &sub_min[j]);
     *d_out = f2h(quant_pos(sub_scale, 8, 63, ls));
     *dmin_out = f2h(quant_pos(sub_min, 8, 63, lm));
     k4_pack(scales, ls, lm);
-    const float d = h2f(*d_out), dmin = h2f(*dmin_out);
-    for (int j = 0; j < 8; j++) {
-        const float dl = d * ls[j], ml = dmin * lm[j];
-        for (int l = 0; l < 32; l++) L[32 * j + l] = dl ? clampi(nearest((x[32 * j + l] + ml) / dl), 0, nmax) : 0;
-    }
+    refit_asym(x, ls, lm, 32, nmax, d_out, dmin_out, L);
 }
 
 void cm_quantize_q4_K_ref(const float *x, void *vy, int64_t n) {
@@ -806,27 +944,25 @@ void cm_quantize_q5_K_ref(const float *x, void *vy, int64_t n) {
 
 void cm_quantize_q6_K_ref(const float *x, void *vy, int64_t n) {
     cm_block_q6_K *y = vy;
+    int L[QKK];
     for (int64_t ib = 0; ib < n / QKK; ib++, x += QKK) {
         float scales[16];
-        for (int j = 0; j < 16; j++) scales[j] = fit_sym(x + 16 * j, 16, 32);
+        int sc[16];
+        for (int j = 0; j < 16; j++) scales[j] = fit_sym(x + 16 * j, 16, 32, STEPS_Q6_K);
         const float smax = signed_absmax(scales, 16);
         memset(&y[ib], 0, sizeof(y[ib]));
         if (smax == 0) continue; /* all zero: d = 0 decodes to zeros */
         /* int8 sub-scales; the largest maps to -128. */
         const float inv = -128 / smax;
-        y[ib].d = f2h(1 / inv);
-        const float d = h2f(y[ib].d);
         for (int j = 0; j < 16; j++) {
-            int sc = clampi(nearest(inv * scales[j]), -128, 127);
-            y[ib].scales[j] = (int8_t)sc;
-            const float dl = d * sc;
-            for (int l = 0; l < 16; l++) {
-                int e = 16 * j + l;
-                int u = (dl ? clampi(nearest(x[e] / dl), -32, 31) : 0) + 32;
-                int h = e >> 7, r = e & 127, k = r >> 5, i = e & 31;
-                y[ib].ql[64 * h + 32 * (k & 1) + i] |= (uint8_t)(k < 2 ? (u & 15) : (u & 15) << 4);
-                y[ib].qh[32 * h + i] |= (uint8_t)((u >> 4) << (2 * k));
-            }
+            sc[j] = clampi(nearest(inv * scales[j]), -128, 127);
+            y[ib].scales[j] = (int8_t)sc[j];
+        }
+        y[ib].d = refit_sym(x, sc, 16, 32, f2h(1 / inv), L);
+        for (int e = 0; e < QKK; e++) {
+            const int u = L[e] + 32, h = e >> 7, k = (e & 127) >> 5, i = e & 31;
+            y[ib].ql[64 * h + 32 * (k & 1) + i] |= (uint8_t)(k < 2 ? (u & 15) : (u & 15) << 4);
+            y[ib].qh[32 * h + i] |= (uint8_t)((u >> 4) << (2 * k));
         }
     }
 }
