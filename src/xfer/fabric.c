@@ -396,16 +396,18 @@ static void peer_fail(fab_backend *b, int pid, int status, const char *why) {
     p->active = 0;
     int was_up = p->up;
     p->up = 0;
+    /* The core hears first: whoever sees a failed completion below finds
+     * the peer already down. */
+    if (was_up)
+        cm_xfer_core_peer_down(b->x, pid, status, why);
+    else if (why)
+        CM_LOGW("xfer: fabric peer %d (%s) failed while connecting: %s", pid, p->name, why);
     for (int i = 0; i < CM_XFER_MAX_LINKS; i++) {
         flink *l = p->links[i];
         p->links[i] = NULL;
         if (l) link_kill(b, l, status);
     }
     p->n_ready = 0;
-    if (was_up)
-        cm_xfer_core_peer_down(b->x, pid, status, why);
-    else if (why)
-        CM_LOGW("xfer: fabric peer %d (%s) failed while connecting: %s", pid, p->name, why);
 }
 
 static void link_fail(fab_backend *b, flink *l, int status, const char *why) {
@@ -610,10 +612,12 @@ static int on_completion(fab_backend *b, flink *l, const struct fi_cq_data_entry
     }
     ftrack *t = c->track;
     t->outstanding--;
+    int rc = CM_OK;
     if (t->pending_last && t->outstanding == 0 && t->op && !t->status) {
-        int rc = post_last_segment(b, l, t);
+        rc = post_last_segment(b, l, t);
         if (rc) t->status = rc, t->pending_last = 0;
     }
+    if (rc) link_fail(b, l, CM_EPEER, cm_last_error(rc));
     track_settle(b, l, t);
     return CM_OK;
 }
@@ -634,6 +638,9 @@ static int link_drain(fab_backend *b, flink *l) {
             char why[256];
             snprintf(why, sizeof why, "%s failed: %s", c && c->type == CTX_TX ? "a transfer" : "a receive",
                      fi_strerror(err.err));
+            /* The peer goes down first, so whoever sees the failed
+             * completion also sees the peer down. */
+            link_fail(b, l, CM_EPEER, why);
             if (c && c->type == CTX_TX) {
                 ftrack *t = c->track;
                 t->outstanding--;
@@ -641,7 +648,6 @@ static int link_drain(fab_backend *b, flink *l) {
                 if (!t->status) t->status = CM_EPEER;
                 track_settle(b, l, t);
             }
-            link_fail(b, l, CM_EPEER, why);
             break;
         }
         if (n < 0) {
@@ -1044,13 +1050,13 @@ static int fab_write(void *state, cm_xfer_op *op) {
         }
     }
     if (t->status && l->state != L_DEAD) {
+        /* peer down first (it completes the op), so the failed completion
+         * is never seen with the peer still up */
         t->pending_last = 0;
         int st = t->status;
-        track_settle(b, l, t);
         link_fail(b, l, st, cm_last_error(st));
-    } else if (l->state != L_DEAD) {
-        track_settle(b, l, t);
     }
+    track_settle(b, l, t);
 out:
     pthread_mutex_unlock(&b->mu);
     return rc;
@@ -1091,11 +1097,9 @@ static int fab_send(void *state, cm_xfer_op *op) {
     }
     if (t->status && l->state != L_DEAD) {
         int st = t->status;
-        track_settle(b, l, t);
         link_fail(b, l, st, cm_last_error(st)); /* the message stream is broken */
-    } else if (l->state != L_DEAD) {
-        track_settle(b, l, t);
     }
+    track_settle(b, l, t);
 out:
     pthread_mutex_unlock(&b->mu);
     return rc;
