@@ -627,22 +627,30 @@ static inline float lane_sum(const float v[LANES]) {
     return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]));
 }
 
-/* Asymmetric fit of n weights x ~= step*L + mn, L in [0, nmax], mn <= 0,
- * given sx = sum x, sx2 = sum x^2 and L: the least-squares (step, mn) and
- * its squared error; returns 0 when the integers do not determine a step. */
-static int asym_solve(int n, float sx, float sx2, float sl, float sl2, float sxl, float *step, float *mn, float *err) {
-    const float det = n * sl2 - sl * sl;
-    if (!(det > 0)) return 0;
-    float s = (n * sxl - sx * sl) / det, m = (sl2 * sx - sl * sxl) / det;
+/* What the asymmetric fit needs of a sub-block besides L: its length, the
+ * sum of x and the sum of squares about the mean (sxx). */
+typedef struct asym_stats {
+    int n;
+    float inv_n, sx, sx2, sxx;
+} asym_stats;
+
+/* The least-squares (step, mn) of x ~= step*L + mn for the integers whose
+ * sums are sl, sl2, sxl, with mn <= 0, and its squared error; returns 0 when
+ * the integers do not determine a positive step. Centred sums keep the
+ * error, a small difference of large terms, accurate in float. */
+static int asym_solve(const asym_stats *st, float sl, float sl2, float sxl, float *step, float *mn, float *err) {
+    const float sll = sl2 - sl * sl * st->inv_n, sxlc = sxl - st->sx * sl * st->inv_n;
+    if (!(sll > 0)) return 0;
+    float s = sxlc / sll, m = (st->sx - s * sl) * st->inv_n, e = st->sxx - s * sxlc;
     if (m > 0) { /* the format's offset is -dmin*m with m >= 0: pin it at 0 */
         m = 0;
         s = sxl / sl2;
+        e = st->sx2 - s * sxl;
     }
     if (!(s > 0)) return 0;
     *step = s;
     *mn = m;
-    /* sum (s*l + m - x)^2 expanded; done in double against cancellation */
-    *err = (float)((double)s * s * sl2 + 2.0 * s * m * sl + (double)n * m * m - 2.0 * s * sxl - 2.0 * m * sx + sx2);
+    *err = e;
     return 1;
 }
 
@@ -673,22 +681,34 @@ static void asym_round(const float *x, int n, int nmax, float iscale, float mn, 
 /* Fits x ~= scale*L - the_min with L in [0, nmax] and the_min >= 0 (the
  * formats subtract a non-negative min). Returns scale >= 0. */
 static float fit_asym(const float *x, int n, int nmax, int steps, float *the_min) {
-    float lo, hi, sx = 0, sx2 = 0;
-    minmax(x, n, &lo, &hi);
+    float lo_l[LANES], hi_l[LANES], sx_l[LANES] = {0}, sx2_l[LANES] = {0};
+    for (int k = 0; k < LANES; k++) lo_l[k] = hi_l[k] = x[k];
+    for (int i = 0; i < n; i += LANES) {
+        for (int k = 0; k < LANES; k++) {
+            const float v = x[i + k];
+            lo_l[k] = v < lo_l[k] ? v : lo_l[k];
+            hi_l[k] = v > hi_l[k] ? v : hi_l[k];
+            sx_l[k] += v;
+            sx2_l[k] += v * v;
+        }
+    }
+    float lo = lo_l[0], hi = hi_l[0];
+    for (int k = 1; k < LANES; k++) {
+        lo = lo_l[k] < lo ? lo_l[k] : lo;
+        hi = hi_l[k] > hi ? hi_l[k] : hi;
+    }
     if (lo > 0) lo = 0;
-    if (hi <= lo) {
+    if (!(hi > lo)) { /* constant block (or NaN): all of it is the min */
         *the_min = -lo;
         return 0;
     }
-    for (int i = 0; i < n; i++) {
-        sx += x[i];
-        sx2 += x[i] * x[i];
-    }
+    asym_stats st = {.n = n, .inv_n = 1.0f / n, .sx = lane_sum(sx_l), .sx2 = lane_sum(sx2_l)};
+    st.sxx = st.sx2 - st.sx * st.sx * st.inv_n;
     float sl, sl2, sxl, s, m, err;
     float scale = (hi - lo) / nmax, mn = lo, best = INFINITY;
     for (int k = -steps; k <= steps; k++) {
         asym_round(x, n, nmax, (nmax + (float)k / steps) / (hi - lo), lo, &sl, &sl2, &sxl);
-        if (asym_solve(n, sx, sx2, sl, sl2, sxl, &s, &m, &err) && err < best) {
+        if (asym_solve(&st, sl, sl2, sxl, &s, &m, &err) && err < best) {
             best = err;
             scale = s;
             mn = m;
@@ -696,7 +716,7 @@ static float fit_asym(const float *x, int n, int nmax, int steps, float *the_min
     }
     for (int it = 0; it < FIT_POLISH && best < INFINITY; it++) {
         asym_round(x, n, nmax, 1 / scale, mn, &sl, &sl2, &sxl);
-        if (!asym_solve(n, sx, sx2, sl, sl2, sxl, &s, &m, &err) || !(err < best)) break;
+        if (!asym_solve(&st, sl, sl2, sxl, &s, &m, &err) || !(err < best)) break;
         best = err;
         scale = s;
         mn = m;
@@ -748,19 +768,6 @@ static float fit_sym(const float *x, int n, int nlo, int steps) {
     return scale;
 }
 
-/* nearest(v) clamped to [lo, hi], without a libm call: the clamp comes
- * first (in float, so huge values and NaN land on an end), then adding
- * 1.5*2^23 leaves round-half-even(v) in the low mantissa bits, exactly as
- * lrintf in the default rounding mode does for |v| < 2^22. */
-static inline int round_clamp(float v, int lo, int hi) {
-    v = v > (float)lo ? v : (float)lo;
-    v = v < (float)hi ? v : (float)hi;
-    const float t = v + 12582912.0f;
-    int32_t i;
-    memcpy(&i, &t, sizeof i);
-    return (i & 0x007fffff) - 0x00400000;
-}
-
 /* Quantizes n_sub non-negative values v to integers in [0, qmax] against
  * their maximum; returns the step (0 when all are 0). */
 static float quant_pos(const float *v, int n_sub, int qmax, int *out) {
@@ -776,82 +783,117 @@ static float quant_pos(const float *v, int n_sub, int qmax, int *out) {
  * Once the sub-block scales are integers, every weight of a super-block is
  * x ~= d*sc[j]*L (symmetric formats) or d*sc[j]*L - dmin*m[j] (asymmetric
  * ones), linear in d (and dmin). For the integers rounded against the first
- * d, the least-squares d (and dmin) is solved in closed form, stored as f16,
- * and the weights rounded again against it; the result is kept only when
- * its squared error is lower, so this stage never makes a block worse. */
+ * d, the least-squares d (and dmin) is solved in closed form from per
+ * sub-block sums gathered while rounding, stored as f16, and the weights
+ * rounded again against it; the result is kept only when its squared error
+ * is lower, so this stage never makes a block worse. */
 
-/* Rounds a symmetric super-block against d: L in [-nlo, nlo-1]; returns the
- * squared error. sub is the sub-block length. */
-static double round_sym(const float *x, const int *sc, int sub, int nlo, float d, int L[QKK]) {
+/* Per sub-block sums of one rounding pass. */
+typedef struct round_sums {
+    double err;                 /* squared error of the whole super-block */
+    float sl[16], sl2[16], sxl[16]; /* sum L, L^2, x*L of sub-block j */
+} round_sums;
+
+/* Rounds a symmetric super-block against d: L in [-nlo, nlo-1]. */
+static void round_sym(const float *x, const int *sc, int sub, int nlo, float d, int L[QKK], round_sums *rs) {
+    const float lo = (float)-nlo, hi = (float)(nlo - 1), off = (float)nlo + 0.5f;
     double err = 0;
     for (int j = 0; j < QKK / sub; j++) {
         const float dl = d * sc[j], idl = dl ? 1 / dl : 0;
-        for (int l = 0; l < sub; l++) {
-            const int e = sub * j + l;
-            L[e] = round_clamp(x[e] * idl, -nlo, nlo - 1);
-            const float r = dl * L[e] - x[e];
-            err += r * r;
+        float b[LANES] = {0}, c[LANES] = {0}, r2[LANES] = {0};
+        for (int i = sub * j; i < sub * (j + 1); i += LANES) {
+            for (int k = 0; k < LANES; k++) {
+                float v = x[i + k] * idl;
+                v = v > lo ? v : lo;
+                v = v < hi ? v : hi;
+                const int l = (int)(v + off) - nlo;
+                const float lf = (float)l, r = dl * lf - x[i + k];
+                L[i + k] = l;
+                b[k] += lf * lf;
+                c[k] += x[i + k] * lf;
+                r2[k] += r * r;
+            }
         }
+        rs->sl2[j] = lane_sum(b);
+        rs->sxl[j] = lane_sum(c);
+        err += lane_sum(r2);
     }
-    return err;
+    rs->err = err;
 }
 
 /* Sets L for the super-block and returns the f16 d to store (d0 or better). */
 static cm_f16 refit_sym(const float *x, const int *sc, int sub, int nlo, cm_f16 d0, int L[QKK]) {
     int L1[QKK];
-    const double err0 = round_sym(x, sc, sub, nlo, h2f(d0), L);
+    round_sums r0, r1;
+    round_sym(x, sc, sub, nlo, h2f(d0), L, &r0);
     double num = 0, den = 0;
-    for (int e = 0; e < QKK; e++) {
-        const double a = (double)sc[e / sub] * L[e];
-        num += a * x[e];
-        den += a * a;
+    for (int j = 0; j < QKK / sub; j++) {
+        num += (double)sc[j] * r0.sxl[j];
+        den += (double)sc[j] * sc[j] * r0.sl2[j];
     }
     if (!(den > 0)) return d0;
     const cm_f16 d1 = f2h((float)(num / den));
     if (d1 == d0 || !isfinite(h2f(d1))) return d0;
-    if (!(round_sym(x, sc, sub, nlo, h2f(d1), L1) < err0)) return d0;
+    round_sym(x, sc, sub, nlo, h2f(d1), L1, &r1);
+    if (!(r1.err < r0.err)) return d0;
     memcpy(L, L1, sizeof L1);
     return d1;
 }
 
-/* Rounds an asymmetric super-block: L in [0, nmax]; returns the squared
- * error. */
-static double round_asym(const float *x, const int *ls, const int *lm, int sub, int nmax, float d, float dmin,
-                         int L[QKK]) {
+/* Rounds an asymmetric super-block: L in [0, nmax]. */
+static void round_asym(const float *x, const int *ls, const int *lm, int sub, int nmax, float d, float dmin,
+                       int L[QKK], round_sums *rs) {
+    const float top = (float)nmax;
     double err = 0;
     for (int j = 0; j < QKK / sub; j++) {
         const float dl = d * ls[j], ml = dmin * lm[j], idl = dl ? 1 / dl : 0;
-        for (int l = 0; l < sub; l++) {
-            const int e = sub * j + l;
-            L[e] = round_clamp((x[e] + ml) * idl, 0, nmax);
-            const float r = dl * L[e] - ml - x[e];
-            err += r * r;
+        float a[LANES] = {0}, b[LANES] = {0}, c[LANES] = {0}, r2[LANES] = {0};
+        for (int i = sub * j; i < sub * (j + 1); i += LANES) {
+            for (int k = 0; k < LANES; k++) {
+                float v = (x[i + k] + ml) * idl;
+                v = v > 0.0f ? v : 0.0f;
+                v = v < top ? v : top;
+                const int l = (int)(v + 0.5f);
+                const float lf = (float)l, r = dl * lf - ml - x[i + k];
+                L[i + k] = l;
+                a[k] += lf;
+                b[k] += lf * lf;
+                c[k] += x[i + k] * lf;
+                r2[k] += r * r;
+            }
         }
+        rs->sl[j] = lane_sum(a);
+        rs->sl2[j] = lane_sum(b);
+        rs->sxl[j] = lane_sum(c);
+        err += lane_sum(r2);
     }
-    return err;
+    rs->err = err;
 }
 
-/* Sets L and returns the (d, dmin) pair to store, (d0, dmin0) or better:
- * x ~= d*A - dmin*B with A = ls*L, B = lm is a 2x2 least-squares problem. */
+/* Sets L and the (d, dmin) pair to store, (d0, dmin0) or better: x ~= d*A -
+ * dmin*B with A = ls*L, B = lm is a 2x2 least-squares problem. */
 static void refit_asym(const float *x, const int *ls, const int *lm, int sub, int nmax, cm_f16 *d, cm_f16 *dmin,
                        int L[QKK]) {
     int L1[QKK];
-    const double err0 = round_asym(x, ls, lm, sub, nmax, h2f(*d), h2f(*dmin), L);
+    round_sums r0, r1;
+    round_asym(x, ls, lm, sub, nmax, h2f(*d), h2f(*dmin), L, &r0);
     double aa = 0, bb = 0, ab = 0, xa = 0, xb = 0;
-    for (int e = 0; e < QKK; e++) {
-        const double a = (double)ls[e / sub] * L[e], b = lm[e / sub];
-        aa += a * a;
-        bb += b * b;
-        ab += a * b;
-        xa += x[e] * a;
-        xb += x[e] * b;
+    for (int j = 0; j < QKK / sub; j++) {
+        float sx = 0;
+        for (int i = sub * j; i < sub * (j + 1); i++) sx += x[i];
+        aa += (double)ls[j] * ls[j] * r0.sl2[j];
+        bb += (double)lm[j] * lm[j] * sub;
+        ab += (double)ls[j] * lm[j] * r0.sl[j];
+        xa += (double)ls[j] * r0.sxl[j];
+        xb += (double)lm[j] * sx;
     }
     const double det = aa * bb - ab * ab;
-    if (!(det > 1e-9 * aa * bb) || !(aa > 0)) return; /* no min term, or A and B collinear */
+    if (!(aa > 0) || !(det > 1e-9 * aa * bb)) return; /* no min term, or A and B collinear */
     const cm_f16 d1 = f2h((float)((xa * bb - ab * xb) / det)), m1 = f2h((float)((ab * xa - aa * xb) / det));
     if ((d1 == *d && m1 == *dmin) || !isfinite(h2f(d1)) || !isfinite(h2f(m1)) || !(h2f(d1) > 0) || h2f(m1) < 0)
         return;
-    if (!(round_asym(x, ls, lm, sub, nmax, h2f(d1), h2f(m1), L1) < err0)) return;
+    round_asym(x, ls, lm, sub, nmax, h2f(d1), h2f(m1), L1, &r1);
+    if (!(r1.err < r0.err)) return;
     memcpy(L, L1, sizeof L1);
     *d = d1;
     *dmin = m1;
@@ -867,9 +909,13 @@ void cm_quantize_q2_K_ref(const float *x, void *vy, int64_t n) {
         y[ib].d = f2h(quant_pos(scales, 16, 15, ls));
         y[ib].dmin = f2h(quant_pos(mins, 16, 15, lm));
         refit_asym(x, ls, lm, 16, 3, &y[ib].d, &y[ib].dmin, L);
-        memset(y[ib].qs, 0, sizeof(y[ib].qs));
         for (int j = 0; j < 16; j++) y[ib].scales[j] = (uint8_t)(ls[j] | lm[j] << 4);
-        for (int e = 0; e < QKK; e++) y[ib].qs[32 * (e >> 7) + (e & 31)] |= (uint8_t)(L[e] << (2 * ((e & 127) >> 5)));
+        /* element 128*h + 32*k + i: byte 32*h + i, bits 2*k */
+        for (int h = 0; h < 2; h++)
+            for (int i = 0; i < 32; i++) {
+                const int *l = L + 128 * h + i;
+                y[ib].qs[32 * h + i] = (uint8_t)(l[0] | l[32] << 2 | l[64] << 4 | l[96] << 6);
+            }
     }
 }
 
@@ -896,12 +942,19 @@ void cm_quantize_q3_K_ref(const float *x, void *vy, int64_t n) {
             y[ib].scales[8 + (j & 3)] |= (uint8_t)((u >> 4) << (2 * (j >> 2)));
         }
         y[ib].d = refit_sym(x, sc, 16, 4, f2h(smax ? 1 / inv : 0.0f), L);
-        for (int e = 0; e < QKK; e++) {
-            /* stored as L+4 in 3 bits: the high bit set means "no -4" */
-            const int u3 = L[e] + 4;
-            if (u3 > 3) y[ib].hmask[e & 31] |= (uint8_t)(1 << (e >> 5));
-            y[ib].qs[32 * (e >> 7) + (e & 31)] |= (uint8_t)((u3 & 3) << (2 * ((e & 127) >> 5)));
+        /* stored as L+4 in 3 bits: the high bit (hmask[i] bit e/32) set
+         * means "no -4"; low bits placed as q2_K's */
+        for (int e = 0; e < QKK; e++) L[e] += 4;
+        for (int i = 0; i < 32; i++) {
+            int hm = 0;
+            for (int k = 0; k < 8; k++) hm |= (L[32 * k + i] >> 2) << k;
+            y[ib].hmask[i] = (uint8_t)hm;
         }
+        for (int h = 0; h < 2; h++)
+            for (int i = 0; i < 32; i++) {
+                const int *l = L + 128 * h + i;
+                y[ib].qs[32 * h + i] = (uint8_t)((l[0] & 3) | (l[32] & 3) << 2 | (l[64] & 3) << 4 | (l[96] & 3) << 6);
+            }
     }
 }
 
@@ -921,9 +974,9 @@ void cm_quantize_q4_K_ref(const float *x, void *vy, int64_t n) {
     int L[QKK];
     for (int64_t ib = 0; ib < n / QKK; ib++, x += QKK) {
         quantize_k4(x, 15, &y[ib].d, &y[ib].dmin, y[ib].scales, L);
-        memset(y[ib].qs, 0, sizeof(y[ib].qs));
-        for (int e = 0; e < QKK; e++)
-            y[ib].qs[32 * (e >> 6) + (e & 31)] |= (uint8_t)((e & 63) < 32 ? L[e] : L[e] << 4);
+        /* element 64*c + i: low nibble of byte 32*c + i; 64*c + 32 + i: high */
+        for (int c = 0; c < 4; c++)
+            for (int i = 0; i < 32; i++) y[ib].qs[32 * c + i] = (uint8_t)(L[64 * c + i] | L[64 * c + 32 + i] << 4);
     }
 }
 
@@ -932,12 +985,14 @@ void cm_quantize_q5_K_ref(const float *x, void *vy, int64_t n) {
     int L[QKK];
     for (int64_t ib = 0; ib < n / QKK; ib++, x += QKK) {
         quantize_k4(x, 31, &y[ib].d, &y[ib].dmin, y[ib].scales, L);
-        memset(y[ib].qs, 0, sizeof(y[ib].qs));
-        memset(y[ib].qh, 0, sizeof(y[ib].qh));
-        for (int e = 0; e < QKK; e++) {
-            int lo = L[e] & 15;
-            y[ib].qs[32 * (e >> 6) + (e & 31)] |= (uint8_t)((e & 63) < 32 ? lo : lo << 4);
-            if (L[e] & 16) y[ib].qh[e & 31] |= (uint8_t)(1 << (e >> 5));
+        /* nibbles as q4_K; bit 4 of element 32*k + i is qh[i] bit k */
+        for (int c = 0; c < 4; c++)
+            for (int i = 0; i < 32; i++)
+                y[ib].qs[32 * c + i] = (uint8_t)((L[64 * c + i] & 15) | (L[64 * c + 32 + i] & 15) << 4);
+        for (int i = 0; i < 32; i++) {
+            int hb = 0;
+            for (int k = 0; k < 8; k++) hb |= (L[32 * k + i] >> 4) << k;
+            y[ib].qh[i] = (uint8_t)hb;
         }
     }
 }
@@ -959,11 +1014,17 @@ void cm_quantize_q6_K_ref(const float *x, void *vy, int64_t n) {
             y[ib].scales[j] = (int8_t)sc[j];
         }
         y[ib].d = refit_sym(x, sc, 16, 32, f2h(1 / inv), L);
-        for (int e = 0; e < QKK; e++) {
-            const int u = L[e] + 32, h = e >> 7, k = (e & 127) >> 5, i = e & 31;
-            y[ib].ql[64 * h + 32 * (k & 1) + i] |= (uint8_t)(k < 2 ? (u & 15) : (u & 15) << 4);
-            y[ib].qh[32 * h + i] |= (uint8_t)((u >> 4) << (2 * k));
-        }
+        /* u = L+32 of element 128*h + 32*k + i: low 4 bits in ql[64*h +
+         * 32*(k&1) + i] (high nibble for k >= 2), top 2 in qh[32*h + i] bits
+         * 2*k */
+        for (int e = 0; e < QKK; e++) L[e] += 32;
+        for (int h = 0; h < 2; h++)
+            for (int i = 0; i < 32; i++) {
+                const int *u = L + 128 * h + i;
+                y[ib].ql[64 * h + i] = (uint8_t)((u[0] & 15) | (u[64] & 15) << 4);
+                y[ib].ql[64 * h + 32 + i] = (uint8_t)((u[32] & 15) | (u[96] & 15) << 4);
+                y[ib].qh[32 * h + i] = (uint8_t)(u[0] >> 4 | (u[32] >> 4) << 2 | (u[64] >> 4) << 4 | (u[96] >> 4) << 6);
+            }
     }
 }
 
