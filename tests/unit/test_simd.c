@@ -23,6 +23,41 @@
 #if defined(__x86_64__)
 #include "kernels/x86/x86.h"
 #define HAVE_X86_KERNELS 1
+/* Weak, so that a build without the SIMD kernels (cmake -DCELLM_SIMD=OFF)
+ * still links: the functions are then NULL and the x86 tests skip. In a
+ * SIMD build the dispatcher pulls x86.o and, through it, every kernel. */
+#pragma weak cm_x86_has_avx2
+#pragma weak cm_x86_has_avx512_vnni
+#pragma weak cm_vec_dot_f32_f32_avx2
+#pragma weak cm_vec_dot_f16_f16_avx2
+#pragma weak cm_vec_dot_bf16_bf16_avx2
+#pragma weak cm_vec_dot_q4_0_q8_0_avx2
+#pragma weak cm_vec_dot_q4_1_q8_1_avx2
+#pragma weak cm_vec_dot_q5_0_q8_0_avx2
+#pragma weak cm_vec_dot_q5_1_q8_1_avx2
+#pragma weak cm_vec_dot_q8_0_q8_0_avx2
+#pragma weak cm_vec_dot_q2_K_q8_K_avx2
+#pragma weak cm_vec_dot_q3_K_q8_K_avx2
+#pragma weak cm_vec_dot_q4_K_q8_K_avx2
+#pragma weak cm_vec_dot_q5_K_q8_K_avx2
+#pragma weak cm_vec_dot_q6_K_q8_K_avx2
+#pragma weak cm_vec_dot_f32_f32_avx512
+#pragma weak cm_vec_dot_f16_f16_avx512
+#pragma weak cm_vec_dot_bf16_bf16_avx512
+#pragma weak cm_vec_dot_q4_0_q8_0_avx512
+#pragma weak cm_vec_dot_q8_0_q8_0_avx512
+#pragma weak cm_vec_dot_q4_K_q8_K_avx512
+#pragma weak cm_vec_dot_q6_K_q8_K_avx512
+#pragma weak cm_quantize_q8_0_avx2
+#pragma weak cm_quantize_q8_1_avx2
+#pragma weak cm_quantize_q8_K_avx2
+#pragma weak cm_quantize_f16_avx2
+#pragma weak cm_gemm_panel_bytes
+#pragma weak cm_gemm_pack_avx512
+#pragma weak cm_gemm_act_info_avx512
+#pragma weak cm_gemm_q8_0_avx512
+#pragma weak cm_gemm_x86_applies
+#pragma weak cm_gemm_x86
 #endif
 #if defined(__aarch64__)
 #include "kernels/arm/arm.h"
@@ -56,6 +91,10 @@ static void add_quant(const char *level, int type, cm_from_float_fn fn) {
 
 static void collect(void) {
 #if defined(HAVE_X86_KERNELS)
+    if (!cm_x86_has_avx2 || !cm_gemm_x86) {
+        fprintf(stderr, "     built without the x86 SIMD kernels\n");
+        return;
+    }
     if (cm_x86_has_avx2()) {
         add_dot("avx2", CM_TYPE_F32, cm_vec_dot_f32_f32_avx2);
         add_dot("avx2", CM_TYPE_F16, cm_vec_dot_f16_f16_avx2);
@@ -245,7 +284,7 @@ TEST(quantizers_give_reference_bytes) {
 /* The blocked AVX-512 matmul: every (row, token) of panels with 1..16 rows
  * and tiles of 1..8 tokens against the reference dot. */
 TEST(gemm_matches_reference) {
-    if (!cm_x86_has_avx512_vnni()) TEST_SKIP("no AVX-512 VNNI");
+    if (!cm_x86_has_avx512_vnni || !cm_x86_has_avx512_vnni()) TEST_SKIP("no AVX-512 VNNI (or no SIMD build)");
     cm_rng r;
     cm_rng_init(&r, 5);
     static const int cols[] = {32, 96, 2048};
@@ -304,7 +343,8 @@ TEST(gemm_matches_reference) {
  * tiles) of a small matrix, against the reference dots. */
 TEST(gemm_hook_matches_reference) {
     cm_kernels_init(false);
-    if (!cm_gemm_x86_applies(CM_TYPE_Q4_0, 8)) TEST_SKIP("no blocked kernel for this CPU or CELLM_KERNELS");
+    if (!cm_gemm_x86_applies || !cm_gemm_x86_applies(CM_TYPE_Q4_0, 8))
+        TEST_SKIP("no blocked kernel for this CPU, build or CELLM_KERNELS");
     CHECK(!cm_gemm_x86_applies(CM_TYPE_Q4_0, 1));
     CHECK(!cm_gemm_x86_applies(CM_TYPE_Q5_K, 8));
     cm_rng r;
