@@ -47,6 +47,7 @@
 #pragma weak cm_vec_dot_q4_0_q8_0_avx512
 #pragma weak cm_vec_dot_q8_0_q8_0_avx512
 #pragma weak cm_vec_dot_q4_K_q8_K_avx512
+#pragma weak cm_vec_dot_q5_K_q8_K_avx512
 #pragma weak cm_vec_dot_q6_K_q8_K_avx512
 #pragma weak cm_quantize_q8_0_avx2
 #pragma weak cm_quantize_q8_1_avx2
@@ -121,6 +122,7 @@ static void collect(void) {
         add_dot("avx512", CM_TYPE_Q4_0, cm_vec_dot_q4_0_q8_0_avx512);
         add_dot("avx512", CM_TYPE_Q8_0, cm_vec_dot_q8_0_q8_0_avx512);
         add_dot("avx512", CM_TYPE_Q4_K, cm_vec_dot_q4_K_q8_K_avx512);
+        add_dot("avx512", CM_TYPE_Q5_K, cm_vec_dot_q5_K_q8_K_avx512);
         add_dot("avx512", CM_TYPE_Q6_K, cm_vec_dot_q6_K_q8_K_avx512);
     }
 #endif

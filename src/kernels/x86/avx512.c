@@ -1,6 +1,7 @@
 /* avx512.c - AVX-512 kernels (F/BW/VL/DQ + VNNI) for the types that carry
- * most of a model's bytes: q4_0, q8_0, q4_K, q6_K (a Q4_K_M file is q4_K
- * plus q6_K) and the float dots. Other types keep their AVX2 kernel.
+ * most of a model's bytes: q4_0, q8_0, q4_K, q5_K, q6_K (a Q4_K_M file is
+ * q4_K plus q6_K, Q5_K_M q5_K plus q6_K) and the float dots. Other types
+ * keep their AVX2 kernel.
  *
  * Compiled with the AVX-512 flags (CMakeLists.txt matches "avx512" in the
  * name); x86.c registers these only on CPUs with all of the above.
@@ -259,6 +260,48 @@ void cm_vec_dot_q4_K_q8_K_avx512(int n, float *s, const void *vx, const void *vy
             __m256i q4 = _mm256_loadu_si256((const __m256i *)(x[i].qs + 32 * j));
             __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(q4, m4)),
                                            _mm256_and_si256(_mm256_srli_epi16(q4, 4), m4), 1);
+            __m512i p = _mm512_maddubs_epi16(q, _mm512_loadu_si512((const void *)(y[i].qs + 64 * j)));
+            sumi = _mm512_dpwssd_epi32(sumi, p, _mm512_shuffle_epi8(sc, shuf[j]));
+        }
+        acc = _mm512_fmadd_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(sumi), acc);
+    }
+    __m256 a8 = _mm256_add_ps(_mm512_castps512_ps256(acc), _mm512_extractf32x8_ps(acc, 1));
+    a8 = _mm256_sub_ps(a8, accm);
+    __m128 r = _mm_add_ps(_mm256_castps256_ps128(a8), _mm256_extractf128_ps(a8, 1));
+    r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+    r = _mm_add_ss(r, _mm_movehdup_ps(r));
+    *s = _mm_cvtss_f32(r);
+}
+
+void cm_vec_dot_q5_K_q8_K_avx512(int n, float *s, const void *vx, const void *vy) {
+    const cm_block_q5_K *x = vx;
+    const cm_block_q8_K *y = vy;
+    const int nb = n / CM_QK_K;
+    const __m256i m4 = _mm256_set1_epi8(0x0f);
+    const __m256i b4 = _mm256_set1_epi8(0x10);
+    const __m512i sh0 = lanes16(0, 1), sh1 = lanes16(2, 3), sh2 = lanes16(4, 5), sh3 = lanes16(6, 7);
+    __m512 acc = _mm512_setzero_ps();
+    __m256 accm = _mm256_setzero_ps();
+    for (int i = 0; i < nb; i++) {
+        const float d = y[i].d * f16_load(x[i].d);
+        const float dmin = y[i].d * f16_load(x[i].dmin);
+        uint64_t sc8, mn8;
+        k4_scales_mins(x[i].scales, &sc8, &mn8);
+        __m128i m = _mm_cvtsi64_si128((long long)mn8);
+        __m256i mins = _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m, m)),
+                                         _mm256_loadu_si256((const __m256i *)y[i].bsums));
+        accm = _mm256_fmadd_ps(_mm256_set1_ps(dmin), _mm256_cvtepi32_ps(mins), accm);
+        const __m512i sc = _mm512_broadcast_i32x4(_mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)sc8)));
+        const __m512i shuf[4] = {sh0, sh1, sh2, sh3};
+        const __m256i qh = _mm256_loadu_si256((const __m256i *)x[i].qh);
+        __m512i sumi = _mm512_setzero_si512();
+        for (int j = 0; j < 4; j++) {
+            /* bit 2j of qh[l] is the 5th bit of the low nibble, 2j+1 of the high */
+            __m256i q4 = _mm256_loadu_si256((const __m256i *)(x[i].qs + 32 * j));
+            __m256i hl = _mm256_and_si256(_mm256_slli_epi16(_mm256_srli_epi16(qh, 2 * j), 4), b4);
+            __m256i hh = _mm256_and_si256(_mm256_slli_epi16(_mm256_srli_epi16(qh, 2 * j + 1), 4), b4);
+            __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_or_si256(_mm256_and_si256(q4, m4), hl)),
+                                           _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q4, 4), m4), hh), 1);
             __m512i p = _mm512_maddubs_epi16(q, _mm512_loadu_si512((const void *)(y[i].qs + 64 * j)));
             sumi = _mm512_dpwssd_epi32(sumi, p, _mm512_shuffle_epi8(sc, shuf[j]));
         }

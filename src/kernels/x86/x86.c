@@ -98,6 +98,7 @@ static void register_avx512(cm_type_traits *t, int n) {
     set_dot(t, n, CM_TYPE_Q4_0, CM_TYPE_Q8_0, cm_vec_dot_q4_0_q8_0_avx512);
     set_dot(t, n, CM_TYPE_Q8_0, CM_TYPE_Q8_0, cm_vec_dot_q8_0_q8_0_avx512);
     set_dot(t, n, CM_TYPE_Q4_K, CM_TYPE_Q8_K, cm_vec_dot_q4_K_q8_K_avx512);
+    set_dot(t, n, CM_TYPE_Q5_K, CM_TYPE_Q8_K, cm_vec_dot_q5_K_q8_K_avx512);
     set_dot(t, n, CM_TYPE_Q6_K, CM_TYPE_Q8_K, cm_vec_dot_q6_K_q8_K_avx512);
 }
 

@@ -48,6 +48,7 @@ void cm_vec_dot_bf16_bf16_avx512(int n, float *s, const void *x, const void *y);
 void cm_vec_dot_q4_0_q8_0_avx512(int n, float *s, const void *x, const void *y);
 void cm_vec_dot_q8_0_q8_0_avx512(int n, float *s, const void *x, const void *y);
 void cm_vec_dot_q4_K_q8_K_avx512(int n, float *s, const void *x, const void *y);
+void cm_vec_dot_q5_K_q8_K_avx512(int n, float *s, const void *x, const void *y);
 void cm_vec_dot_q6_K_q8_K_avx512(int n, float *s, const void *x, const void *y);
 
 /* Blocked matmul for many tokens (gemm_avx512.c, AVX-512 VNNI), for q4_0
