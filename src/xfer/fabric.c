@@ -89,6 +89,8 @@
 #define RX_BUFS 32
 #define TICK_MS 1
 #define CQ_BATCH 32
+#define RXACC (FI_RECV | FI_READ | FI_WRITE)
+#define TXACC (FI_SEND | FI_READ | FI_WRITE)
 
 enum { CTX_RX = 1, CTX_TX };
 enum { L_NEW = 0, L_READY, L_DEAD };
@@ -111,6 +113,7 @@ typedef struct ftrack {
     int pending_last;   /* fence mode: the imm-carrying segment is not posted yet */
     int status;
     uint8_t *hdrs;      /* SEND: one header per fragment */
+    struct fid_mr *hdr_mr; /* FI_MR_LOCAL: hdrs registered */
     struct ftrack *prev, *next;
     fctx ctx[];         /* one per posted piece */
 } ftrack;
@@ -133,6 +136,7 @@ typedef struct flink {
     int cq_fd;              /* wait fd of the cq, -1 when none */
     fi_addr_t remote;
     uint8_t *rxmem;         /* RX_BUFS * (CM_FABRIC_FRAG_HDR + CM_FABRIC_FRAG_BYTES) */
+    struct fid_mr *rx_mr;   /* FI_MR_LOCAL only */
     fctx rxctx[RX_BUFS];
     /* message reassembly */
     uint32_t rx_seq, tx_seq;
@@ -159,7 +163,11 @@ typedef struct fpeer {
 
 typedef struct fmr {
     struct fid_mr *mr;
+    const cm_xfer_mr *owner;
+    struct fmr *next; /* b->mrs bucket */
 } fmr;
+
+#define MR_BUCKETS 256
 
 typedef struct fab_backend {
     cm_xfer *x;
@@ -173,6 +181,8 @@ typedef struct fab_backend {
     int virt_addr;        /* FI_MR_VIRT_ADDR: remote addresses are virtual */
     int prov_key;         /* FI_MR_PROV_KEY */
     int wait_fd;          /* cqs have FI_WAIT_FD */
+    int mr_local;         /* FI_MR_LOCAL: local buffers need registration descriptors */
+    fmr *mrs[MR_BUCKETS]; /* registered regions by address, for their descriptors */
     pthread_t thread, accept_thread;
     int thread_started, accept_started;
     volatile int stop;
@@ -318,6 +328,7 @@ static void track_settle(fab_backend *b, flink *l, ftrack *t) {
     }
     if (!t->op && t->outstanding == 0) {
         track_unlink(l, t);
+        if (t->hdr_mr) fi_close(&t->hdr_mr->fid);
         free(t->hdrs);
         free(t);
     }
@@ -334,13 +345,25 @@ static ftrack *track_new(flink *l, cm_xfer_op *op, int n_ctx) {
     return t;
 }
 
+/* A key for a new registration: the provider's when it picks them, else
+ * random (keys must differ within a domain; remote ones must be unguessable). */
+static uint64_t new_key(const fab_backend *b) {
+    uint64_t key = 0;
+    if (b->prov_key) return 0;
+    randombytes_buf(&key, sizeof key);
+    size_t ks = b->info->domain_attr->mr_key_size;
+    if (ks < 8) key &= ks ? (1ull << (8 * ks)) - 1 : 0;
+    return key;
+}
+
 /* ---- links ---- */
 
 static uint8_t *rx_buf(flink *l, int i) { return l->rxmem + (size_t)i * (CM_FABRIC_FRAG_HDR + CM_FABRIC_FRAG_BYTES); }
 
 static int rx_post(flink *l, int i) {
     ssize_t r;
-    do r = fi_recv(l->ep, rx_buf(l, i), CM_FABRIC_FRAG_HDR + CM_FABRIC_FRAG_BYTES, NULL, FI_ADDR_UNSPEC, &l->rxctx[i].fi);
+    void *desc = l->rx_mr ? fi_mr_desc(l->rx_mr) : NULL;
+    do r = fi_recv(l->ep, rx_buf(l, i), CM_FABRIC_FRAG_HDR + CM_FABRIC_FRAG_BYTES, desc, FI_ADDR_UNSPEC, &l->rxctx[i].fi);
     while (r == -FI_EAGAIN && (fi_cq_read(l->cq, NULL, 0), 1));
     return r ? fi_err(CM_EIO, "fi_recv", r) : CM_OK;
 }
@@ -379,9 +402,11 @@ static void link_free(flink *l) {
     if (l->ep) fi_close(&l->ep->fid);
     if (l->av) fi_close(&l->av->fid);
     if (l->cq) fi_close(&l->cq->fid);
+    if (l->rx_mr) fi_close(&l->rx_mr->fid);
     while (l->tracks) {
         ftrack *t = l->tracks;
         l->tracks = t->next;
+        if (t->hdr_mr) fi_close(&t->hdr_mr->fid);
         free(t->hdrs);
         free(t);
     }
@@ -471,6 +496,12 @@ static int link_open(fab_backend *b, flink *l, const struct sockaddr *local) {
     l->rxmem = malloc((size_t)RX_BUFS * (CM_FABRIC_FRAG_HDR + CM_FABRIC_FRAG_BYTES));
     if (!l->rxmem) {
         rc = CM_ENOMEM;
+        goto out;
+    }
+    if (b->mr_local && (r = fi_mr_reg(b->domain, l->rxmem, (size_t)RX_BUFS * (CM_FABRIC_FRAG_HDR + CM_FABRIC_FRAG_BYTES),
+                                      RXACC, 0, new_key(b), 0, &l->rx_mr, NULL))) {
+        l->rx_mr = NULL;
+        rc = fi_err(CM_EIO, "fi_mr_reg (receive buffers)", r);
         goto out;
     }
     for (int i = 0; i < RX_BUFS && !rc; i++) {
@@ -989,6 +1020,13 @@ static int peer_link(fab_backend *b, int pid, int which, flink **out) {
         }                                                                                \
     } while (0)
 
+static void *local_desc(fab_backend *b, const cm_xfer_mr *mr) {
+    if (!b->mr_local || !mr) return NULL;
+    for (fmr *m = b->mrs[((uintptr_t)mr >> 4) % MR_BUCKETS]; m; m = m->next)
+        if (m->owner == mr) return fi_mr_desc(m->mr);
+    return NULL;
+}
+
 static uint64_t remote_addr(fab_backend *b, const cm_xfer_mr_desc *d, uint64_t off) {
     return b->virt_addr ? d->addr + off : off;
 }
@@ -998,7 +1036,8 @@ static int post_segment(fab_backend *b, flink *l, ftrack *t, int i, int last) {
     const cm_xfer_seg *s = &op->segs[i];
     struct iovec iov = {(void *)s->src, s->bytes};
     struct fi_rma_iov rma = {remote_addr(b, op->dst, s->dst_off), s->bytes, op->dst->rkeys[0]};
-    struct fi_msg_rma m = {.msg_iov = &iov, .desc = NULL, .iov_count = s->bytes ? 1 : 0, .addr = l->remote,
+    void *desc = local_desc(b, op->src_mr);
+    struct fi_msg_rma m = {.msg_iov = &iov, .desc = desc ? &desc : NULL, .iov_count = s->bytes ? 1 : 0, .addr = l->remote,
                            .rma_iov = &rma, .rma_iov_count = 1, .context = &t->ctx[i].fi, .data = op->imm};
     /* The imm-carrying segment asks for delivery completion: the op then
      * completes once the peer placed it (a refused write comes back as an
@@ -1079,6 +1118,12 @@ static int fab_send(void *state, cm_xfer_op *op) {
         rc = CM_ENOMEM;
         goto out;
     }
+    void *descs[2] = {NULL, local_desc(b, op->src_mr)};
+    if (b->mr_local) {
+        int e = fi_mr_reg(b->domain, t->hdrs, (size_t)n_frags * CM_FABRIC_FRAG_HDR, TXACC, 0, new_key(b), 0, &t->hdr_mr, NULL);
+        if (e) t->hdr_mr = NULL, t->status = fi_err(CM_EIO, "fi_mr_reg (headers)", e);
+        else descs[0] = fi_mr_desc(t->hdr_mr);
+    }
     for (int i = 0; i < n_frags && !t->status && l->state != L_DEAD; i++) {
         uint32_t off = (uint32_t)i * CM_FABRIC_FRAG_BYTES;
         uint32_t len = s->bytes - off < CM_FABRIC_FRAG_BYTES ? s->bytes - off : CM_FABRIC_FRAG_BYTES;
@@ -1087,7 +1132,7 @@ static int fab_send(void *state, cm_xfer_op *op) {
         struct iovec iov[2] = {{h, CM_FABRIC_FRAG_HDR}, {(void *)(s->src + off), len}};
         ssize_t r;
         t->outstanding++;
-        POST_RETRY(l, fi_sendv(l->ep, iov, NULL, len ? 2 : 1, l->remote, &t->ctx[i].fi));
+        POST_RETRY(l, fi_sendv(l->ep, iov, b->mr_local ? descs : NULL, len ? 2 : 1, l->remote, &t->ctx[i].fi));
         if (r) {
             t->outstanding--;
             t->status = l->state == L_DEAD ? CM_EPEER : fi_err(CM_EPEER, "fi_sendv", r);
@@ -1156,12 +1201,7 @@ static int fab_mr_register(void *state, cm_xfer_mr *mr, cm_xfer_mr_desc *desc, v
     unsigned flags = cm_xfer_mr_flags(mr);
     uint64_t access = FI_SEND | FI_RECV | FI_WRITE | FI_READ;
     if (flags & CM_XFER_MR_REMOTE_WRITE) access |= FI_REMOTE_WRITE;
-    uint64_t key = 0;
-    if (!b->prov_key) {
-        randombytes_buf(&key, sizeof key);
-        size_t ks = b->info->domain_attr->mr_key_size;
-        if (ks < 8) key &= ks ? (1ull << (8 * ks)) - 1 : 0;
-    }
+    uint64_t key = new_key(b);
     void *base = cm_xfer_mr_base(mr);
     size_t bytes = cm_xfer_mr_bytes(mr);
     static uint8_t dummy[8];
@@ -1170,6 +1210,12 @@ static int fab_mr_register(void *state, cm_xfer_mr *mr, cm_xfer_mr_desc *desc, v
         free(m);
         return fi_err(CM_EIO, "fi_mr_reg", r);
     }
+    m->owner = mr;
+    pthread_mutex_lock(&b->mu);
+    fmr **bucket = &b->mrs[((uintptr_t)mr >> 4) % MR_BUCKETS];
+    m->next = *bucket;
+    *bucket = m;
+    pthread_mutex_unlock(&b->mu);
     desc->n_rkeys = 1;
     desc->rkeys[0] = fi_mr_key(m->mr);
     desc->addr = b->virt_addr ? (uint64_t)(uintptr_t)(bytes ? base : dummy) : 0;
@@ -1178,10 +1224,16 @@ static int fab_mr_register(void *state, cm_xfer_mr *mr, cm_xfer_mr_desc *desc, v
 }
 
 static void fab_mr_deregister(void *state, cm_xfer_mr *mr, void *mr_state) {
-    (void)state;
-    (void)mr;
+    fab_backend *b = state;
     fmr *m = mr_state;
     if (!m) return;
+    pthread_mutex_lock(&b->mu);
+    for (fmr **pm = &b->mrs[((uintptr_t)mr >> 4) % MR_BUCKETS]; *pm; pm = &(*pm)->next)
+        if (*pm == m) {
+            *pm = m->next;
+            break;
+        }
+    pthread_mutex_unlock(&b->mu);
     if (m->mr) fi_close(&m->mr->fid);
     free(m);
 }
@@ -1208,7 +1260,7 @@ static struct fi_info *make_hints(void) {
     h->caps = FI_MSG | FI_RMA | FI_WRITE | FI_REMOTE_WRITE | FI_SEND | FI_RECV;
     h->mode = FI_CONTEXT | FI_CONTEXT2 | FI_RX_CQ_DATA;
     h->ep_attr->type = FI_EP_RDM;
-    h->domain_attr->mr_mode = FI_MR_VIRT_ADDR | FI_MR_ALLOCATED | FI_MR_PROV_KEY;
+    h->domain_attr->mr_mode = FI_MR_LOCAL | FI_MR_VIRT_ADDR | FI_MR_ALLOCATED | FI_MR_PROV_KEY;
     h->domain_attr->threading = FI_THREAD_SAFE;
     h->tx_attr->msg_order = FI_ORDER_SAS;
     h->rx_attr->msg_order = FI_ORDER_SAS;
@@ -1309,6 +1361,11 @@ static int fab_create(cm_xfer *x, const cm_xfer_config *cfg, void **state) {
     b->have_source = (b->info->caps & FI_SOURCE) != 0;
     b->virt_addr = (b->info->domain_attr->mr_mode & (FI_MR_VIRT_ADDR | FI_MR_BASIC)) != 0;
     b->prov_key = (b->info->domain_attr->mr_mode & (FI_MR_PROV_KEY | FI_MR_BASIC)) != 0;
+    /* CELLM_FABRIC_MR_LOCAL=1 takes the FI_MR_LOCAL path on providers that do
+     * not need it (the tests use it to run that path here). */
+    const char *force_local = getenv("CELLM_FABRIC_MR_LOCAL");
+    b->mr_local = (b->info->domain_attr->mr_mode & (FI_MR_LOCAL | FI_MR_BASIC)) != 0 ||
+                  (force_local && !strcmp(force_local, "1"));
     {
         /* Whether cqs can sleep on a file descriptor (else the progress
          * thread polls every millisecond while links exist). */

@@ -5,7 +5,8 @@
  * multi-fragment messages and a too-small buffer, the wire encodings of the
  * backend, a wrong cell key refused, writes outside a region refused by the
  * provider, and a peer process killed mid-transfer failing the waiting side
- * within a bounded time while the engine keeps working. Skips, saying why,
+ * within a bounded time while the engine keeps working; the data-path tests
+ * run twice, the second time on the FI_MR_LOCAL path. Skips, saying why,
  * when libfabric is not built in or no provider fits. */
 #include <signal.h>
 #include <sodium.h>
@@ -452,5 +453,14 @@ int main(int argc, char **argv) {
     RUN(wrong_key_refused);
     RUN(out_of_bounds_refused);
     RUN(peer_killed_mid_transfer);
+    /* again with local buffers passed with registration descriptors, the
+     * FI_MR_LOCAL path that hardware providers (verbs, EFA) take */
+    if (!getenv("CELLM_FABRIC_MR_LOCAL")) {
+        setenv("CELLM_FABRIC_MR_LOCAL", "1", 1);
+        RUN(write_imm_lands_and_counts);
+        RUN(send_recv_in_order);
+        RUN(out_of_bounds_refused);
+        RUN(peer_killed_mid_transfer);
+    }
     return test_summary();
 }
