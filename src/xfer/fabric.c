@@ -35,6 +35,10 @@
  *              link 0, and the provider must keep sends in order
  *              (FI_ORDER_SAS): a fragment out of sequence fails the peer.
  *
+ *   FI_MR_LOCAL providers get the registration descriptor of every local
+ *   buffer: sources are looked up by region (b->mrs), receive buffers and
+ *   fragment headers are registered by the backend.
+ *
  * Security
  *   Endpoint addresses are only learnt through the authenticated side
  *   channel. Regions get FI_REMOTE_WRITE only when registered with
