@@ -32,6 +32,7 @@
 #if defined(__has_include)
 #if defined(CM_HAVE_X86) && __has_include("kernels/x86/x86.c")
 #define CM_CALL_X86 1
+#include "kernels/x86/x86.h"
 #endif
 #if defined(CM_HAVE_ARM) && __has_include("kernels/arm/arm.c")
 #define CM_CALL_ARM 1
@@ -146,6 +147,7 @@ size_t cm_matmul_scratch_bytes(int w_type, int64_t n_cols, int64_t n_tokens) {
 
 typedef struct matmul_job {
     cm_pool *pool;
+    int w_type;
     const cm_type_traits *wt; /* weight type */
     const cm_type_traits *vt; /* its vec_dot type */
     const uint8_t *w;         /* n_rows x n_cols in wt, rows w_row_bytes apart */
@@ -176,6 +178,13 @@ static void matmul_worker(void *arg, int ith, int nth) {
     }
     long r0, r1;
     cm_split_range((long)job->n_rows, ith, nth, &r0, &r1);
+#ifdef CM_CALL_X86
+    /* Many tokens at once: the blocked kernel reuses each repacked panel of
+     * weight rows for every token (it declines shapes it does not handle). */
+    if (job->scratch && cm_gemm_x86(job->w_type, job->w, job->w_row_bytes, r0, r1, job->n_cols, job->act,
+                                    job->act_row_bytes, job->n_tokens, job->y, job->n_rows))
+        return;
+#endif
     const int n = (int)job->n_cols;
     for (long rb = r0; rb < r1; rb += ROW_BLOCK) {
         const long re = rb + ROW_BLOCK < r1 ? rb + ROW_BLOCK : r1;
@@ -196,6 +205,7 @@ void cm_matmul(cm_pool *pool, int w_type, const void *w, size_t w_row_bytes, int
     if (n_rows <= 0 || n_tokens <= 0) return;
     matmul_job job = {
         .pool = pool,
+        .w_type = w_type,
         .wt = wt,
         .vt = cm_type_traits_get(wt->vec_dot_type),
         .w = w,
