@@ -58,6 +58,7 @@
 #pragma weak cm_gemm_act_info_avx512
 #pragma weak cm_gemm_q8_0_avx512
 #pragma weak cm_gemm_x86_applies
+#pragma weak cm_gemm_x86_min_tokens
 #pragma weak cm_gemm_x86
 #endif
 #if defined(__aarch64__)
@@ -348,17 +349,21 @@ TEST(gemm_hook_matches_reference) {
     if (!cm_gemm_x86_applies || !cm_gemm_x86_applies(CM_TYPE_Q4_0, 8))
         TEST_SKIP("no blocked kernel for this CPU, build or CELLM_KERNELS");
     CHECK(!cm_gemm_x86_applies(CM_TYPE_Q4_0, 1));
-    CHECK(!cm_gemm_x86_applies(CM_TYPE_Q5_K, 8));
+    CHECK(!cm_gemm_x86_applies(CM_TYPE_Q5_K, 1000));
+    CHECK(!cm_gemm_x86_applies(CM_TYPE_Q6_K, cm_gemm_x86_min_tokens(CM_TYPE_Q6_K) - 1));
     cm_rng r;
     cm_rng_init(&r, 11);
-    const int n_rows = 37, n_tok = 11;
+    const int n_rows = 37, n_tok_max = 64 + 3;
     const int types[] = {CM_TYPE_Q4_0, CM_TYPE_Q8_0, CM_TYPE_Q4_K, CM_TYPE_Q6_K};
     const int n = 512; /* two q4_K super-blocks, sixteen 32-wide blocks */
     float *xf = malloc(n * sizeof(float)), *fw = malloc(n * sizeof(float)), *fa = malloc(n * sizeof(float));
-    float *y = malloc((size_t)n_tok * n_rows * sizeof(float));
-    uint8_t *w = malloc((size_t)n_rows * n * 2), *a = malloc((size_t)n_tok * n * 2);
+    float *y = malloc((size_t)n_tok_max * n_rows * sizeof(float));
+    uint8_t *w = malloc((size_t)n_rows * n * 2), *a = malloc((size_t)n_tok_max * n * 2);
     for (int ti = 0; ti < 4; ti++) {
         const cm_type_traits *t = cm_type_traits_ref(types[ti]), *at = cm_type_traits_ref(t->vec_dot_type);
+        /* a partial tile of 8 at the end, and at least the type's minimum */
+        const int n_tok = (cm_gemm_x86_min_tokens(types[ti]) > 8 ? cm_gemm_x86_min_tokens(types[ti]) : 8) + 3;
+        CHECK(n_tok <= n_tok_max);
         const size_t wrb = (size_t)(n / t->block_elems) * t->block_bytes;
         const size_t arb = (size_t)(n / at->block_elems) * at->block_bytes;
         for (int k = 0; k < n_rows; k++) make_weights(&r, types[ti], n, w + k * wrb, xf, k & 1);

@@ -132,10 +132,23 @@ static void *grow(void **p, size_t *have, size_t need) {
     return q;
 }
 
+/* Packing a panel costs about as much as a few tokens' worth of dots, more
+ * for q6_K (packed element by element), so below these token counts the
+ * per-row dots are faster (bench_kernels, 2048 x 2048, one thread: q4_0
+ * gains from 4 tokens, q4_K from 8, q6_K only past about 32). */
+int cm_gemm_x86_min_tokens(int w_type) {
+    switch (w_type) {
+    case CM_TYPE_Q4_0:
+    case CM_TYPE_Q8_0: return 4;
+    case CM_TYPE_Q4_K: return 8;
+    case CM_TYPE_Q6_K: return 48;
+    default: return 0;
+    }
+}
+
 bool cm_gemm_x86_applies(int w_type, int64_t n_tokens) {
-    return chosen && !strcmp(chosen, "avx512-vnni") &&
-           (w_type == CM_TYPE_Q4_0 || w_type == CM_TYPE_Q8_0 || w_type == CM_TYPE_Q4_K || w_type == CM_TYPE_Q6_K) &&
-           n_tokens >= 2;
+    const int min = cm_gemm_x86_min_tokens(w_type);
+    return chosen && !strcmp(chosen, "avx512-vnni") && min > 0 && n_tokens >= min;
 }
 
 bool cm_gemm_x86(int w_type, const void *w, size_t w_row_bytes, int64_t r0, int64_t r1, int64_t n_cols,

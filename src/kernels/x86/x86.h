@@ -89,8 +89,10 @@ void cm_gemm_q6_K_avx512(const void *panel, int n_rows, int64_t n_cols, const vo
  * the blocked kernel, from activations already quantized to q8_0 (`act`,
  * rows act_row_bytes apart); y[t * y_row_stride + r]. Returns false, doing
  * nothing, when no blocked kernel applies (type, CPU, CELLM_KERNELS cap,
- * fewer than 2 tokens) or a per-thread buffer cannot grow; the caller then
- * uses vec_dot. Callable from every pool thread at once. */
+ * fewer tokens than cm_gemm_x86_min_tokens, below which the per-row dots
+ * are faster) or a per-thread buffer cannot grow; the caller then uses
+ * vec_dot. Callable from every pool thread at once. */
+int cm_gemm_x86_min_tokens(int w_type); /* 0: no blocked kernel for the type */
 bool cm_gemm_x86_applies(int w_type, int64_t n_tokens);
 bool cm_gemm_x86(int w_type, const void *w, size_t w_row_bytes, int64_t r0, int64_t r1, int64_t n_cols,
                  const void *act, size_t act_row_bytes, int64_t n_tokens, float *y, int64_t y_row_stride);
