@@ -1067,7 +1067,7 @@ static int post_last_segment(fab_backend *b, flink *l, ftrack *t) {
 static int fab_write(void *state, cm_xfer_op *op) {
     fab_backend *b = state;
     pthread_mutex_lock(&b->mu);
-    flink *l;
+    flink *l = NULL;
     int rc = peer_link(b, op->peer, -1, &l);
     if (rc) goto out;
     if (op->dst->n_rkeys < 1) {
@@ -1108,7 +1108,7 @@ out:
 static int fab_send(void *state, cm_xfer_op *op) {
     fab_backend *b = state;
     pthread_mutex_lock(&b->mu);
-    flink *l;
+    flink *l = NULL;
     int rc = peer_link(b, op->peer, 0, &l);
     if (rc) goto out;
     const cm_xfer_seg *s = &op->segs[0];
