@@ -610,18 +610,20 @@ void cm_vec_dot_q6_K_q8_K_ref(int n, float *s, const void *vx, const void *vy) {
  * into vector code; ties (measure zero) may round differently from
  * nearest(), which only moves which candidate wins, not correctness. */
 
-/* Candidate steps are range / (nmax + k / steps) for |k| <= steps: the
- * search spans one quantization level either side; steps is chosen per
- * format (below), fewer where levels are fine and rounding matters less. */
-#define FIT_POLISH 2
-#define LANES 8
-/* candidates per side, the fewest that kept each format's error at or
- * below that of a 21-candidate search on N(0,1) data */
+/* Candidate steps are range / (nmax + k/steps) for |k| <= steps: the
+ * search spans one quantization level either side of the min/max step.
+ * steps per format is the fewest that kept its error (with the refit of the
+ * last stage) at or below that of a 21-candidate search on N(0,1) data. */
 #define STEPS_Q2_K 3
 #define STEPS_Q3_K 3
 #define STEPS_Q4_K 2
 #define STEPS_Q5_K 2
 #define STEPS_Q6_K 3
+/* rounds of "round against the fit, refit" after the search */
+#define FIT_POLISH 2
+/* independent partial sums per loop: sub-block lengths are multiples of
+ * it, and the loops vectorize without reassociating float additions */
+#define LANES 8
 
 static inline float lane_sum(const float v[LANES]) {
     return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]));

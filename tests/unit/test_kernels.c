@@ -523,6 +523,55 @@ TEST(roundtrip_error_bounds) {
     free(q);
 }
 
+/* The K quantizers on inputs unlike N(0,1): heavy tails (the product of two
+ * normals, whose outliers stretch a sub-block's range as real weights'
+ * do), and non-finite or extreme values, which must neither crash nor
+ * disturb the blocks around them (every block is quantized on its own). */
+static double heavy_tail_bound(int type) {
+    switch (type) { /* measured values noted; about 20% room */
+    case CM_TYPE_Q2_K: return 0.36;  /* 0.297 */
+    case CM_TYPE_Q3_K: return 0.205; /* 0.171 */
+    case CM_TYPE_Q4_K: return 0.108; /* 0.0901 */
+    case CM_TYPE_Q5_K: return 0.055; /* 0.0451 */
+    case CM_TYPE_Q6_K: return 0.028; /* 0.0233 */
+    }
+    return 0;
+}
+
+TEST(k_quantizers_odd_inputs) {
+    static const int k_types[] = {CM_TYPE_Q2_K, CM_TYPE_Q3_K, CM_TYPE_Q4_K, CM_TYPE_Q5_K, CM_TYPE_Q6_K};
+    cm_rng r;
+    cm_rng_init(&r, 5);
+    const int64_t n = 256 * 16;
+    float *x = xmalloc(n * sizeof(float)), *y = xmalloc(n * sizeof(float));
+    void *q = xmalloc((size_t)n * 4);
+    for (int ti = 0; ti < 5; ti++) {
+        const cm_type_traits *t = cm_type_traits_ref(k_types[ti]);
+        for (int64_t i = 0; i < n; i++) x[i] = cm_rng_normal(&r) * fabsf(cm_rng_normal(&r));
+        t->from_float(x, q, n);
+        t->to_float(q, y, n);
+        double e = rel_rms(y, x, n);
+        fprintf(stderr, "     heavy tail %-5s rel rms %.5f (bound %.5f)\n", t->name, e, heavy_tail_bound(k_types[ti]));
+        CHECK_MSG(e <= heavy_tail_bound(k_types[ti]), "%s heavy tail: %.5f", t->name, e);
+        /* block 1: NaN and infinities among normals; block 2: one value
+         * far beyond the rest; block 3: all equal and negative */
+        fill_normal(&r, x, 1024, 1.0f);
+        x[256 + 3] = NAN, x[256 + 100] = INFINITY, x[256 + 200] = -INFINITY;
+        x[512 + 17] = 3e4f;
+        for (int i = 768; i < 1024; i++) x[i] = -0.75f;
+        t->from_float(x, q, 1024);
+        t->to_float(q, y, 1024);
+        double e0 = rel_rms(y, x, 256), e3 = rel_rms(y + 768, x + 768, 256);
+        int near_outlier = fabsf(y[512 + 17] - 3e4f) <= 0.1f * 3e4f;
+        CHECK_MSG(e0 <= 1.5 * roundtrip_bound(k_types[ti]), "%s: block next to a NaN block: %.5f", t->name, e0);
+        CHECK_MSG(near_outlier, "%s: outlier 3e4 decodes to %g", t->name, y[512 + 17]);
+        CHECK_MSG(e3 <= roundtrip_bound(k_types[ti]), "%s: constant -0.75 block: %.5f", t->name, e3);
+    }
+    free(x);
+    free(y);
+    free(q);
+}
+
 /* ---- 3. vec_dot against the dot of dequantized operands ---- */
 
 static double dot_tolerance(int type) {
@@ -705,6 +754,7 @@ int main(void) {
     RUN(quantize_matches_ggml_32wide);
     RUN(quantize_q8_K_matches_ggml);
     RUN(roundtrip_error_bounds);
+    RUN(k_quantizers_odd_inputs);
     RUN(vec_dot_matches_dequantized_dot);
     RUN(matmul_matches_naive_loop);
     RUN(dispatched_equals_reference);
