@@ -288,14 +288,20 @@ void cm_gemm_pack_q6_K_avx512(const void *w, size_t w_row_bytes, int n_rows, int
                 const cm_block_q6_K *b = (const cm_block_q6_K *)((const uint8_t *)w + (size_t)r * w_row_bytes) + i;
                 dr = _cvtsh_ss(b->d);
                 memcpy(s8, b->scales, 16);
+                const __m256i m4 = _mm256_set1_epi8(0x0f), m3 = _mm256_set1_epi8(3);
                 for (int h = 0; h < 2; h++) {
-                    const uint8_t *ql = b->ql + 64 * h, *qh = b->qh + 32 * h;
-                    uint8_t *v = vals + 128 * h;
-                    for (int l = 0; l < 32; l++) {
-                        v[l] = (uint8_t)((ql[l] & 0x0f) | ((qh[l] & 3) << 4));
-                        v[l + 32] = (uint8_t)((ql[l + 32] & 0x0f) | (((qh[l] >> 2) & 3) << 4));
-                        v[l + 64] = (uint8_t)((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4));
-                        v[l + 96] = (uint8_t)((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4));
+                    /* elements 32k..32k+31 of the half: low (k < 2) or high
+                     * nibbles of ql[32(k&1)..], with qh bit pair k on top */
+                    const __m256i l0 = _mm256_loadu_si256((const __m256i *)(b->ql + 64 * h));
+                    const __m256i l1 = _mm256_loadu_si256((const __m256i *)(b->ql + 64 * h + 32));
+                    const __m256i qh = _mm256_loadu_si256((const __m256i *)(b->qh + 32 * h));
+                    const __m256i lo[4] = {_mm256_and_si256(l0, m4), _mm256_and_si256(l1, m4),
+                                           _mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
+                                           _mm256_and_si256(_mm256_srli_epi16(l1, 4), m4)};
+                    for (int k = 0; k < 4; k++) {
+                        const __m256i hb = _mm256_and_si256(_mm256_srli_epi16(qh, 2 * k), m3);
+                        _mm256_storeu_si256((__m256i *)(vals + 128 * h + 32 * k),
+                                            _mm256_or_si256(lo[k], _mm256_slli_epi16(hb, 4)));
                     }
                 }
             } else {

@@ -9,7 +9,8 @@
  *   avx512-vnni   the above + AVX-512 F/BW/VL/DQ + VNNI
  * CELLM_KERNELS=avx2 caps the choice at AVX2 (so the AVX2 kernels can be
  * tested on an AVX-512 machine); CELLM_KERNELS=ref is handled by the
- * dispatcher before this runs. A kernel replaces an entry only when the
+ * dispatcher before this runs. CELLM_GEMM=off keeps cm_matmul on the
+ * per-row dots (to measure what the blocked kernel gains). A kernel replaces an entry only when the
  * entry's vec_dot_type is the activation type the kernel was written for. */
 #include <cpuid.h>
 #include <stdbool.h>
@@ -22,6 +23,7 @@
 #include "kernels/x86/x86.h"
 
 static const char *chosen;
+static bool gemm_off; /* CELLM_GEMM=off: per-row dots only, for comparison */
 
 const char *cm_kernels_x86_name(void) { return chosen; }
 
@@ -104,6 +106,8 @@ static void register_avx512(cm_type_traits *t, int n) {
 
 void cm_kernels_register_x86(cm_type_traits *table, int n_types) {
     const char *want = getenv("CELLM_KERNELS");
+    const char *gemm = getenv("CELLM_GEMM");
+    gemm_off = gemm && !strcmp(gemm, "off");
     int cap_avx2 = want && !strcmp(want, "avx2");
     if (want && *want && !cap_avx2 && strcmp(want, "ref") && strcmp(want, "auto") && strcmp(want, "avx512-vnni"))
         CM_LOGW("CELLM_KERNELS=%s is not one of ref, avx2, avx512-vnni, auto: choosing from the CPU", want);
@@ -132,23 +136,24 @@ static void *grow(void **p, size_t *have, size_t need) {
     return q;
 }
 
-/* Packing a panel costs about as much as a few tokens' worth of dots, more
- * for q6_K (packed element by element), so below these token counts the
- * per-row dots are faster (bench_kernels, 2048 x 2048, one thread: q4_0
- * gains from 4 tokens, q4_K from 8, q6_K only past about 32). */
+/* Packing a panel costs about as much as a few tokens' worth of dots, so
+ * below these token counts the per-row dots are as fast or faster
+ * (bench_kernels -t 1 --cpu-time --hot -n 2048, CELLM_GEMM=off against on:
+ * q4_0 even at 4 tokens and 3-4x at 16; q4_K ahead from 8; q6_K, whose
+ * products need a VPMULLD per 16 weights, ahead from 16). */
 int cm_gemm_x86_min_tokens(int w_type) {
     switch (w_type) {
     case CM_TYPE_Q4_0:
     case CM_TYPE_Q8_0: return 4;
     case CM_TYPE_Q4_K: return 8;
-    case CM_TYPE_Q6_K: return 48;
+    case CM_TYPE_Q6_K: return 16;
     default: return 0;
     }
 }
 
 bool cm_gemm_x86_applies(int w_type, int64_t n_tokens) {
     const int min = cm_gemm_x86_min_tokens(w_type);
-    return chosen && !strcmp(chosen, "avx512-vnni") && min > 0 && n_tokens >= min;
+    return chosen && !gemm_off && !strcmp(chosen, "avx512-vnni") && min > 0 && n_tokens >= min;
 }
 
 bool cm_gemm_x86(int w_type, const void *w, size_t w_row_bytes, int64_t r0, int64_t r1, int64_t n_cols,
