@@ -16,8 +16,9 @@
  * On AVX-512 VNNI machines, q4_0, q8_0, q4_K and q6_K also get a "gemm"
  * line: the blocked kernel (cm_gemm_x86) on the same T tokens
  * (quantization, packing and all).
- * The kernels are whatever cm_kernels_init picks; CELLM_KERNELS=ref (or
- * avx2) in the environment selects others, so
+ * The kernels are whatever cm_kernels_init picks (cm_matmul itself takes
+ * the blocked path for enough tokens; CELLM_GEMM=off keeps it on the dots);
+ * CELLM_KERNELS=ref (or avx2) in the environment selects others, so
  *   CELLM_KERNELS=ref bench_kernels ; bench_kernels
  * compares the reference with the SIMD path. */
 #include <stdio.h>
