@@ -623,10 +623,10 @@ void cm_vec_dot_q6_K_q8_K_ref(int n, float *s, const void *vx, const void *vy) {
 #define FIT_POLISH 2
 /* independent partial sums per loop: sub-block lengths are multiples of
  * it, and the loops vectorize without reassociating float additions */
-#define LANES 8
+#define LANES 4
 
 static inline float lane_sum(const float v[LANES]) {
-    return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]));
+    return (v[0] + v[1]) + (v[2] + v[3]);
 }
 
 /* What the asymmetric fit needs of a sub-block besides L: its length, the
