@@ -964,6 +964,28 @@ void cm_xfer_core_recv_end(cm_xfer *x, void *token, int peer, int status, size_t
 int cm_xfer_core_recv_unexpected(cm_xfer *x, int peer, uint8_t *msg, size_t bytes) {
     pthread_mutex_lock(&x->mu);
     core_peer *p = &x->peers[peer];
+    /* The backend's recv_begin found no recv, but the lock was dropped since:
+     * a recv posted in between is already queued and would never look at the
+     * unexpected list again, so deliver to it here. Only when nothing from
+     * this peer is buffered ahead of this message, to keep order. */
+    int queued = 0;
+    for (unexpected_msg *u = x->unexp; u && !queued; u = u->next) queued = u->peer == peer;
+    for (posted_recv **pr = &x->recvs; !queued && *pr; pr = &(*pr)->next) {
+        posted_recv *r = *pr;
+        if (r->peer != CM_XFER_ANY_PEER && r->peer != peer) continue;
+        *pr = r->next;
+        if (x->recvs_tail == &r->next) x->recvs_tail = pr;
+        cm_xfer_completion c = {r->user_data, CM_OK, CM_XFER_OP_RECV, peer, bytes};
+        if (bytes > r->cap)
+            c.status = CM_ERANGE, c.bytes = 0;
+        else if (bytes)
+            memcpy(r->dst, msg, bytes);
+        cq_push_locked(r->cq, &c);
+        pthread_mutex_unlock(&x->mu);
+        free(msg);
+        free(r);
+        return CM_OK;
+    }
     if (p->unexpected_bytes + bytes > x->cfg.max_unexpected_bytes) {
         pthread_mutex_unlock(&x->mu);
         return cm_errorf(CM_EFULL, "peer sent %zu bytes of messages nobody posted a recv for (limit %zu)",

@@ -203,6 +203,56 @@ out:
     cm_xfer_destroy(a);
 }
 
+/* The race a backend meets: recv_begin says no recv is posted (CM_EAGAIN),
+ * the application posts one, then the backend hands the message over as
+ * unexpected. It must reach the waiting recv, not sit beside it. Driven
+ * through the backend interface directly so the interleaving is exact. */
+TEST(recv_posted_between_begin_and_unexpected) {
+    cm_xfer *a = engine(NULL, "a", NULL, 0);
+    if (!a) {
+        CHECK(0);
+        return;
+    }
+    static uint8_t buf[16];
+    cm_xfer_mr *mr;
+    cm_xfer_cq *cq;
+    CHECK_OK(cm_xfer_mr_register(a, buf, sizeof buf, 0, &mr));
+    CHECK_OK(cm_xfer_cq_create(a, &cq));
+    const int peer = 0;
+    uint8_t *dst;
+    size_t cap;
+    void *token;
+    cm_xfer_completion c;
+    /* fits: delivered into the posted buffer */
+    CHECK(cm_xfer_core_recv_begin(a, peer, &dst, &cap, &token) == CM_EAGAIN);
+    CHECK_OK(cm_xfer_recv_post(a, CM_XFER_ANY_PEER, mr, 0, 8, cq, 77));
+    uint8_t *msg = malloc(5);
+    memcpy(msg, "hello", 5);
+    CHECK_OK(cm_xfer_core_recv_unexpected(a, peer, msg, 5));
+    CHECK(cm_xfer_cq_poll(cq, &c, 1, 2000) == 1);
+    CHECK(c.user_data == 77 && c.status == CM_OK && c.bytes == 5 && c.peer == peer);
+    CHECK(memcmp(buf, "hello", 5) == 0);
+    /* too large for the posted buffer: that recv completes with CM_ERANGE */
+    CHECK(cm_xfer_core_recv_begin(a, peer, &dst, &cap, &token) == CM_EAGAIN);
+    CHECK_OK(cm_xfer_recv_post(a, CM_XFER_ANY_PEER, mr, 8, 2, cq, 78));
+    msg = malloc(4);
+    memcpy(msg, "abcd", 4);
+    CHECK_OK(cm_xfer_core_recv_unexpected(a, peer, msg, 4));
+    CHECK(cm_xfer_cq_poll(cq, &c, 1, 2000) == 1);
+    CHECK(c.user_data == 78 && c.status == CM_ERANGE && c.bytes == 0);
+    /* no recv posted: the message is buffered for the next recv_post */
+    msg = malloc(3);
+    memcpy(msg, "xyz", 3);
+    CHECK_OK(cm_xfer_core_recv_unexpected(a, peer, msg, 3));
+    CHECK(cm_xfer_cq_poll(cq, &c, 1, 50) == 0);
+    CHECK_OK(cm_xfer_recv_post(a, CM_XFER_ANY_PEER, mr, 8, 8, cq, 79));
+    CHECK(cm_xfer_cq_poll(cq, &c, 1, 2000) == 1);
+    CHECK(c.user_data == 79 && c.status == CM_OK && c.bytes == 3 && memcmp(buf + 8, "xyz", 3) == 0);
+    cm_xfer_cq_destroy(a, cq);
+    cm_xfer_mr_deregister(a, mr);
+    cm_xfer_destroy(a);
+}
+
 struct writer_arg {
     cm_xfer *x;
     int peer;
@@ -659,6 +709,7 @@ int main(void) {
     RUN(key_text);
     RUN(write_imm_and_counters);
     RUN(send_recv_order);
+    RUN(recv_posted_between_begin_and_unexpected);
     RUN(concurrent_writers_and_striping);
     RUN(wrong_key_refused);
     RUN(hostile_frames);
