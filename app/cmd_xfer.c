@@ -383,14 +383,16 @@ static int run_server(const bench_opts *o) {
 
 /* ---- client ---- */
 
-static void emit_write(const bench_opts *o, int n_links, size_t size, int k, double *g, int n) {
+/* "backend" is the one running (the engine may have fallen back to tcp, e.g.
+ * verbs with no RDMA device); "requested" is what --backend asked for. */
+static void emit_write(const bench_opts *o, const char *running, int n_links, size_t size, int k, double *g, int n) {
     double lo = g[0], hi = g[0];
     for (int i = 1; i < n; i++) lo = g[i] < lo ? g[i] : lo, hi = g[i] > hi ? g[i] : hi;
     double med = median(g, n);
     if (o->json)
-        printf("{\"mode\":\"write\",\"backend\":\"%s\",\"links\":%d,\"size_bytes\":%zu,\"writes\":%d,\"reps\":%d,"
+        printf("{\"mode\":\"write\",\"backend\":\"%s\",\"requested\":\"%s\",\"links\":%d,\"size_bytes\":%zu,\"writes\":%d,\"reps\":%d,"
                "\"gbit_s\":%.3f,\"gbit_s_min\":%.3f,\"gbit_s_max\":%.3f}\n",
-               o->backend ? o->backend : "tcp", n_links, size, k, n, med, lo, hi);
+               running, o->backend ? o->backend : "tcp", n_links, size, k, n, med, lo, hi);
     else
         printf("write %10zu B  x%-5d  %8.2f Gbit/s  (min %.2f, max %.2f, %d reps)\n", size, k, med, lo, hi, n);
     fflush(stdout);
@@ -490,7 +492,7 @@ static int run_client(const bench_opts *o) {
             double s = (double)(cm_now_ns() - t0) / 1e9;
             if (rep >= 0) g[n++] = (double)k * (double)size * 8 / s / 1e9;
         }
-        emit_write(o, n_addrs, size, (int)k, g, n);
+        emit_write(o, cm_xfer_backend_name(x), n_addrs, size, (int)k, g, n);
     }
 
     /* round trip */
@@ -513,9 +515,9 @@ static int run_client(const bench_opts *o) {
         }
         double med = median(us, n), p99 = us[(int)(0.99 * (n - 1))];
         if (o->json)
-            printf("{\"mode\":\"rtt\",\"backend\":\"%s\",\"links\":%d,\"size_bytes\":8,\"iters\":%d,\"rtt_us\":%.2f,"
+            printf("{\"mode\":\"rtt\",\"backend\":\"%s\",\"requested\":\"%s\",\"links\":%d,\"size_bytes\":8,\"iters\":%d,\"rtt_us\":%.2f,"
                    "\"rtt_us_p99\":%.2f}\n",
-                   o->backend ? o->backend : "tcp", n_addrs, n, med, p99);
+                   cm_xfer_backend_name(x), o->backend ? o->backend : "tcp", n_addrs, n, med, p99);
         else
             printf("rtt   %10d B  x%-5d  %8.1f us median  (p99 %.1f us)\n", 8, n, med, p99);
         fflush(stdout);

@@ -84,5 +84,13 @@ ip netns exec "$B" "$BIN" xfer-bench --peer 10.77.2.1:7700 --key-file "$TMP/key"
 rc=$?
 check '[ $rc = 0 ] && sane "$TMP/again.json" 1 0' "server still serves after a refused peer"
 
+# --backend verbs with no data path here falls back to tcp: the JSON names
+# the backend that ran and the one asked for
+ip netns exec "$B" "$BIN" xfer-bench --peer 10.77.1.1:7700 --key-file "$TMP/key" --backend verbs --sizes 4K \
+    --iters 1 --rtt-iters 10 --json > "$TMP/verbs.json" 2> "$TMP/verbs.err"
+rc=$?
+check '[ $rc = 0 ] && sane "$TMP/verbs.json" 1 0 && [ $(grep -c "\"backend\":\"tcp\",\"requested\":\"verbs\"" "$TMP/verbs.json") = 2 ]' \
+    "verbs falls back to tcp and the JSON says so"
+
 [ $fail = 0 ] && echo "xfer netns: all checks passed"
 exit $fail
