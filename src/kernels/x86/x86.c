@@ -15,6 +15,7 @@
 #include <cpuid.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -127,8 +128,24 @@ void cm_kernels_register_x86(cm_type_traits *table, int n_types) {
 static _Thread_local void *tl_panel, *tl_sums;
 static _Thread_local size_t tl_panel_bytes, tl_sums_bytes;
 
+/* Frees a thread's buffers when it exits (pool threads end with their pool). */
+static pthread_key_t tl_key;
+static pthread_once_t tl_once = PTHREAD_ONCE_INIT;
+
+static void tl_free(void *unused) {
+    (void)unused;
+    free(tl_panel);
+    free(tl_sums);
+    tl_panel = tl_sums = NULL;
+    tl_panel_bytes = tl_sums_bytes = 0;
+}
+
+static void tl_make_key(void) { pthread_key_create(&tl_key, tl_free); }
+
 static void *grow(void **p, size_t *have, size_t need) {
     if (need <= *have) return *p;
+    pthread_once(&tl_once, tl_make_key);
+    pthread_setspecific(tl_key, (void *)1); /* non-NULL: the destructor runs */
     void *q = realloc(*p, need);
     if (!q) return NULL;
     *p = q;
