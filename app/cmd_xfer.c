@@ -138,8 +138,10 @@ static char g_msg_buf[128];
 static cm_xfer_mr *g_msg_mr;
 static cm_xfer_cq *g_msg_cq;
 
+/* Call after cm_xfer_destroy: a cq may be freed only when nothing can still
+ * report to it, and a send that timed out might (xfer.h). The region goes
+ * with the engine. */
 static void msg_close(cm_xfer *x) {
-    if (g_msg_mr) cm_xfer_mr_deregister(x, g_msg_mr);
     if (g_msg_cq) cm_xfer_cq_destroy(x, g_msg_cq);
     g_msg_mr = NULL;
     g_msg_cq = NULL;
@@ -271,9 +273,10 @@ static int make_engine(const bench_opts *o, const char *listen, cm_xfer **x) {
     return cm_xfer_create(&cfg, x);
 }
 
-static int serve_session(cm_xfer *x, int peer) {
-    cm_xfer_cq *cq;
-    cm_xfer_cq_create(x, &cq);
+/* `cq` lives as long as the engine: ops of this session (the last ACK write,
+ * a recv failed when the peer left) may complete after the session ended,
+ * so completions are matched to the session by user_data `sid`. */
+static int serve_session(cm_xfer *x, int peer, cm_xfer_cq *cq, uint64_t sid) {
     static char cmd[CM_XFER_MR_DESC_WIRE_BYTES + 64];
     cm_xfer_mr *mcmd, *mregion = NULL, *mecho;
     uint8_t *region = NULL;
@@ -284,11 +287,11 @@ static int serve_session(cm_xfer *x, int peer) {
     int rc = CM_OK;
     for (;;) {
         memset(cmd, 0, sizeof cmd);
-        rc = cm_xfer_recv_post(x, peer, mcmd, 0, sizeof cmd - 1, cq, 0);
+        rc = cm_xfer_recv_post(x, peer, mcmd, 0, sizeof cmd - 1, cq, sid);
         cm_xfer_completion c;
         while (!rc) {
             int k = cm_xfer_cq_poll(cq, &c, 1, 1000);
-            if (k == 1 && c.kind == CM_XFER_OP_RECV) break;
+            if (k == 1 && c.kind == CM_XFER_OP_RECV && c.user_data == sid) break;
             if (k < 0) rc = k;
             if (!rc && cm_xfer_peer_status(x, peer) != CM_OK) rc = CM_EPEER;
         }
@@ -340,7 +343,6 @@ static int serve_session(cm_xfer *x, int peer) {
     free(region);
     cm_xfer_mr_deregister(x, mcmd);
     cm_xfer_mr_deregister(x, mecho);
-    cm_xfer_cq_destroy(x, cq);
     return rc;
 }
 
@@ -367,17 +369,24 @@ static int run_server(const bench_opts *o) {
     }
     printf("listening on %s (backend %s; raw baseline on port %d)\n", la, cm_xfer_backend_name(x), rport + 1);
     fflush(stdout);
-    for (;;) {
+    cm_xfer_cq *cq = NULL;
+    if ((rc = cm_xfer_cq_create(x, &cq))) {
+        fprintf(stderr, "cellm xfer-bench: %s\n", cm_last_error(rc));
+        cm_xfer_destroy(x);
+        return 1;
+    }
+    for (uint64_t sid = 1;; sid++) {
         cm_xfer_event ev;
         if (cm_xfer_event_next(x, &ev, -1)) break;
         if (ev.type != CM_XFER_EV_PEER_UP) continue;
-        rc = serve_session(x, ev.peer);
+        rc = serve_session(x, ev.peer, cq, sid);
         if (rc && rc != CM_EPEER)
             fprintf(stderr, "cellm xfer-bench: session with %s ended: %s\n", cm_xfer_peer_name(x, ev.peer),
                     cm_last_error(rc));
         if (o->once) break;
     }
     cm_xfer_destroy(x);
+    cm_xfer_cq_destroy(x, cq); /* after the engine: see serve_session */
     return 0;
 }
 
@@ -599,18 +608,20 @@ static int run_client(const bench_opts *o) {
         if (rc) goto fail;
     }
     msg_send(x, peer, "BYE"); /* after the baseline: a --once server stays up for it */
+    /* cqs after the engine: the completion of the last ping's write may not
+     * have been reported yet (the ACK can overtake it on another socket) */
+    cm_xfer_destroy(x);
     msg_close(x);
     cm_xfer_cq_destroy(x, cq);
-    cm_xfer_destroy(x);
     free(src);
     free(list);
     return 0;
 fail:
     fprintf(stderr, "cellm xfer-bench: %s\n", cm_last_error(rc));
     if (x) {
+        cm_xfer_destroy(x);
         msg_close(x);
         if (cq) cm_xfer_cq_destroy(x, cq);
-        cm_xfer_destroy(x);
     }
     free(src);
     free(list);
