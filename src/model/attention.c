@@ -34,6 +34,10 @@ static void att_worker(void *arg, int ith, int nth) {
     const int n_kv = c->n_kv, n_q = c->n_q;
     const float scale = 1.0f / sqrtf((float)hd);
     const cm_to_float_fn f16_to_f32 = cm_type_traits_get(CM_TYPE_F16)->to_float;
+    /* the SIMD f32 dot: a plain summation loop is not vectorized by the
+     * compiler (it may not reorder float additions), and scores are the
+     * largest part of attention at long context */
+    const cm_vec_dot_fn dot_f32 = cm_type_traits_get(CM_TYPE_F32)->vec_dot;
     /* per-thread: K and V tiles in f32, then per query head of the group its
      * scores, running output, query, running max and sum */
     float *kt = c->att_scratch + (size_t)ith * (size_t)c->att_scratch_stride;
@@ -71,9 +75,8 @@ static void att_worker(void *arg, int ith, int nth) {
                 float *sg = scores + (size_t)g * CM_ATT_TILE, *ag = acc + (size_t)g * hd;
                 float tmax = -INFINITY;
                 for (int i = 0; i < n; i++) {
-                    const float *kr = kt + (size_t)i * hd;
-                    float s = 0.0f;
-                    for (int d = 0; d < hd; d++) s += qg[d] * kr[d];
+                    float s;
+                    dot_f32(hd, &s, kt + (size_t)i * hd, qg);
                     sg[i] = s;
                     tmax = s > tmax ? s : tmax;
                 }
