@@ -220,13 +220,15 @@ static void ew(cm_ctx *c, const cm_batch *b, const cm_layer *L, int il, int phas
     cm_pool_run(c->pool, ew_worker, &j);
 }
 
+/* The FFN's residual add (x += xo) is left to the next layer's first step,
+ * fused with its norm, and after the last layer to the caller: one pool run
+ * fewer per layer, which counts at one token per decode step. */
 static void layer_forward(cm_ctx *c, int il, const cm_batch *b) {
     const cm_hparams *hp = &c->model->hp;
     const cm_layer *L = &c->model->layers[il];
     const int n = b->n_tokens;
-    const size_t n_x = (size_t)n * (size_t)hp->n_embd;
 
-    ew(c, b, L, il, EW_NORM, L->attn_norm, 0);
+    ew(c, b, L, il, il > 0 ? EW_ADD_NORM : EW_NORM, L->attn_norm, 0);
     mm(c, &L->wq, 0, c->xb, n, c->q);
     mm(c, &L->wk, 0, c->xb, n, c->k);
     mm(c, &L->wv, 0, c->xb, n, c->v);
@@ -238,7 +240,6 @@ static void layer_forward(cm_ctx *c, int il, const cm_batch *b) {
         ffn_moe(c, L, n);
     else
         ffn_dense(c, L, n);
-    ew(c, b, L, il, EW_ADD, NULL, n_x);
 }
 
 int cm_stage_forward(cm_ctx *c, const cm_batch *b, const float *hidden_in, float *hidden_out) {
@@ -253,6 +254,7 @@ int cm_stage_forward(cm_ctx *c, const cm_batch *b, const float *hidden_in, float
         memcpy(c->x, hidden_in, (size_t)n * ne * sizeof(float));
     for (int t = 0; t < n; t++) cm_rope_angles(hp, m->rope_freq, b->pos[t], c->rope_cs + (size_t)t * hp->rope_dim);
     for (int il = 0; il < c->n_layer_stage; il++) layer_forward(c, il, b);
+    if (c->n_layer_stage > 0) ew(c, b, NULL, 0, EW_ADD, NULL, (size_t)n * (size_t)ne); /* the last FFN's residual */
 
     for (int i = 0; i < c->params.n_batch_max; i++) c->logit_row[i] = -1;
     if (cm_model_is_last(m)) {
