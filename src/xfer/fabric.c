@@ -86,6 +86,7 @@
 #include "base/status.h"
 #include "base/time.h"
 #include "xfer/backend.h"
+#include "xfer/sock.h"
 #include "xfer/fabric_proto.h"
 #include "xfer/wire.h"
 
@@ -207,39 +208,6 @@ static int fi_err(int status, const char *what, ssize_t ret) {
 }
 
 /* ---- side channel (plain sockets, deadlines) ---- */
-
-static int split_hostport(const char *s, char *host, size_t hcap, char *port, size_t pcap) {
-    const char *colon = strrchr(s, ':');
-    if (!colon || !colon[1]) return cm_errorf(CM_EINVAL, "'%s': expected HOST:PORT", s);
-    const char *h = s;
-    size_t hl = (size_t)(colon - s);
-    if (hl >= 2 && h[0] == '[' && h[hl - 1] == ']') h++, hl -= 2;
-    if (hl >= hcap || strlen(colon + 1) >= pcap) return cm_errorf(CM_EINVAL, "'%s': address too long", s);
-    memcpy(host, h, hl);
-    host[hl] = 0;
-    snprintf(port, pcap, "%s", colon + 1);
-    return CM_OK;
-}
-
-static void addr_string(const struct sockaddr *sa, char *out, size_t cap) {
-    char host[64] = "?";
-    if (sa->sa_family == AF_INET) {
-        const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
-        inet_ntop(AF_INET, &in->sin_addr, host, sizeof host);
-        snprintf(out, cap, "%s:%d", host, ntohs(in->sin_port));
-    } else if (sa->sa_family == AF_INET6) {
-        const struct sockaddr_in6 *in = (const struct sockaddr_in6 *)sa;
-        inet_ntop(AF_INET6, &in->sin6_addr, host, sizeof host);
-        snprintf(out, cap, "[%s]:%d", host, ntohs(in->sin6_port));
-    } else {
-        snprintf(out, cap, "?");
-    }
-}
-
-static int set_nonblock(int fd) {
-    int fl = fcntl(fd, F_GETFL, 0);
-    return fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0 ? -1 : 0;
-}
 
 static int io_full(int fd, uint8_t *p, size_t n, int writing, uint64_t deadline) {
     size_t done = 0;
@@ -867,9 +835,9 @@ static void *accept_main(void *arg) {
         int fd = accept(b->listen_fd, (struct sockaddr *)&ss, &sl);
         if (fd < 0) continue;
         char addr[64];
-        addr_string((struct sockaddr *)&ss, addr, sizeof addr);
+        cm_sock_addr_string((struct sockaddr *)&ss, addr, sizeof addr);
         fcntl(fd, F_SETFD, FD_CLOEXEC);
-        set_nonblock(fd);
+        cm_sock_set_nonblock(fd);
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
         uint64_t deadline = cm_now_ns() + (uint64_t)b->cfg->peer_timeout_ms * 1000000ull;
@@ -905,7 +873,7 @@ static void *accept_main(void *arg) {
 static int dial_one(fab_backend *b, const char *addr, int link, int n_links, uint64_t deadline, cm_wire_hello *r,
                     flink **out) {
     char host[256], port[16];
-    int rc = split_hostport(addr, host, sizeof host, port, sizeof port);
+    int rc = cm_sock_split_hostport(addr, host, sizeof host, port, sizeof port);
     if (rc) return rc;
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res = NULL;
     int gai = getaddrinfo(host, port, &hints, &res);
@@ -916,7 +884,7 @@ static int dial_one(fab_backend *b, const char *addr, int link, int n_links, uin
         fd = socket(ai->ai_family, ai->ai_socktype, ai->ai_protocol);
         if (fd < 0) continue;
         fcntl(fd, F_SETFD, FD_CLOEXEC);
-        set_nonblock(fd);
+        cm_sock_set_nonblock(fd);
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
         if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0) {
@@ -1305,35 +1273,7 @@ static int fab_probe(char *why, size_t cap) { return choose_provider(NULL, why, 
 static void fab_destroy(void *state);
 
 static int fab_listen(fab_backend *b, const char *spec) {
-    char host[256], port[16];
-    int rc = split_hostport(spec, host, sizeof host, port, sizeof port);
-    if (rc) return rc;
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE}, *res = NULL;
-    const char *h = host[0] && strcmp(host, "*") ? host : NULL;
-    int gai = getaddrinfo(h, port, &hints, &res);
-    if (gai) return cm_errorf(CM_ECONN, "listen %s: %s", spec, gai_strerror(gai));
-    rc = cm_errorf(CM_ECONN, "listen %s: no usable address", spec);
-    for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
-        int fd = socket(ai->ai_family, ai->ai_socktype, ai->ai_protocol);
-        if (fd < 0) continue;
-        int one = 1;
-        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-        fcntl(fd, F_SETFD, FD_CLOEXEC);
-        if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && listen(fd, 64) == 0) {
-            set_nonblock(fd);
-            struct sockaddr_storage ss;
-            socklen_t sl = sizeof ss;
-            getsockname(fd, (struct sockaddr *)&ss, &sl);
-            addr_string((struct sockaddr *)&ss, b->listen_addr, sizeof b->listen_addr);
-            b->listen_fd = fd;
-            rc = CM_OK;
-            break;
-        }
-        rc = cm_errorf(CM_ECONN, "listen %s: %s", spec, strerror(errno));
-        close(fd);
-    }
-    freeaddrinfo(res);
-    return rc;
+    return cm_sock_listen(spec, 64, b->listen_addr, sizeof b->listen_addr, &b->listen_fd);
 }
 
 static int fab_create(cm_xfer *x, const cm_xfer_config *cfg, void **state) {
@@ -1387,8 +1327,8 @@ static int fab_create(cm_xfer *x, const cm_xfer_config *cfg, void **state) {
         rc = cm_errorf(CM_EIO, "xfer: pipe: %s", strerror(errno));
         goto fail;
     }
-    set_nonblock(b->wake[0]);
-    set_nonblock(b->wake[1]);
+    cm_sock_set_nonblock(b->wake[0]);
+    cm_sock_set_nonblock(b->wake[1]);
     if (cfg->listen && (rc = fab_listen(b, cfg->listen))) goto fail;
     if (pthread_create(&b->thread, NULL, progress_main, b)) {
         rc = cm_errorf(CM_EIO, "xfer: cannot start the fabric progress thread");

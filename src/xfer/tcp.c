@@ -62,6 +62,7 @@
 #include "base/status.h"
 #include "base/time.h"
 #include "xfer/backend.h"
+#include "xfer/sock.h"
 #include "xfer/wire.h"
 
 #define MAX_PEERS 256
@@ -177,21 +178,6 @@ static void pump(tcp_backend *b, int pid);
 
 /* ---- addresses and sockets ---- */
 
-static int split_hostport(const char *s, char *host, size_t hcap, char *port, size_t pcap) {
-    const char *colon = strrchr(s, ':');
-    if (!colon || !colon[1]) return cm_errorf(CM_EINVAL, "'%s': expected HOST:PORT", s);
-    const char *h = s;
-    size_t hl = (size_t)(colon - s);
-    if (hl >= 2 && h[0] == '[' && h[hl - 1] == ']') h++, hl -= 2;
-    if (hl >= hcap || strlen(colon + 1) >= pcap) return cm_errorf(CM_EINVAL, "'%s': address too long", s);
-    memcpy(host, h, hl);
-    host[hl] = 0;
-    snprintf(port, pcap, "%s", colon + 1);
-    for (const char *p = port; *p; p++)
-        if (*p < '0' || *p > '9') return cm_errorf(CM_EINVAL, "'%s': port is not a number", s);
-    return CM_OK;
-}
-
 static void sock_tune(int fd, const cm_xfer_config *cfg) {
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
@@ -202,29 +188,6 @@ static void sock_tune(int fd, const cm_xfer_config *cfg) {
 #ifdef SO_NOSIGPIPE
     setsockopt(fd, SOL_SOCKET, SO_NOSIGPIPE, &one, sizeof one);
 #endif
-}
-
-static int set_nonblock(int fd) {
-    int fl = fcntl(fd, F_GETFL, 0);
-    return fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0 ? -1 : 0;
-}
-
-static void addr_string(const struct sockaddr *sa, char *out, size_t cap) {
-    char host[64] = "?";
-    int port = 0;
-    if (sa->sa_family == AF_INET) {
-        const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
-        inet_ntop(AF_INET, &in->sin_addr, host, sizeof host);
-        port = ntohs(in->sin_port);
-        snprintf(out, cap, "%s:%d", host, port);
-    } else if (sa->sa_family == AF_INET6) {
-        const struct sockaddr_in6 *in = (const struct sockaddr_in6 *)sa;
-        inet_ntop(AF_INET6, &in->sin6_addr, host, sizeof host);
-        port = ntohs(in->sin6_port);
-        snprintf(out, cap, "[%s]:%d", host, port);
-    } else {
-        snprintf(out, cap, "?");
-    }
 }
 
 /* ---- poller ---- */
@@ -750,8 +713,8 @@ static void do_accept(tcp_backend *b) {
         int fd = accept(b->listen_fd, (struct sockaddr *)&ss, &sl);
         if (fd < 0) return;
         char addr[64];
-        addr_string((struct sockaddr *)&ss, addr, sizeof addr);
-        set_nonblock(fd);
+        cm_sock_addr_string((struct sockaddr *)&ss, addr, sizeof addr);
+        cm_sock_set_nonblock(fd);
         fcntl(fd, F_SETFD, FD_CLOEXEC);
         sock_tune(fd, b->cfg);
         conn *c = conn_new(fd, addr);
@@ -970,7 +933,7 @@ static int io_full(int fd, uint8_t *p, size_t n, int writing, uint64_t deadline)
 static int dial_one(tcp_backend *b, const char *addr, int link, int sock, int n_links, uint64_t deadline,
                     cm_wire_hello *server, int *fd_out) {
     char host[256], port[16];
-    int rc = split_hostport(addr, host, sizeof host, port, sizeof port);
+    int rc = cm_sock_split_hostport(addr, host, sizeof host, port, sizeof port);
     if (rc) return rc;
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res = NULL;
     int gai = getaddrinfo(host, port, &hints, &res);
@@ -981,7 +944,7 @@ static int dial_one(tcp_backend *b, const char *addr, int link, int sock, int n_
         fd = socket(ai->ai_family, ai->ai_socktype, ai->ai_protocol);
         if (fd < 0) continue;
         fcntl(fd, F_SETFD, FD_CLOEXEC);
-        set_nonblock(fd);
+        cm_sock_set_nonblock(fd);
         sock_tune(fd, b->cfg);
         if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0) {
             rc = CM_OK;
@@ -1113,35 +1076,7 @@ fail:
 /* ---- the table ---- */
 
 static int tcp_listen(tcp_backend *b, const char *spec) {
-    char host[256], port[16];
-    int rc = split_hostport(spec, host, sizeof host, port, sizeof port);
-    if (rc) return rc;
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE}, *res = NULL;
-    const char *h = host[0] && strcmp(host, "*") ? host : NULL;
-    int gai = getaddrinfo(h, port, &hints, &res);
-    if (gai) return cm_errorf(CM_ECONN, "listen %s: %s", spec, gai_strerror(gai));
-    rc = cm_errorf(CM_ECONN, "listen %s: no usable address", spec);
-    for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
-        int fd = socket(ai->ai_family, ai->ai_socktype, ai->ai_protocol);
-        if (fd < 0) continue;
-        int one = 1;
-        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-        fcntl(fd, F_SETFD, FD_CLOEXEC);
-        if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && listen(fd, 128) == 0) {
-            set_nonblock(fd);
-            struct sockaddr_storage ss;
-            socklen_t sl = sizeof ss;
-            getsockname(fd, (struct sockaddr *)&ss, &sl);
-            addr_string((struct sockaddr *)&ss, b->listen_addr, sizeof b->listen_addr);
-            b->listen_fd = fd;
-            rc = CM_OK;
-            break;
-        }
-        rc = cm_errorf(CM_ECONN, "listen %s: %s", spec, strerror(errno));
-        close(fd);
-    }
-    freeaddrinfo(res);
-    return rc;
+    return cm_sock_listen(spec, 128, b->listen_addr, sizeof b->listen_addr, &b->listen_fd);
 }
 
 static void tcp_destroy(void *state);
@@ -1167,10 +1102,10 @@ static int tcp_create(cm_xfer *x, const cm_xfer_config *cfg, void **state) {
         rc = cm_errorf(CM_EIO, "xfer: pipe: %s", strerror(errno));
         goto fail;
     }
-    set_nonblock(b->wake[0]);
-    set_nonblock(b->wake[1]);
-    set_nonblock(b->pwake[0]);
-    set_nonblock(b->pwake[1]);
+    cm_sock_set_nonblock(b->wake[0]);
+    cm_sock_set_nonblock(b->wake[1]);
+    cm_sock_set_nonblock(b->pwake[0]);
+    cm_sock_set_nonblock(b->pwake[1]);
 #ifdef USE_EPOLL
     b->epfd = epoll_create1(EPOLL_CLOEXEC);
     if (b->epfd < 0) {

@@ -1,0 +1,80 @@
+/* sock.c - shared socket chores of the tcp and fabric backends. */
+#include "xfer/sock.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "base/status.h"
+
+int cm_sock_split_hostport(const char *s, char *host, size_t hcap, char *port, size_t pcap) {
+    const char *colon = strrchr(s, ':');
+    if (!colon || !colon[1]) return cm_errorf(CM_EINVAL, "'%s': expected HOST:PORT", s);
+    const char *h = s;
+    size_t hl = (size_t)(colon - s);
+    if (hl >= 2 && h[0] == '[' && h[hl - 1] == ']') h++, hl -= 2;
+    if (hl >= hcap || strlen(colon + 1) >= pcap) return cm_errorf(CM_EINVAL, "'%s': address too long", s);
+    memcpy(host, h, hl);
+    host[hl] = 0;
+    snprintf(port, pcap, "%s", colon + 1);
+    for (const char *p = port; *p; p++)
+        if (*p < '0' || *p > '9') return cm_errorf(CM_EINVAL, "'%s': port is not a number", s);
+    return CM_OK;
+}
+
+int cm_sock_set_nonblock(int fd) {
+    int fl = fcntl(fd, F_GETFL, 0);
+    return fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0 ? -1 : 0;
+}
+
+void cm_sock_addr_string(const struct sockaddr *sa, char *out, size_t cap) {
+    char host[64] = "?";
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
+        inet_ntop(AF_INET, &in->sin_addr, host, sizeof host);
+        snprintf(out, cap, "%s:%d", host, ntohs(in->sin_port));
+    } else if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *in = (const struct sockaddr_in6 *)sa;
+        inet_ntop(AF_INET6, &in->sin6_addr, host, sizeof host);
+        snprintf(out, cap, "[%s]:%d", host, ntohs(in->sin6_port));
+    } else {
+        snprintf(out, cap, "?");
+    }
+}
+
+int cm_sock_listen(const char *spec, int backlog, char *addr_out, size_t addr_cap, int *fd_out) {
+    char host[256], port[16];
+    int rc = cm_sock_split_hostport(spec, host, sizeof host, port, sizeof port);
+    if (rc) return rc;
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE}, *res = NULL;
+    const char *h = host[0] && strcmp(host, "*") ? host : NULL;
+    int gai = getaddrinfo(h, port, &hints, &res);
+    if (gai) return cm_errorf(CM_ECONN, "listen %s: %s", spec, gai_strerror(gai));
+    rc = cm_errorf(CM_ECONN, "listen %s: no usable address", spec);
+    for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
+        int fd = socket(ai->ai_family, ai->ai_socktype, ai->ai_protocol);
+        if (fd < 0) continue;
+        int one = 1;
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        fcntl(fd, F_SETFD, FD_CLOEXEC);
+        if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && listen(fd, backlog) == 0) {
+            cm_sock_set_nonblock(fd);
+            struct sockaddr_storage ss;
+            socklen_t sl = sizeof ss;
+            getsockname(fd, (struct sockaddr *)&ss, &sl);
+            cm_sock_addr_string((struct sockaddr *)&ss, addr_out, addr_cap);
+            *fd_out = fd;
+            rc = CM_OK;
+            break;
+        }
+        rc = cm_errorf(CM_ECONN, "listen %s: %s", spec, strerror(errno));
+        close(fd);
+    }
+    freeaddrinfo(res);
+    return rc;
+}

@@ -1,0 +1,21 @@
+/* sock.h - the socket chores every socket-using backend shares: HOST:PORT
+ * parsing, printing an address, non-blocking mode, and a listening socket. */
+#ifndef CM_XFER_SOCK_H
+#define CM_XFER_SOCK_H
+
+#include <stddef.h>
+#include <sys/socket.h>
+
+/* "host:port" or "[v6]:port" into host and port (digits only); CM_EINVAL
+ * with a message naming the text otherwise. */
+int cm_sock_split_hostport(const char *s, char *host, size_t hcap, char *port, size_t pcap);
+/* "1.2.3.4:5" or "[::1]:5" ("?" for other families). */
+void cm_sock_addr_string(const struct sockaddr *sa, char *out, size_t cap);
+/* 0, or -1 with errno set. */
+int cm_sock_set_nonblock(int fd);
+/* A non-blocking, close-on-exec socket listening on `spec` (HOST:PORT; an
+ * empty host or "*" means every address; port 0 picks a free one). Its
+ * actual address goes to addr_out. CM_ECONN with a message on failure. */
+int cm_sock_listen(const char *spec, int backlog, char *addr_out, size_t addr_cap, int *fd_out);
+
+#endif
