@@ -872,44 +872,8 @@ static void *accept_main(void *arg) {
 
 static int dial_one(fab_backend *b, const char *addr, int link, int n_links, uint64_t deadline, cm_wire_hello *r,
                     flink **out) {
-    char host[256], port[16];
-    int rc = cm_sock_split_hostport(addr, host, sizeof host, port, sizeof port);
-    if (rc) return rc;
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res = NULL;
-    int gai = getaddrinfo(host, port, &hints, &res);
-    if (gai) return cm_errorf(CM_ECONN, "%s: cannot resolve: %s", addr, gai_strerror(gai));
     int fd = -1;
-    rc = cm_errorf(CM_ECONN, "%s: no usable address", addr);
-    for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
-        fd = socket(ai->ai_family, ai->ai_socktype, ai->ai_protocol);
-        if (fd < 0) continue;
-        fcntl(fd, F_SETFD, FD_CLOEXEC);
-        cm_sock_set_nonblock(fd);
-        int one = 1;
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0) {
-            rc = CM_OK;
-            break;
-        }
-        if (errno == EINPROGRESS) {
-            uint64_t now = cm_now_ns();
-            struct pollfd pf = {fd, POLLOUT, 0};
-            int pr = now < deadline ? poll(&pf, 1, (int)((deadline - now) / 1000000ull) + 1) : 0;
-            int err = 0;
-            socklen_t el = sizeof err;
-            if (pr == 1 && getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el) == 0 && err == 0) {
-                rc = CM_OK;
-                break;
-            }
-            rc = pr == 0 ? cm_errorf(CM_ETIMEDOUT, "%s: connect timed out", addr)
-                         : cm_errorf(CM_ECONN, "%s: %s", addr, strerror(err ? err : errno));
-        } else {
-            rc = cm_errorf(CM_ECONN, "%s: %s", addr, strerror(errno));
-        }
-        close(fd);
-        fd = -1;
-    }
-    freeaddrinfo(res);
+    int rc = cm_sock_connect(addr, deadline, &fd);
     if (rc) return rc;
     if ((rc = authenticate(b, fd, 1, link, n_links, deadline, addr, r))) {
         close(fd);

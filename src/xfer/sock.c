@@ -6,11 +6,14 @@
 #include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "base/status.h"
+#include "base/time.h"
 
 int cm_sock_split_hostport(const char *s, char *host, size_t hcap, char *port, size_t pcap) {
     const char *colon = strrchr(s, ':');
@@ -76,5 +79,48 @@ int cm_sock_listen(const char *spec, int backlog, char *addr_out, size_t addr_ca
         close(fd);
     }
     freeaddrinfo(res);
+    return rc;
+}
+
+int cm_sock_connect(const char *addr, uint64_t deadline_ns, int *fd_out) {
+    char host[256], port[16];
+    int rc = cm_sock_split_hostport(addr, host, sizeof host, port, sizeof port);
+    if (rc) return rc;
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res = NULL;
+    int gai = getaddrinfo(host, port, &hints, &res);
+    if (gai) return cm_errorf(CM_ECONN, "%s: cannot resolve: %s", addr, gai_strerror(gai));
+    int fd = -1;
+    rc = cm_errorf(CM_ECONN, "%s: no usable address", addr);
+    for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
+        fd = socket(ai->ai_family, ai->ai_socktype, ai->ai_protocol);
+        if (fd < 0) continue;
+        fcntl(fd, F_SETFD, FD_CLOEXEC);
+        cm_sock_set_nonblock(fd);
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0) {
+            rc = CM_OK;
+            break;
+        }
+        if (errno == EINPROGRESS) {
+            uint64_t now = cm_now_ns();
+            struct pollfd pf = {fd, POLLOUT, 0};
+            int pr = now < deadline_ns ? poll(&pf, 1, (int)((deadline_ns - now) / 1000000ull) + 1) : 0;
+            int err = 0;
+            socklen_t el = sizeof err;
+            if (pr == 1 && getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el) == 0 && err == 0) {
+                rc = CM_OK;
+                break;
+            }
+            rc = pr == 0 ? cm_errorf(CM_ETIMEDOUT, "%s: connect timed out (is cellm listening there?)", addr)
+                         : cm_errorf(CM_ECONN, "%s: %s", addr, strerror(err ? err : errno));
+        } else {
+            rc = cm_errorf(CM_ECONN, "%s: %s", addr, strerror(errno));
+        }
+        close(fd);
+        fd = -1;
+    }
+    freeaddrinfo(res);
+    if (rc == CM_OK) *fd_out = fd;
     return rc;
 }

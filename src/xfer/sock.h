@@ -4,6 +4,7 @@
 #define CM_XFER_SOCK_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/socket.h>
 
 /* "host:port" or "[v6]:port" into host and port (digits only); CM_EINVAL
@@ -17,5 +18,10 @@ int cm_sock_set_nonblock(int fd);
  * empty host or "*" means every address; port 0 picks a free one). Its
  * actual address goes to addr_out. CM_ECONN with a message on failure. */
 int cm_sock_listen(const char *spec, int backlog, char *addr_out, size_t addr_cap, int *fd_out);
+
+/* A non-blocking, close-on-exec TCP_NODELAY socket connected to `addr`
+ * (HOST:PORT), trying each resolved address until deadline_ns (cm_now_ns
+ * clock). CM_ETIMEDOUT or CM_ECONN with a message naming addr on failure. */
+int cm_sock_connect(const char *addr, uint64_t deadline_ns, int *fd_out);
 
 #endif

@@ -932,44 +932,10 @@ static int io_full(int fd, uint8_t *p, size_t n, int writing, uint64_t deadline)
 
 static int dial_one(tcp_backend *b, const char *addr, int link, int sock, int n_links, uint64_t deadline,
                     cm_wire_hello *server, int *fd_out) {
-    char host[256], port[16];
-    int rc = cm_sock_split_hostport(addr, host, sizeof host, port, sizeof port);
-    if (rc) return rc;
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res = NULL;
-    int gai = getaddrinfo(host, port, &hints, &res);
-    if (gai) return cm_errorf(CM_ECONN, "%s: cannot resolve: %s", addr, gai_strerror(gai));
     int fd = -1;
-    rc = cm_errorf(CM_ECONN, "%s: no usable address", addr);
-    for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
-        fd = socket(ai->ai_family, ai->ai_socktype, ai->ai_protocol);
-        if (fd < 0) continue;
-        fcntl(fd, F_SETFD, FD_CLOEXEC);
-        cm_sock_set_nonblock(fd);
-        sock_tune(fd, b->cfg);
-        if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0) {
-            rc = CM_OK;
-            break;
-        }
-        if (errno == EINPROGRESS) {
-            uint64_t now = cm_now_ns();
-            struct pollfd pf = {fd, POLLOUT, 0};
-            int pr = now < deadline ? poll(&pf, 1, (int)((deadline - now) / 1000000ull) + 1) : 0;
-            int err = 0;
-            socklen_t el = sizeof err;
-            if (pr == 1 && getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el) == 0 && err == 0) {
-                rc = CM_OK;
-                break;
-            }
-            rc = pr == 0 ? cm_errorf(CM_ETIMEDOUT, "%s: connect timed out", addr)
-                         : cm_errorf(CM_ECONN, "%s: %s", addr, strerror(err ? err : errno));
-        } else {
-            rc = cm_errorf(CM_ECONN, "%s: %s", addr, strerror(errno));
-        }
-        close(fd);
-        fd = -1;
-    }
-    freeaddrinfo(res);
+    int rc = cm_sock_connect(addr, deadline, &fd);
     if (rc) return rc;
+    sock_tune(fd, b->cfg);
 
     uint8_t chello[CM_WIRE_HELLO_BYTES], shello[CM_WIRE_HELLO_BYTES], proof[CM_WIRE_PROOF_BYTES];
     uint8_t mac[CM_WIRE_MAC_BYTES];
