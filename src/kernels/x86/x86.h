@@ -97,4 +97,12 @@ bool cm_gemm_x86_applies(int w_type, int64_t n_tokens);
 bool cm_gemm_x86(int w_type, const void *w, size_t w_row_bytes, int64_t r0, int64_t r1, int64_t n_cols,
                  const void *act, size_t act_row_bytes, int64_t n_tokens, float *y, int64_t y_row_stride);
 
+/* Repacked (row-interleaved) layouts of repack.h with AVX-512 VNNI
+ * kernels: the ops for src_type, or NULL. Call only when
+ * cm_x86_has_avx512_vnni(). repack_avx512.c: q4_0, q8_0;
+ * repack_k_avx512.c: q4_K, q5_K, q6_K. */
+struct cm_repack_ops;
+const struct cm_repack_ops *cm_repack_q_avx512(int src_type);
+const struct cm_repack_ops *cm_repack_k_avx512(int src_type);
+
 #endif
