@@ -67,6 +67,7 @@ void cm_verbs_frame_encode(const cm_verbs_frame *f, uint8_t out[CM_VERBS_FRAME_H
     cm_put_u32(out + 20, f->imm);
     cm_put_u64(out + 24, f->offset);
     cm_put_u32(out + 32, f->n_segs);
+    cm_put_u32(out + 36, f->seq);
 }
 
 int cm_verbs_frame_decode(const uint8_t *buf, size_t len, uint32_t frame_bytes, cm_verbs_frame *f) {
@@ -80,7 +81,8 @@ int cm_verbs_frame_decode(const uint8_t *buf, size_t len, uint32_t frame_bytes, 
     f->imm = cm_get_u32(buf + 20);
     f->offset = cm_get_u64(buf + 24);
     f->n_segs = cm_get_u32(buf + 32);
-    if (cm_get_u16(buf + 2) || cm_get_u32(buf + 36)) return cm_errorf(CM_EFORMAT, "verbs: frame reserved field not zero");
+    f->seq = cm_get_u32(buf + 36);
+    if (cm_get_u16(buf + 2)) return cm_errorf(CM_EFORMAT, "verbs: frame reserved field not zero");
     if (f->payload_bytes != len - CM_VERBS_FRAME_HDR_BYTES)
         return cm_errorf(CM_EFORMAT, "verbs: frame says %u payload bytes, carries %zu", f->payload_bytes,
                          len - CM_VERBS_FRAME_HDR_BYTES);
@@ -103,4 +105,35 @@ int cm_verbs_frame_decode(const uint8_t *buf, size_t len, uint32_t frame_bytes, 
         return CM_OK;
     default: return cm_errorf(CM_EFORMAT, "verbs: frame type %d", f->type);
     }
+}
+
+void cm_verbs_side_encode(int type, uint32_t value, uint8_t out[CM_VERBS_SIDE_BYTES]) {
+    out[0] = (uint8_t)type;
+    cm_put_u32(out + 1, value);
+}
+
+int cm_verbs_side_feed(cm_verbs_side_rx *rx, const uint8_t *p, size_t n, size_t *used, int *type, uint32_t *value) {
+    size_t take = (size_t)(CM_VERBS_SIDE_BYTES - rx->have);
+    if (take > n) take = n;
+    memcpy(rx->buf + rx->have, p, take);
+    rx->have += (int)take;
+    *used = take;
+    *type = 0;
+    *value = 0;
+    /* the type is checked on its own byte, so garbage fails at once */
+    if (rx->have >= 1) {
+        int t = rx->buf[0];
+        if (t != CM_VERBS_SIDE_HEARTBEAT && t != CM_VERBS_SIDE_CREDIT && t != CM_VERBS_SIDE_READY &&
+            t != CM_VERBS_SIDE_BYE)
+            return cm_errorf(CM_EFORMAT, "verbs: side channel record of type 0x%02x", t);
+    }
+    if (rx->have < CM_VERBS_SIDE_BYTES) return CM_OK;
+    rx->have = 0;
+    uint32_t v = cm_get_u32(rx->buf + 1);
+    int t = rx->buf[0];
+    if ((t == CM_VERBS_SIDE_READY || t == CM_VERBS_SIDE_BYE) && v)
+        return cm_errorf(CM_EFORMAT, "verbs: side channel record '%c' with a value", t);
+    *type = t;
+    *value = v;
+    return CM_OK;
 }

@@ -28,10 +28,22 @@
  *  16 u32 region id (type 1) or total message bytes (type 2)
  *  20 u32 imm (type 1) or zero
  *  24 u64 offset in the region (type 1) or in the message (type 2)
- *  32 u32 segments of the write (type 1) or zero   36 u32 zero
- * The receiver checks a write segment against the region through the core
- * (cm_xfer_core_region_target), copies it in, and counts segments per write
- * id: the counter grows once, when all n_segs landed, in any order. */
+ *  32 u32 frames of the write (type 1) or zero
+ *  36 u32 frame sequence: per link and direction, +1 for every frame sent
+ * A write is cut into frames; its frames, like a message's fragments, are
+ * sent back to back on one queue pair. The receiver checks each write frame
+ * against the region through the core (cm_xfer_core_region_target), copies
+ * it in, and bumps the counter once, after the last frame. UC drops a lost
+ * message silently and does not retransmit: the frame sequence turns a loss
+ * into a gap the receiver sees (the peer then fails), and the heartbeat's
+ * count of frames sent (below) catches a loss at the end of a burst.
+ *
+ * Side channel after setup: records of 5 bytes, a type byte and a u32:
+ *   'H' heartbeat, u32 = frames sent on this link so far (mod 2^32)
+ *   'C' credits: u32 receive buffers the sender of 'C' re-posted since its
+ *       last 'C' (each frame and each write-with-immediate uses one)
+ *   'R' ready (once, during setup, u32 zero)   'B' goodbye (u32 zero)
+ * Anything else closes the link. */
 #ifndef CM_XFER_VERBS_PROTO_H
 #define CM_XFER_VERBS_PROTO_H
 
@@ -77,7 +89,8 @@ typedef struct cm_verbs_frame {
     uint32_t region_or_total;
     uint32_t imm;
     uint64_t offset;
-    uint32_t n_segs;    /* WRITE: segments of the write (1..CM_XFER_MAX_SEGS_PER_WRITE) */
+    uint32_t n_segs;    /* WRITE: frames of the write (1..CM_XFER_MAX_SEGS_PER_WRITE) */
+    uint32_t seq;       /* frame sequence on the link */
 } cm_verbs_frame;
 
 void cm_verbs_frame_encode(const cm_verbs_frame *f, uint8_t out[CM_VERBS_FRAME_HDR_BYTES]);
@@ -86,5 +99,24 @@ void cm_verbs_frame_encode(const cm_verbs_frame *f, uint8_t out[CM_VERBS_FRAME_H
  * within total <= CM_XFER_MAX_MSG_BYTES; for writes, offset + payload
  * without overflow. `len` is what the receive completion said. */
 int cm_verbs_frame_decode(const uint8_t *buf, size_t len, uint32_t frame_bytes, cm_verbs_frame *f);
+
+/* ---- side channel records ---- */
+
+#define CM_VERBS_SIDE_BYTES 5
+enum { CM_VERBS_SIDE_HEARTBEAT = 'H', CM_VERBS_SIDE_CREDIT = 'C', CM_VERBS_SIDE_READY = 'R', CM_VERBS_SIDE_BYE = 'B' };
+
+void cm_verbs_side_encode(int type, uint32_t value, uint8_t out[CM_VERBS_SIDE_BYTES]);
+
+/* Reassembles records from a byte stream that arrives in arbitrary pieces. */
+typedef struct cm_verbs_side_rx {
+    uint8_t buf[CM_VERBS_SIDE_BYTES];
+    int have;
+} cm_verbs_side_rx;
+
+/* Feeds up to n bytes; stops after one complete record. *used is the bytes
+ * consumed; *type is the record's type (0 when more bytes are needed) and
+ * *value its u32. CM_EFORMAT for an unknown type or a non-zero value where
+ * the type has none. */
+int cm_verbs_side_feed(cm_verbs_side_rx *rx, const uint8_t *p, size_t n, size_t *used, int *type, uint32_t *value);
 
 #endif
