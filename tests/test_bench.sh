@@ -3,7 +3,8 @@
 # well-formed object per test with the documented keys and sane values
 # (positive speeds and sizes, min <= median <= max, roofline only on
 # generation tests and equal to tok_s * bytes_per_token / bandwidth), the
-# table mode prints every test, and bad flags fail with exit code 2.
+# table mode prints every test, -d runs them at a depth, and bad flags fail
+# with exit code 2.
 #   CELLM_BIN  the cellm binary (set by ctest)   CELLM_TMP  scratch space
 set -uo pipefail
 bin=${CELLM_BIN:?CELLM_BIN must point at the cellm binary}
@@ -57,6 +58,21 @@ check "table has tg4 with a roofline" grep -Eq "tg4 +\|.*\| +[0-9.]+ +\|$" "$tmp
 "$bin" bench -m "$model" -p x >/dev/null 2>"$tmp/bad.log"
 check "bad -p value exits 2" test $? -eq 2
 check "bad -p value says why" grep -q "needs an integer" "$tmp/bad.log"
+# -d: every test again after D tokens already in the cache
+"$bin" bench -m "$model" -p 8 -n 4 -d 0,40 -t 2 -r 2 --json >"$tmp/depth.jsonl" 2>"$tmp/depth.log"
+check "bench -d exits 0" test $? -eq 0
+python3 - "$tmp/depth.jsonl" <<'PY'
+import json, sys
+lines = [json.loads(l) for l in open(sys.argv[1])]
+assert [o["test"] for o in lines] == ["pp8", "tg4", "pp8 @ d40", "tg4 @ d40"], lines
+assert [o["depth"] for o in lines] == [0, 0, 40, 40], lines
+assert all(o["tok_s"] > 0 and o["bandwidth_best_gb_s"] >= o["bandwidth_gb_s"] for o in lines), lines
+print("depth ok")
+PY
+check "depth tests named and tagged" test $? -eq 0
+"$bin" bench -m "$model" -d x >/dev/null 2>&1
+check "bad -d value exits 2" test $? -eq 2
+
 "$bin" bench -p 16 >/dev/null 2>&1
 check "missing -m exits 2" test $? -eq 2
 "$bin" bench -m "$tmp/missing.gguf" -p 16 -n 0 >/dev/null 2>"$tmp/missing.log"
