@@ -79,7 +79,7 @@ static void embed(cm_ctx *c, const cm_batch *b) {
 /* The element-wise work between matmuls, spread over the pool so that it
  * does not become the serial part on many-core machines. Per-token phases
  * split the batch's entries; element-wise ones split the elements. */
-enum ew_phase { EW_NORM, EW_ADD_NORM, EW_QKV, EW_ADD, EW_SWIGLU };
+enum ew_phase { EW_NORM, EW_ADD_NORM, EW_ADD, EW_SWIGLU };
 
 static void ew(cm_ctx *c, const cm_batch *b, const cm_layer *L, int il, int phase, const float *w, size_t n);
 
@@ -155,35 +155,6 @@ typedef struct ew_job {
     size_t n;       /* element count for EW_ADD / EW_SWIGLU */
 } ew_job;
 
-static void qkv_token(cm_ctx *c, const cm_layer *L, int il, const cm_batch *b, int t) {
-    const cm_hparams *hp = &c->model->hp;
-    const int hd = hp->head_dim, n_q = c->n_q, n_kv = c->n_kv;
-    float *qt = c->q + (size_t)t * n_q, *kt = c->k + (size_t)t * n_kv, *vt = c->v + (size_t)t * n_kv;
-    if (L->bq)
-        for (int i = 0; i < n_q; i++) qt[i] += L->bq[i];
-    if (L->bk)
-        for (int i = 0; i < n_kv; i++) kt[i] += L->bk[i];
-    if (L->bv)
-        for (int i = 0; i < n_kv; i++) vt[i] += L->bv[i];
-    const float *cs = c->rope_cs + (size_t)t * hp->rope_dim;
-    for (int h = 0; h < hp->n_head; h++) {
-        float *q = qt + (size_t)h * hd;
-        if (L->q_norm) cm_rmsnorm(q, q, L->q_norm, hd, hp->norm_eps);
-        cm_rope_apply(hp, cs, q);
-    }
-    for (int h = 0; h < hp->n_head_kv; h++) {
-        float *k = kt + (size_t)h * hd;
-        if (L->k_norm) cm_rmsnorm(k, k, L->k_norm, hd, hp->norm_eps);
-        cm_rope_apply(hp, cs, k);
-    }
-    size_t slot = ((size_t)b->seq_id[t] * (size_t)c->params.n_ctx + (size_t)b->pos[t]) * (size_t)n_kv;
-    cm_f16 *kd = c->k_cache[il] + slot, *vd = c->v_cache[il] + slot;
-    for (int i = 0; i < n_kv; i++) {
-        kd[i] = cm_f32_to_f16(kt[i]);
-        vd[i] = cm_f32_to_f16(vt[i]);
-    }
-}
-
 static void ew_worker(void *arg, int ith, int nth) {
     const ew_job *j = arg;
     cm_ctx *c = j->c;
@@ -208,9 +179,6 @@ static void ew_worker(void *arg, int ith, int nth) {
         case EW_NORM:
             cm_rmsnorm(c->xb + (size_t)t * ne, x, j->w, (int)ne, hp->norm_eps);
             break;
-        case EW_QKV:
-            qkv_token(c, j->L, j->il, j->b, (int)t);
-            break;
         }
     }
 }
@@ -232,8 +200,7 @@ static void layer_forward(cm_ctx *c, int il, const cm_batch *b) {
     mm(c, &L->wq, 0, c->xb, n, c->q);
     mm(c, &L->wk, 0, c->xb, n, c->k);
     mm(c, &L->wv, 0, c->xb, n, c->v);
-    ew(c, b, L, il, EW_QKV, NULL, 0); /* biases, q/k norms, RoPE, K/V into the cache */
-    cm_attention(c, il, b);
+    cm_attention(c, il, b); /* biases, q/k norms, RoPE, K/V into the cache, attention: one pool run */
     mm(c, &L->wo, 0, c->att, n, c->xo);
     ew(c, b, L, il, EW_ADD_NORM, L->ffn_norm, 0); /* x += attention; xb = norm(x) */
     if (hp->n_expert > 0)
