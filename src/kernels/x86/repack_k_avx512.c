@@ -1,13 +1,265 @@
-/* repack_k_avx512.c - the repacked layouts of repack.h for q4_K, q5_K and q6_K with
- * AVX-512 VNNI kernels. No layout is offered yet: every lookup answers
- * NULL, so such weights keep their file layout. */
-#include <stddef.h>
+/* repack_k_avx512.c - the repacked layouts of repack.h for the K formats
+ * with AVX-512 VNNI kernels: q4_K (CM_TYPE_Q4_K_R16). The q6_K tile below
+ * is the planned layout, not offered yet; q5_K has none. Lookups for
+ * those answer NULL and such weights keep their file layout.
+ *
+ * A repacked matrix is a run of 16-row groups, each a run of tiles, one per
+ * 256-wide super-block. Within a tile, "x[k][16]" is one value per row
+ * (row r of the group at index r), and quants come in 4-byte groups, one
+ * 64-byte line per group index holding those 4 bytes of all 16 rows: one
+ * 512-bit load, one int32 lane per row, and VPDPBUSD against 4 broadcast
+ * activation bytes advances 16 dot products.
+ *
+ * q4_K tile (2368 bytes for 16 rows; the file has 16 x 144 = 2304, +2.8%):
+ *   f16 d[16], dmin[16]
+ *   u8  sc[8][16]          sub-block scales, unpacked from the 6-bit packing
+ *   u8  mn[4][16][2]       mins of sub-blocks 2k and 2k+1 side by side, so
+ *                          that one zero-extension to i16 gives VPDPWSSD pairs
+ *   u8  qs[4][8][16][4]    pair p, group g: bytes qs[32p + 4g .. +3] of each
+ *                          row; low nibbles are elements 64p + 4g.. (sub-block
+ *                          2p), high nibbles 64p + 32 + 4g.. (sub-block 2p+1)
+ * The high nibbles are used in place (byte & 0xf0 = 16 * nibble): their
+ * integer sums are 16 times too large and the 1/16 (exact in float) goes
+ * into their scale, which saves a shift per load.
+ *
+ * q6_K tile (3360 bytes, the same as the file's 16 x 210):
+ *   f16 d[16]
+ *   i8  sc[16][16]         scales of the 16-element groups
+ *   u8  ql[2][2][8][16][4] half h, c, group g: ql[64h + 32c + 4g .. +3];
+ *                          low nibbles are elements 128h + 32c + 4g..,
+ *                          high nibbles 128h + 64 + 32c + 4g..
+ *   u8  qh[2][8][16][4]    half h, group g: qh[32h + 4g .. +3]; bit pairs
+ *                          0-1, 2-3, 4-5, 6-7 top up the elements of
+ *                          (c=0, low), (c=1, low), (c=0, high), (c=1, high)
+ *   Weights are stored as q + 32 (0..63, unsigned for VPDPBUSD); the 32
+ *   comes back out as 32 * sum_k sc[k] * bsums[k] with VPDPWSSD.
+ *
+ * Per token, each sub-block's 16 integer sums (exact) are converted to float
+ * and multiplied by d * scale; the mins (q4_K) and the offset (q6_K) are
+ * taken from the activation's bsums, once per tile and token, never per
+ * element. Results equal the reference up to float summation order.
+ *
+ * Many tokens: a group's tile is unpacked once per super-block and reused by
+ * up to 8 tokens held in registers; tokens are taken in chunks whose q8_K
+ * rows fit in L2, and every group of rows [r0, r1) runs over one chunk
+ * before the next chunk starts. Nothing here allocates. */
+#include <immintrin.h>
+#include <stdint.h>
+#include <string.h>
 
+#include "kernels/quants.h"
 #include "kernels/repack.h"
 #include "kernels/x86/x86.h"
 
-const struct cm_repack_ops *cm_repack_k_avx512(int src_type) {
-    (void)src_type;
-    return NULL;
+#define RR CM_REPACK_ROWS
+#define ALWAYS_INLINE inline __attribute__((always_inline))
+/* Loops over tokens and quant groups must become straight code, so that
+ * their arrays live in registers. */
+#define UNROLL _Pragma("GCC unroll 16")
+
+/* Activation rows per chunk: their q8_K rows should stay in L2 (1.25 MiB
+ * per core) next to the weight tile stream. */
+#define ACT_CHUNK_BYTES (512 * 1024)
+
+static int64_t token_chunk(size_t act_row_bytes) {
+    int64_t c = (int64_t)(ACT_CHUNK_BYTES / (act_row_bytes ? act_row_bytes : 1));
+    c &= ~(int64_t)7;
+    return c < 8 ? 8 : c;
 }
 
+/* ---- q4_K ---- */
+
+#define K4_D 0
+#define K4_DMIN (K4_D + 2 * RR)
+#define K4_SC (K4_DMIN + 2 * RR)
+#define K4_MN (K4_SC + 8 * RR)
+#define K4_QS (K4_MN + 8 * RR)
+#define K4_TILE (K4_QS + 128 * RR)
+static_assert(K4_TILE == 2368, "q4_K tile layout");
+
+/* The 6-bit packing of a q4_K block's 8 scales and 8 mins, both ways. */
+static void k4_scales_get(const uint8_t s[12], uint8_t sc[8], uint8_t mn[8]) {
+    for (int j = 0; j < 4; j++) {
+        sc[j] = s[j] & 63;
+        mn[j] = s[j + 4] & 63;
+        sc[j + 4] = (uint8_t)((s[j + 8] & 0x0f) | ((s[j] >> 6) << 4));
+        mn[j + 4] = (uint8_t)((s[j + 8] >> 4) | ((s[j + 4] >> 6) << 4));
+    }
+}
+
+static void k4_scales_put(const uint8_t sc[8], const uint8_t mn[8], uint8_t s[12]) {
+    for (int j = 0; j < 4; j++) {
+        s[j] = (uint8_t)(sc[j] | ((sc[j + 4] >> 4) << 6));
+        s[j + 4] = (uint8_t)(mn[j] | ((mn[j + 4] >> 4) << 6));
+        s[j + 8] = (uint8_t)((sc[j + 4] & 0x0f) | ((mn[j + 4] & 0x0f) << 4));
+    }
+}
+
+static size_t q4_K_bytes(int64_t n_rows, int64_t n_cols) {
+    return (size_t)(n_rows / RR) * (size_t)(n_cols / CM_QK_K) * K4_TILE;
+}
+
+static void q4_K_pack(const void *src, size_t src_row_bytes, int64_t n_rows, int64_t n_cols, void *dst) {
+    const int64_t nb = n_cols / CM_QK_K;
+    uint8_t *out = dst;
+    for (int64_t g0 = 0; g0 + RR <= n_rows; g0 += RR) {
+        for (int64_t i = 0; i < nb; i++, out += K4_TILE) {
+            for (int r = 0; r < RR; r++) {
+                const cm_block_q4_K *b =
+                    (const cm_block_q4_K *)((const uint8_t *)src + (size_t)(g0 + r) * src_row_bytes) + i;
+                uint8_t sc[8], mn[8];
+                k4_scales_get(b->scales, sc, mn);
+                memcpy(out + K4_D + 2 * r, &b->d, 2);
+                memcpy(out + K4_DMIN + 2 * r, &b->dmin, 2);
+                for (int j = 0; j < 8; j++) out[K4_SC + j * RR + r] = sc[j];
+                for (int k = 0; k < 4; k++) {
+                    out[K4_MN + k * 2 * RR + 2 * r] = mn[2 * k];
+                    out[K4_MN + k * 2 * RR + 2 * r + 1] = mn[2 * k + 1];
+                }
+                for (int p = 0; p < 4; p++)
+                    for (int g = 0; g < 8; g++) memcpy(out + K4_QS + ((p * 8 + g) * RR + r) * 4, b->qs + 32 * p + 4 * g, 4);
+            }
+        }
+    }
+}
+
+static void q4_K_unpack_row(const void *w, int64_t n_cols, int64_t row, void *dst_row) {
+    const int64_t nb = n_cols / CM_QK_K;
+    const uint8_t *t = (const uint8_t *)w + (size_t)(row / RR) * (size_t)nb * K4_TILE;
+    const int r = (int)(row % RR);
+    cm_block_q4_K *b = dst_row;
+    for (int64_t i = 0; i < nb; i++, t += K4_TILE, b++) {
+        uint8_t sc[8], mn[8];
+        memcpy(&b->d, t + K4_D + 2 * r, 2);
+        memcpy(&b->dmin, t + K4_DMIN + 2 * r, 2);
+        for (int j = 0; j < 8; j++) sc[j] = t[K4_SC + j * RR + r];
+        for (int k = 0; k < 4; k++) {
+            mn[2 * k] = t[K4_MN + k * 2 * RR + 2 * r];
+            mn[2 * k + 1] = t[K4_MN + k * 2 * RR + 2 * r + 1];
+        }
+        k4_scales_put(sc, mn, b->scales);
+        for (int p = 0; p < 4; p++)
+            for (int g = 0; g < 8; g++) memcpy(b->qs + 32 * p + 4 * g, t + K4_QS + ((p * 8 + g) * RR + r) * 4, 4);
+    }
+}
+
+/* (bsums[4k] + bsums[4k+1]) | (bsums[4k+2] + bsums[4k+3]) << 16 for k < 4:
+ * the activation sums of sub-blocks 2k and 2k+1 as one VPDPWSSD pair
+ * (each at most 32 * 128, so the i16 packing never saturates). */
+static ALWAYS_INLINE void k4_bsum_pairs(const cm_block_q8_K *yb, int32_t out[8]) {
+    const __m256i s = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)yb->bsums), _mm256_set1_epi16(1));
+    /* i16 order per 128-bit lane: s0 s1 s2 s3 s0 s1 s2 s3 | s4 s5 s6 s7 ...;
+     * the pairs are i32 elements 0, 1, 4, 5 */
+    _mm256_storeu_si256((__m256i *)out, _mm256_packs_epi32(s, s));
+}
+
+/* Rows of one 16-row group (tiles at `wg`) against T tokens. */
+static ALWAYS_INLINE void q4_K_group(const uint8_t *wg, int64_t nb, const uint8_t *act, size_t arb, const int T,
+                                     float *y, int64_t ys) {
+    const __m512i m4 = _mm512_set1_epi8(0x0f);
+    __m512 acc[8];
+    UNROLL
+    for (int t = 0; t < T; t++) acc[t] = _mm512_setzero_ps();
+    for (int64_t i = 0; i < nb; i++) {
+        const uint8_t *tl = wg + i * K4_TILE;
+        const __m512 dv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(tl + K4_D)));
+        const __m512 dmv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(tl + K4_DMIN)));
+        const __m512 dv16 = _mm512_mul_ps(dv, _mm512_set1_ps(1.0f / 16.0f));
+        /* min term first: acc -= dmin * dy * sum_j mn[j] * bsum32[j] */
+        {
+            __m512i mnv[4];
+            UNROLL
+            for (int k = 0; k < 4; k++)
+                mnv[k] = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(tl + K4_MN + 32 * k)));
+            UNROLL
+            for (int t = 0; t < T; t++) {
+                const cm_block_q8_K *yb = (const cm_block_q8_K *)(act + (size_t)t * arb) + i;
+                int32_t bp[8];
+                k4_bsum_pairs(yb, bp);
+                __m512i m = _mm512_dpwssd_epi32(_mm512_setzero_si512(), mnv[0], _mm512_set1_epi32(bp[0]));
+                m = _mm512_dpwssd_epi32(m, mnv[1], _mm512_set1_epi32(bp[1]));
+                m = _mm512_dpwssd_epi32(m, mnv[2], _mm512_set1_epi32(bp[4]));
+                m = _mm512_dpwssd_epi32(m, mnv[3], _mm512_set1_epi32(bp[5]));
+                acc[t] = _mm512_fnmadd_ps(_mm512_mul_ps(dmv, _mm512_set1_ps(yb->d)), _mm512_cvtepi32_ps(m), acc[t]);
+            }
+        }
+        UNROLL
+        for (int p = 0; p < 4; p++) {
+            const __m512 sl = _mm512_mul_ps(
+                dv, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(tl + K4_SC + 2 * p * RR)))));
+            const __m512 sh = _mm512_mul_ps(
+                dv16,
+                _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(tl + K4_SC + (2 * p + 1) * RR)))));
+            __m512i L[8], H[8];
+            UNROLL
+            for (int g = 0; g < 8; g++) {
+                const __m512i x = _mm512_loadu_si512((const void *)(tl + K4_QS + (p * 8 + g) * 64));
+                L[g] = _mm512_and_si512(x, m4);
+                H[g] = _mm512_andnot_si512(m4, x);
+            }
+            UNROLL
+            for (int t = 0; t < T; t++) {
+                const cm_block_q8_K *yb = (const cm_block_q8_K *)(act + (size_t)t * arb) + i;
+                const int8_t *q = yb->qs + 64 * p;
+                int32_t a[16];
+                memcpy(a, q, 64);
+                __m512i s0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), L[0], _mm512_set1_epi32(a[0]));
+                __m512i s1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), H[0], _mm512_set1_epi32(a[8]));
+                UNROLL
+                for (int g = 1; g < 8; g++) {
+                    s0 = _mm512_dpbusd_epi32(s0, L[g], _mm512_set1_epi32(a[g]));
+                    s1 = _mm512_dpbusd_epi32(s1, H[g], _mm512_set1_epi32(a[8 + g]));
+                }
+                const __m512 dy = _mm512_set1_ps(yb->d);
+                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s0), _mm512_mul_ps(sl, dy), acc[t]);
+                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s1), _mm512_mul_ps(sh, dy), acc[t]);
+            }
+        }
+    }
+    UNROLL
+    for (int t = 0; t < T; t++) _mm512_storeu_ps(y + t * ys, acc[t]);
+}
+
+static void q4_K_matmul(const void *w, int64_t n_cols, int64_t r0, int64_t r1, const void *act, size_t arb,
+                        int64_t n_tokens, float *y, int64_t ys) {
+    const int64_t nb = n_cols / CM_QK_K;
+    const size_t group_bytes = (size_t)nb * K4_TILE;
+    const int64_t chunk = token_chunk(arb);
+    for (int64_t c0 = 0; c0 < n_tokens; c0 += chunk) {
+        const int64_t c1 = c0 + chunk < n_tokens ? c0 + chunk : n_tokens;
+        for (int64_t r = r0; r < r1; r += RR) {
+            const uint8_t *wg = (const uint8_t *)w + (size_t)(r / RR) * group_bytes;
+            for (int64_t t = c0; t < c1; t += 8) {
+                const uint8_t *a = (const uint8_t *)act + (size_t)t * arb;
+                float *yt = y + t * ys + r;
+                switch (c1 - t >= 8 ? 8 : (int)(c1 - t)) {
+                case 8: q4_K_group(wg, nb, a, arb, 8, yt, ys); break;
+                case 7: q4_K_group(wg, nb, a, arb, 7, yt, ys); break;
+                case 6: q4_K_group(wg, nb, a, arb, 6, yt, ys); break;
+                case 5: q4_K_group(wg, nb, a, arb, 5, yt, ys); break;
+                case 4: q4_K_group(wg, nb, a, arb, 4, yt, ys); break;
+                case 3: q4_K_group(wg, nb, a, arb, 3, yt, ys); break;
+                case 2: q4_K_group(wg, nb, a, arb, 2, yt, ys); break;
+                default: q4_K_group(wg, nb, a, arb, 1, yt, ys); break;
+                }
+            }
+        }
+    }
+}
+
+static const cm_repack_ops q4_K_ops = {
+    .type = CM_TYPE_Q4_K_R16,
+    .src_type = CM_TYPE_Q4_K,
+    .name = "q4_K_r16",
+    .bytes = q4_K_bytes,
+    .pack = q4_K_pack,
+    .matmul = q4_K_matmul,
+    .unpack_row = q4_K_unpack_row,
+};
+
+const struct cm_repack_ops *cm_repack_k_avx512(int src_type) {
+    switch (src_type) {
+    case CM_TYPE_Q4_K: return &q4_K_ops;
+    default: return NULL;
+    }
+}
