@@ -1418,9 +1418,10 @@ static int verbs_create(cm_xfer *x, const cm_xfer_config *cfg, void **state) {
         goto fail;
     }
     b->frame_bytes = uc ? UC_FRAME_BYTES : RC_FRAME_BYTES;
-    CM_LOGW("xfer: verbs backend on %s port %d (%s queue pairs, %s); this backend has not yet been run on RDMA "
-            "hardware by its authors: report what you see",
-            b->dev.name, b->dev.port, uc ? "UC, two-sided" : "RC, one-sided writes", b->ethernet ? "Ethernet" : "InfiniBand");
+    CM_LOGW("xfer: verbs backend on %s port %d (%s, %s link layer); note: this backend has been tested only "
+            "against a software stand-in, not yet on RDMA hardware",
+            b->dev.name, b->dev.port, uc ? "UC queue pairs, two-sided frames" : "RC queue pairs, one-sided writes",
+            b->ethernet ? "Ethernet" : "InfiniBand");
     if (pipe(b->wake)) {
         rc = cm_errorf(CM_EIO, "xfer: pipe: %s", strerror(errno));
         goto fail;
