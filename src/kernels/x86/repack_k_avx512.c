@@ -1,7 +1,7 @@
 /* repack_k_avx512.c - the repacked layouts of repack.h for the K formats
- * with AVX-512 VNNI kernels: q4_K (CM_TYPE_Q4_K_R16). The q6_K tile below
- * is the planned layout, not offered yet; q5_K has none. Lookups for
- * those answer NULL and such weights keep their file layout.
+ * with AVX-512 VNNI kernels: q4_K (CM_TYPE_Q4_K_R16) and q6_K
+ * (CM_TYPE_Q6_K_R16). q5_K has no layout yet: its lookup answers NULL and
+ * such weights keep their file layout.
  *
  * A repacked matrix is a run of 16-row groups, each a run of tiles, one per
  * 256-wide super-block. Within a tile, "x[k][16]" is one value per row
@@ -24,7 +24,8 @@
  *
  * q6_K tile (3360 bytes, the same as the file's 16 x 210):
  *   f16 d[16]
- *   i8  sc[16][16]         scales of the 16-element groups
+ *   i8  sc[8][16][2]       scales of 16-element groups 2m and 2m+1 side by
+ *                          side (sign-extended to i16: VPDPWSSD pairs)
  *   u8  ql[2][2][8][16][4] half h, c, group g: ql[64h + 32c + 4g .. +3];
  *                          low nibbles are elements 128h + 32c + 4g..,
  *                          high nibbles 128h + 64 + 32c + 4g..
@@ -257,9 +258,200 @@ static const cm_repack_ops q4_K_ops = {
     .unpack_row = q4_K_unpack_row,
 };
 
+/* ---- q6_K ---- */
+
+#define K6_D 0
+#define K6_SC (K6_D + 2 * RR)
+#define K6_QL (K6_SC + 16 * RR)
+#define K6_QH (K6_QL + 128 * RR)
+#define K6_TILE (K6_QH + 64 * RR)
+static_assert(K6_TILE == 3360, "q6_K tile layout");
+
+static size_t q6_K_bytes(int64_t n_rows, int64_t n_cols) {
+    return (size_t)(n_rows / RR) * (size_t)(n_cols / CM_QK_K) * K6_TILE;
+}
+
+/* Byte offsets in a tile of ql[64h + 32c + 4g] and qh[32h + 4g] for row r. */
+static inline size_t k6_ql_at(int h, int c, int g, int r) { return K6_QL + (size_t)((((h * 2 + c) * 8 + g) * RR + r) * 4); }
+static inline size_t k6_qh_at(int h, int g, int r) { return K6_QH + (size_t)(((h * 8 + g) * RR + r) * 4); }
+
+static void q6_K_pack(const void *src, size_t src_row_bytes, int64_t n_rows, int64_t n_cols, void *dst) {
+    const int64_t nb = n_cols / CM_QK_K;
+    uint8_t *out = dst;
+    for (int64_t g0 = 0; g0 + RR <= n_rows; g0 += RR) {
+        for (int64_t i = 0; i < nb; i++, out += K6_TILE) {
+            for (int r = 0; r < RR; r++) {
+                const cm_block_q6_K *b =
+                    (const cm_block_q6_K *)((const uint8_t *)src + (size_t)(g0 + r) * src_row_bytes) + i;
+                memcpy(out + K6_D + 2 * r, &b->d, 2);
+                for (int m = 0; m < 8; m++) {
+                    out[K6_SC + m * 2 * RR + 2 * r] = (uint8_t)b->scales[2 * m];
+                    out[K6_SC + m * 2 * RR + 2 * r + 1] = (uint8_t)b->scales[2 * m + 1];
+                }
+                for (int h = 0; h < 2; h++)
+                    for (int g = 0; g < 8; g++) {
+                        memcpy(out + k6_ql_at(h, 0, g, r), b->ql + 64 * h + 4 * g, 4);
+                        memcpy(out + k6_ql_at(h, 1, g, r), b->ql + 64 * h + 32 + 4 * g, 4);
+                        memcpy(out + k6_qh_at(h, g, r), b->qh + 32 * h + 4 * g, 4);
+                    }
+            }
+        }
+    }
+}
+
+static void q6_K_unpack_row(const void *w, int64_t n_cols, int64_t row, void *dst_row) {
+    const int64_t nb = n_cols / CM_QK_K;
+    const uint8_t *t = (const uint8_t *)w + (size_t)(row / RR) * (size_t)nb * K6_TILE;
+    const int r = (int)(row % RR);
+    cm_block_q6_K *b = dst_row;
+    for (int64_t i = 0; i < nb; i++, t += K6_TILE, b++) {
+        memcpy(&b->d, t + K6_D + 2 * r, 2);
+        for (int m = 0; m < 8; m++) {
+            b->scales[2 * m] = (int8_t)t[K6_SC + m * 2 * RR + 2 * r];
+            b->scales[2 * m + 1] = (int8_t)t[K6_SC + m * 2 * RR + 2 * r + 1];
+        }
+        for (int h = 0; h < 2; h++)
+            for (int g = 0; g < 8; g++) {
+                memcpy(b->ql + 64 * h + 4 * g, t + k6_ql_at(h, 0, g, r), 4);
+                memcpy(b->ql + 64 * h + 32 + 4 * g, t + k6_ql_at(h, 1, g, r), 4);
+                memcpy(b->qh + 32 * h + 4 * g, t + k6_qh_at(h, g, r), 4);
+            }
+    }
+}
+
+/* (a & 0x0f) | b, b already holding only bits 4-5 (vpternlogd 0xec with
+ * c = 0x0f in every byte) */
+static ALWAYS_INLINE __m512i k6_merge(__m512i a, __m512i b, __m512i m4) { return _mm512_ternarylogic_epi32(a, b, m4, 0xec); }
+
+static ALWAYS_INLINE void q6_K_group(const uint8_t *wg, int64_t nb, const uint8_t *act, size_t arb, const int T,
+                                     float *y, int64_t ys) {
+    const __m512i m4 = _mm512_set1_epi8(0x0f);
+    const __m512i m30 = _mm512_set1_epi8(0x30);
+    __m512 acc[8];
+    UNROLL
+    for (int t = 0; t < T; t++) acc[t] = _mm512_setzero_ps();
+    for (int64_t i = 0; i < nb; i++) {
+        const uint8_t *tl = wg + i * K6_TILE;
+        const __m512 dv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(tl + K6_D)));
+        /* weights are q + 32: take 32 * sum_k sc[k] * bsums[k] back out */
+        {
+            __m512i scp[8];
+            UNROLL
+            for (int m = 0; m < 8; m++)
+                scp[m] = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(tl + K6_SC + 32 * m)));
+            const __m512 d32 = _mm512_mul_ps(dv, _mm512_set1_ps(32.0f));
+            UNROLL
+            for (int t = 0; t < T; t++) {
+                const cm_block_q8_K *yb = (const cm_block_q8_K *)(act + (size_t)t * arb) + i;
+                int32_t bp[8];
+                memcpy(bp, yb->bsums, 32);
+                __m512i c = _mm512_dpwssd_epi32(_mm512_setzero_si512(), scp[0], _mm512_set1_epi32(bp[0]));
+                UNROLL
+                for (int m = 1; m < 8; m++) c = _mm512_dpwssd_epi32(c, scp[m], _mm512_set1_epi32(bp[m]));
+                acc[t] = _mm512_fnmadd_ps(_mm512_mul_ps(d32, _mm512_set1_ps(yb->d)), _mm512_cvtepi32_ps(c), acc[t]);
+            }
+        }
+        /* per token, sum of d * sc[k] * dot(sub-block k) for this super-block */
+        __m512 f[8];
+        UNROLL
+        for (int t = 0; t < T; t++) f[t] = _mm512_setzero_ps();
+        UNROLL
+        for (int h = 0; h < 2; h++) {
+            UNROLL
+            for (int gg = 0; gg < 2; gg++) {
+                UNROLL
+                for (int c = 0; c < 4; c++) {
+                    /* sub-block k = 8h + gg + 2c: elements 128h + 32c + 16gg
+                     * + 4j of the low (c < 2) or high nibbles of ql half
+                     * c % 2, topped up by qh bit pair c; scale k sits at pair
+                     * k / 2, half k % 2 */
+                    const int k = 8 * h + gg + 2 * c;
+                    const __m512i pr =
+                        _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(tl + K6_SC + 32 * (k / 2))));
+                    const __m512i s32 =
+                        k % 2 ? _mm512_srai_epi32(pr, 16) : _mm512_srai_epi32(_mm512_slli_epi32(pr, 16), 16);
+                    const __m512 fs = _mm512_mul_ps(dv, _mm512_cvtepi32_ps(s32));
+                    __m512i V[4];
+                    UNROLL
+                    for (int j = 0; j < 4; j++) {
+                        const int g = 4 * gg + j;
+                        const __m512i l = _mm512_loadu_si512((const void *)(tl + k6_ql_at(h, c % 2, g, 0)));
+                        const __m512i qh = _mm512_loadu_si512((const void *)(tl + k6_qh_at(h, g, 0)));
+                        const __m512i lo = c < 2 ? l : _mm512_srli_epi16(l, 4);
+                        __m512i hi;
+                        switch (c) {
+                        case 0: hi = _mm512_slli_epi16(qh, 4); break;
+                        case 1: hi = _mm512_slli_epi16(qh, 2); break;
+                        case 2: hi = qh; break;
+                        default: hi = _mm512_srli_epi16(qh, 2); break;
+                        }
+                        V[j] = k6_merge(lo, _mm512_and_si512(hi, m30), m4);
+                    }
+                    UNROLL
+                    for (int t = 0; t < T; t++) {
+                        const cm_block_q8_K *yb = (const cm_block_q8_K *)(act + (size_t)t * arb) + i;
+                        int32_t a[4];
+                        memcpy(a, yb->qs + 128 * h + 32 * c + 16 * gg, 16);
+                        __m512i sum = _mm512_dpbusd_epi32(_mm512_setzero_si512(), V[0], _mm512_set1_epi32(a[0]));
+                        sum = _mm512_dpbusd_epi32(sum, V[1], _mm512_set1_epi32(a[1]));
+                        sum = _mm512_dpbusd_epi32(sum, V[2], _mm512_set1_epi32(a[2]));
+                        sum = _mm512_dpbusd_epi32(sum, V[3], _mm512_set1_epi32(a[3]));
+                        f[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), fs, f[t]);
+                    }
+                }
+            }
+        }
+        UNROLL
+        for (int t = 0; t < T; t++) {
+            const cm_block_q8_K *yb = (const cm_block_q8_K *)(act + (size_t)t * arb) + i;
+            acc[t] = _mm512_fmadd_ps(f[t], _mm512_set1_ps(yb->d), acc[t]);
+        }
+    }
+    UNROLL
+    for (int t = 0; t < T; t++) _mm512_storeu_ps(y + t * ys, acc[t]);
+}
+
+static void q6_K_matmul(const void *w, int64_t n_cols, int64_t r0, int64_t r1, const void *act, size_t arb,
+                        int64_t n_tokens, float *y, int64_t ys) {
+    const int64_t nb = n_cols / CM_QK_K;
+    const size_t group_bytes = (size_t)nb * K6_TILE;
+    const int64_t chunk = token_chunk(arb);
+    for (int64_t c0 = 0; c0 < n_tokens; c0 += chunk) {
+        const int64_t c1 = c0 + chunk < n_tokens ? c0 + chunk : n_tokens;
+        for (int64_t r = r0; r < r1; r += RR) {
+            const uint8_t *wg = (const uint8_t *)w + (size_t)(r / RR) * group_bytes;
+            for (int64_t t = c0; t < c1; t += 8) {
+                const uint8_t *a = (const uint8_t *)act + (size_t)t * arb;
+                float *yt = y + t * ys + r;
+                switch (c1 - t >= 8 ? 8 : (int)(c1 - t)) {
+                case 8: q6_K_group(wg, nb, a, arb, 8, yt, ys); break;
+                case 7: q6_K_group(wg, nb, a, arb, 7, yt, ys); break;
+                case 6: q6_K_group(wg, nb, a, arb, 6, yt, ys); break;
+                case 5: q6_K_group(wg, nb, a, arb, 5, yt, ys); break;
+                case 4: q6_K_group(wg, nb, a, arb, 4, yt, ys); break;
+                case 3: q6_K_group(wg, nb, a, arb, 3, yt, ys); break;
+                case 2: q6_K_group(wg, nb, a, arb, 2, yt, ys); break;
+                default: q6_K_group(wg, nb, a, arb, 1, yt, ys); break;
+                }
+            }
+        }
+    }
+}
+
+static const cm_repack_ops q6_K_ops = {
+    .type = CM_TYPE_Q6_K_R16,
+    .src_type = CM_TYPE_Q6_K,
+    .name = "q6_K_r16",
+    .bytes = q6_K_bytes,
+    .pack = q6_K_pack,
+    .matmul = q6_K_matmul,
+    .unpack_row = q6_K_unpack_row,
+};
+
 const struct cm_repack_ops *cm_repack_k_avx512(int src_type) {
     switch (src_type) {
     case CM_TYPE_Q4_K: return &q4_K_ops;
+    case CM_TYPE_Q6_K: return &q6_K_ops;
     default: return NULL;
     }
 }
