@@ -184,37 +184,42 @@ static ALWAYS_INLINE void q4_K_group(const uint8_t *wg, int64_t nb, const uint8_
                 acc[t] = _mm512_fnmadd_ps(_mm512_mul_ps(dmv, _mm512_set1_ps(yb->d)), _mm512_cvtepi32_ps(m), acc[t]);
             }
         }
+        /* per token, sum of d * sc[j] * dot(sub-block j) for this super-block */
+        __m512 f[8];
         UNROLL
-        for (int p = 0; p < 4; p++) {
-            const __m512 sl = _mm512_mul_ps(
-                dv, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(tl + K4_SC + 2 * p * RR)))));
-            const __m512 sh = _mm512_mul_ps(
-                dv16,
-                _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(tl + K4_SC + (2 * p + 1) * RR)))));
-            __m512i L[8], H[8];
+        for (int t = 0; t < T; t++) f[t] = _mm512_setzero_ps();
+        UNROLL
+        for (int j = 0; j < 8; j++) {
+            /* sub-block j: the low (j even) or high nibbles of pair j / 2 */
+            const int p = j / 2;
+            const __m512 fs = _mm512_mul_ps(
+                j % 2 ? dv16 : dv,
+                _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(tl + K4_SC + j * RR)))));
+            __m512i W[8];
             UNROLL
             for (int g = 0; g < 8; g++) {
                 const __m512i x = _mm512_loadu_si512((const void *)(tl + K4_QS + (p * 8 + g) * 64));
-                L[g] = _mm512_and_si512(x, m4);
-                H[g] = _mm512_andnot_si512(m4, x);
+                W[g] = j % 2 ? _mm512_andnot_si512(m4, x) : _mm512_and_si512(x, m4);
             }
             UNROLL
             for (int t = 0; t < T; t++) {
                 const cm_block_q8_K *yb = (const cm_block_q8_K *)(act + (size_t)t * arb) + i;
-                const int8_t *q = yb->qs + 64 * p;
-                int32_t a[16];
-                memcpy(a, q, 64);
-                __m512i s0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), L[0], _mm512_set1_epi32(a[0]));
-                __m512i s1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), H[0], _mm512_set1_epi32(a[8]));
+                int32_t a[8];
+                memcpy(a, yb->qs + 32 * j, 32);
+                __m512i s0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), W[0], _mm512_set1_epi32(a[0]));
+                __m512i s1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), W[1], _mm512_set1_epi32(a[1]));
                 UNROLL
-                for (int g = 1; g < 8; g++) {
-                    s0 = _mm512_dpbusd_epi32(s0, L[g], _mm512_set1_epi32(a[g]));
-                    s1 = _mm512_dpbusd_epi32(s1, H[g], _mm512_set1_epi32(a[8 + g]));
+                for (int g = 2; g < 8; g += 2) {
+                    s0 = _mm512_dpbusd_epi32(s0, W[g], _mm512_set1_epi32(a[g]));
+                    s1 = _mm512_dpbusd_epi32(s1, W[g + 1], _mm512_set1_epi32(a[g + 1]));
                 }
-                const __m512 dy = _mm512_set1_ps(yb->d);
-                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s0), _mm512_mul_ps(sl, dy), acc[t]);
-                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s1), _mm512_mul_ps(sh, dy), acc[t]);
+                f[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)), fs, f[t]);
             }
+        }
+        UNROLL
+        for (int t = 0; t < T; t++) {
+            const cm_block_q8_K *yb = (const cm_block_q8_K *)(act + (size_t)t * arb) + i;
+            acc[t] = _mm512_fmadd_ps(f[t], _mm512_set1_ps(yb->d), acc[t]);
         }
     }
     UNROLL
