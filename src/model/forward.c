@@ -17,6 +17,7 @@
  * is validated in full before anything is written, so an error leaves the
  * KV cache and the sequence lengths exactly as they were. */
 #include <math.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "base/status.h"
@@ -36,6 +37,38 @@ static void mm(cm_ctx *c, const cm_weight *w, int64_t mat, const float *x, int n
 }
 
 static float silu(float x) { return x / (1.0f + expf(-x)); }
+
+/* On x86 the SwiGLU loop is also built for AVX2 and AVX-512, the widest the
+ * CPU has picked at load time (no intrinsics here). */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define FWD_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define FWD_CLONES
+#endif
+
+/* e^x without a libm call, so that loops over it vectorize: x = n ln2 + r
+ * with |r| <= ln2/2, e^r by its degree-6 Taylor polynomial (relative error
+ * below 2e-7), 2^n built in the exponent bits. x is clamped to [-88, 88]:
+ * the result is then 0 below (n = -127 makes a zero scale) and at most
+ * 2.4e38 above, finite either way; NaN stays NaN. */
+static inline float exp_clamped(float x) {
+    x = x < -88.0f ? -88.0f : x > 88.0f ? 88.0f : x;
+    const float shift = 12582912.0f; /* 1.5 * 2^23: adding it rounds to an integer */
+    float n = (x * 1.44269504f + shift) - shift;
+    float r = x - n * 0.693145752f - n * 1.42860677e-6f;
+    float p = 1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 + r * (1.0f / 720))))));
+    union {
+        int32_t i;
+        float f;
+    } e = {.i = ((int32_t)n + 127) << 23};
+    return p * e.f;
+}
+
+/* g[i] = silu(g[i]) * u[i]: the SwiGLU gate, a large share of the
+ * element-wise work of a prompt (n_ff values per token and layer). */
+FWD_CLONES static void swiglu(float *restrict g, const float *restrict u, long n) {
+    for (long i = 0; i < n; i++) g[i] = g[i] / (1.0f + exp_clamped(-g[i])) * u[i];
+}
 
 static int validate(cm_ctx *c, const cm_batch *b, const float *hidden_in, float *hidden_out) {
     const cm_model *m = c->model;
@@ -166,7 +199,7 @@ static void ew_worker(void *arg, int ith, int nth) {
         if (j->phase == EW_ADD)
             for (long i = b; i < e; i++) c->x[i] += c->xo[i];
         else
-            for (long i = b; i < e; i++) c->hb[i] = silu(c->hb[i]) * c->hb2[i];
+            swiglu(c->hb + b, c->hb2 + b, e - b);
         return;
     }
     cm_split_range(j->b->n_tokens, ith, nth, &b, &e);
