@@ -1,7 +1,7 @@
 /* repack_k_avx512.c - the repacked layouts of repack.h for the K formats
- * with AVX-512 VNNI kernels: q4_K (CM_TYPE_Q4_K_R16) and q6_K
- * (CM_TYPE_Q6_K_R16). q5_K has no layout yet: its lookup answers NULL and
- * such weights keep their file layout.
+ * with AVX-512 VNNI kernels: q4_K (CM_TYPE_Q4_K_R16), q6_K
+ * (CM_TYPE_Q6_K_R16) and q5_K (CM_TYPE_Q5_K_R16, the q4_K tile plus the 5th
+ * bits, described with its code below).
  *
  * A repacked matrix is a run of 16-row groups, each a run of tiles, one per
  * 256-wide super-block. Within a tile, "x[k][16]" is one value per row
@@ -453,10 +453,184 @@ static const cm_repack_ops q6_K_ops = {
     .unpack_row = q6_K_unpack_row,
 };
 
+/* ---- q5_K ----
+ * The q4_K tile with the 5th bits added: u8 qh[8][16][4], group g = bytes
+ * qh[4g .. +3] of each row (bit j of qh[l] tops up element 32j + l), after
+ * mn and before qs. 2880 bytes for 16 rows; the file has 16 x 176 = 2816,
+ * +2.3%. */
+
+#define K5_D 0
+#define K5_DMIN (K5_D + 2 * RR)
+#define K5_SC (K5_DMIN + 2 * RR)
+#define K5_MN (K5_SC + 8 * RR)
+#define K5_QH (K5_MN + 8 * RR)
+#define K5_QS (K5_QH + 32 * RR)
+#define K5_TILE (K5_QS + 128 * RR)
+static_assert(K5_TILE == 2880, "q5_K tile layout");
+
+static size_t q5_K_bytes(int64_t n_rows, int64_t n_cols) {
+    return (size_t)(n_rows / RR) * (size_t)(n_cols / CM_QK_K) * K5_TILE;
+}
+
+static void q5_K_pack(const void *src, size_t src_row_bytes, int64_t n_rows, int64_t n_cols, void *dst) {
+    const int64_t nb = n_cols / CM_QK_K;
+    uint8_t *out = dst;
+    for (int64_t g0 = 0; g0 + RR <= n_rows; g0 += RR) {
+        for (int64_t i = 0; i < nb; i++, out += K5_TILE) {
+            for (int r = 0; r < RR; r++) {
+                const cm_block_q5_K *b =
+                    (const cm_block_q5_K *)((const uint8_t *)src + (size_t)(g0 + r) * src_row_bytes) + i;
+                uint8_t sc[8], mn[8];
+                k4_scales_get(b->scales, sc, mn);
+                memcpy(out + K5_D + 2 * r, &b->d, 2);
+                memcpy(out + K5_DMIN + 2 * r, &b->dmin, 2);
+                for (int j = 0; j < 8; j++) out[K5_SC + j * RR + r] = sc[j];
+                for (int k = 0; k < 4; k++) {
+                    out[K5_MN + k * 2 * RR + 2 * r] = mn[2 * k];
+                    out[K5_MN + k * 2 * RR + 2 * r + 1] = mn[2 * k + 1];
+                }
+                for (int g = 0; g < 8; g++) memcpy(out + K5_QH + (g * RR + r) * 4, b->qh + 4 * g, 4);
+                for (int p = 0; p < 4; p++)
+                    for (int g = 0; g < 8; g++) memcpy(out + K5_QS + ((p * 8 + g) * RR + r) * 4, b->qs + 32 * p + 4 * g, 4);
+            }
+        }
+    }
+}
+
+static void q5_K_unpack_row(const void *w, int64_t n_cols, int64_t row, void *dst_row) {
+    const int64_t nb = n_cols / CM_QK_K;
+    const uint8_t *t = (const uint8_t *)w + (size_t)(row / RR) * (size_t)nb * K5_TILE;
+    const int r = (int)(row % RR);
+    cm_block_q5_K *b = dst_row;
+    for (int64_t i = 0; i < nb; i++, t += K5_TILE, b++) {
+        uint8_t sc[8], mn[8];
+        memcpy(&b->d, t + K5_D + 2 * r, 2);
+        memcpy(&b->dmin, t + K5_DMIN + 2 * r, 2);
+        for (int j = 0; j < 8; j++) sc[j] = t[K5_SC + j * RR + r];
+        for (int k = 0; k < 4; k++) {
+            mn[2 * k] = t[K5_MN + k * 2 * RR + 2 * r];
+            mn[2 * k + 1] = t[K5_MN + k * 2 * RR + 2 * r + 1];
+        }
+        k4_scales_put(sc, mn, b->scales);
+        for (int g = 0; g < 8; g++) memcpy(b->qh + 4 * g, t + K5_QH + (g * RR + r) * 4, 4);
+        for (int p = 0; p < 4; p++)
+            for (int g = 0; g < 8; g++) memcpy(b->qs + 32 * p + 4 * g, t + K5_QS + ((p * 8 + g) * RR + r) * 4, 4);
+    }
+}
+
+static ALWAYS_INLINE void q5_K_group(const uint8_t *wg, int64_t nb, const uint8_t *act, size_t arb, const int T,
+                                     float *y, int64_t ys) {
+    const __m512i m4 = _mm512_set1_epi8(0x0f);
+    const __m512i m10 = _mm512_set1_epi8(0x10);
+    __m512 acc[8];
+    UNROLL
+    for (int t = 0; t < T; t++) acc[t] = _mm512_setzero_ps();
+    for (int64_t i = 0; i < nb; i++) {
+        const uint8_t *tl = wg + i * K5_TILE;
+        const __m512 dv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(tl + K5_D)));
+        const __m512 dmv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(tl + K5_DMIN)));
+        {
+            __m512i mnv[4];
+            UNROLL
+            for (int k = 0; k < 4; k++)
+                mnv[k] = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(tl + K5_MN + 32 * k)));
+            UNROLL
+            for (int t = 0; t < T; t++) {
+                const cm_block_q8_K *yb = (const cm_block_q8_K *)(act + (size_t)t * arb) + i;
+                int32_t bp[8];
+                k4_bsum_pairs(yb, bp);
+                __m512i m = _mm512_dpwssd_epi32(_mm512_setzero_si512(), mnv[0], _mm512_set1_epi32(bp[0]));
+                m = _mm512_dpwssd_epi32(m, mnv[1], _mm512_set1_epi32(bp[1]));
+                m = _mm512_dpwssd_epi32(m, mnv[2], _mm512_set1_epi32(bp[4]));
+                m = _mm512_dpwssd_epi32(m, mnv[3], _mm512_set1_epi32(bp[5]));
+                acc[t] = _mm512_fnmadd_ps(_mm512_mul_ps(dmv, _mm512_set1_ps(yb->d)), _mm512_cvtepi32_ps(m), acc[t]);
+            }
+        }
+        __m512 f[8];
+        UNROLL
+        for (int t = 0; t < T; t++) f[t] = _mm512_setzero_ps();
+        UNROLL
+        for (int j = 0; j < 8; j++) {
+            /* sub-block j: the low (j even) or high nibbles of pair j / 2,
+             * 5th bit = bit j of qh */
+            const int p = j / 2;
+            const __m512 fs = _mm512_mul_ps(
+                dv, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(tl + K5_SC + j * RR)))));
+            __m512i W[8];
+            UNROLL
+            for (int g = 0; g < 8; g++) {
+                const __m512i x = _mm512_loadu_si512((const void *)(tl + K5_QS + (p * 8 + g) * 64));
+                const __m512i qh = _mm512_loadu_si512((const void *)(tl + K5_QH + g * 64));
+                const __m512i hb = j <= 4 ? _mm512_slli_epi16(qh, 4 - j) : _mm512_srli_epi16(qh, j - 4);
+                W[g] = k6_merge(j % 2 ? _mm512_srli_epi16(x, 4) : x, _mm512_and_si512(hb, m10), m4);
+            }
+            UNROLL
+            for (int t = 0; t < T; t++) {
+                const cm_block_q8_K *yb = (const cm_block_q8_K *)(act + (size_t)t * arb) + i;
+                int32_t a[8];
+                memcpy(a, yb->qs + 32 * j, 32);
+                __m512i s0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), W[0], _mm512_set1_epi32(a[0]));
+                __m512i s1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), W[1], _mm512_set1_epi32(a[1]));
+                UNROLL
+                for (int g = 2; g < 8; g += 2) {
+                    s0 = _mm512_dpbusd_epi32(s0, W[g], _mm512_set1_epi32(a[g]));
+                    s1 = _mm512_dpbusd_epi32(s1, W[g + 1], _mm512_set1_epi32(a[g + 1]));
+                }
+                f[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)), fs, f[t]);
+            }
+        }
+        UNROLL
+        for (int t = 0; t < T; t++) {
+            const cm_block_q8_K *yb = (const cm_block_q8_K *)(act + (size_t)t * arb) + i;
+            acc[t] = _mm512_fmadd_ps(f[t], _mm512_set1_ps(yb->d), acc[t]);
+        }
+    }
+    UNROLL
+    for (int t = 0; t < T; t++) _mm512_storeu_ps(y + t * ys, acc[t]);
+}
+
+static void q5_K_matmul(const void *w, int64_t n_cols, int64_t r0, int64_t r1, const void *act, size_t arb,
+                        int64_t n_tokens, float *y, int64_t ys) {
+    const int64_t nb = n_cols / CM_QK_K;
+    const size_t group_bytes = (size_t)nb * K5_TILE;
+    const int64_t chunk = token_chunk(arb);
+    for (int64_t c0 = 0; c0 < n_tokens; c0 += chunk) {
+        const int64_t c1 = c0 + chunk < n_tokens ? c0 + chunk : n_tokens;
+        for (int64_t r = r0; r < r1; r += RR) {
+            const uint8_t *wg = (const uint8_t *)w + (size_t)(r / RR) * group_bytes;
+            for (int64_t t = c0; t < c1; t += 8) {
+                const uint8_t *a = (const uint8_t *)act + (size_t)t * arb;
+                float *yt = y + t * ys + r;
+                switch (c1 - t >= 8 ? 8 : (int)(c1 - t)) {
+                case 8: q5_K_group(wg, nb, a, arb, 8, yt, ys); break;
+                case 7: q5_K_group(wg, nb, a, arb, 7, yt, ys); break;
+                case 6: q5_K_group(wg, nb, a, arb, 6, yt, ys); break;
+                case 5: q5_K_group(wg, nb, a, arb, 5, yt, ys); break;
+                case 4: q5_K_group(wg, nb, a, arb, 4, yt, ys); break;
+                case 3: q5_K_group(wg, nb, a, arb, 3, yt, ys); break;
+                case 2: q5_K_group(wg, nb, a, arb, 2, yt, ys); break;
+                default: q5_K_group(wg, nb, a, arb, 1, yt, ys); break;
+                }
+            }
+        }
+    }
+}
+
+static const cm_repack_ops q5_K_ops = {
+    .type = CM_TYPE_Q5_K_R16,
+    .src_type = CM_TYPE_Q5_K,
+    .name = "q5_K_r16",
+    .bytes = q5_K_bytes,
+    .pack = q5_K_pack,
+    .matmul = q5_K_matmul,
+    .unpack_row = q5_K_unpack_row,
+};
+
 const struct cm_repack_ops *cm_repack_k_avx512(int src_type) {
     switch (src_type) {
     case CM_TYPE_Q4_K: return &q4_K_ops;
     case CM_TYPE_Q6_K: return &q6_K_ops;
+    case CM_TYPE_Q5_K: return &q5_K_ops;
     default: return NULL;
     }
 }
