@@ -4,7 +4,8 @@
  *   cellm xfer-bench --serve HOST:PORT [--key-file F] [--once]
  *   cellm xfer-bench --peer HOST:PORT[,HOST:PORT...] [--backend tcp|verbs|fabric]
  *                    [--sizes 4K,256K,4M,64M] [--iters N] [--rtt-iters N]
- *                    [--sockets N] [--chunk BYTES] [--baseline] [--json] [--key-file F]
+ *                    [--sockets N] [--chunk BYTES] [--baseline] [--raw-buffers 4M[,64M...]]
+ *                    [--busy-poll US] [--json] [--key-file F]
  *
  * The bench talks to the server through the engine itself: small text
  * messages (send/recv) set up a destination region and say how many writes
@@ -18,9 +19,11 @@
  *   rtt: an 8-byte write_imm to the server, which answers with an 8-byte
  *     write_imm; median over --rtt-iters round trips after 200 warm-up ones.
  *   --baseline: the server also listens on PORT+1 for plain TCP: a single
- *     socket streams 4 MiB buffers (same total as the engine's largest-size
- *     repetition, at least 256 MiB) and a raw 8-byte ping-pong, in the same
- *     run, on the first address.
+ *     socket streams, for each --raw-buffers size B (default 4M), the same
+ *     bytes per repetition as an engine write of size B would (K*B), sent
+ *     from a filled B-byte buffer and received walking through a B-byte
+ *     buffer, as the engine's writes walk through its regions; then a raw
+ *     8-byte ping-pong; in the same run, on the first address.
  *
  * JSON lines: {"mode":"write","size_bytes":..,"gbit_s":..,...},
  * {"mode":"rtt","size_bytes":8,"rtt_us":..,...}, and with --baseline
@@ -165,6 +168,35 @@ static int msg_send(cm_xfer *x, int peer, const char *text) {
     return rc;
 }
 
+/* How busy the whole machine's CPUs were (Linux /proc/stat, which is not
+ * per network namespace): both ends of a transfer between namespaces and
+ * the kernel's packet work show up here, which makes it the measure of how
+ * much CPU a transfer costs. Returns 0 when unavailable. */
+typedef struct cpu_mark {
+    unsigned long long busy, total;
+} cpu_mark;
+
+static cpu_mark cpu_now(void) {
+    cpu_mark m = {0, 0};
+    FILE *f = fopen("/proc/stat", "r");
+    if (!f) return m;
+    unsigned long long v[10] = {0};
+    if (fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3], &v[4], &v[5], &v[6],
+               &v[7]) == 8) {
+        for (int i = 0; i < 8; i++) m.total += v[i];
+        m.busy = m.total - v[3] - v[4]; /* idle, iowait */
+    }
+    fclose(f);
+    return m;
+}
+
+static void cpu_add(cpu_mark *acc, cpu_mark from, cpu_mark to) {
+    acc->busy += to.busy - from.busy;
+    acc->total += to.total - from.total;
+}
+
+static double cpu_busy(cpu_mark acc) { return acc.total ? (double)acc.busy / (double)acc.total : 0; }
+
 /* ---- raw TCP baseline ---- */
 
 static int raw_listen(const char *host, int port) {
@@ -210,28 +242,44 @@ static int full_io(int fd, void *p, size_t n, int wr) {
     return 0;
 }
 
-/* Serves raw baseline sessions: 16-byte command "S <bytes>" (stream, answer
+/* Serves raw baseline sessions: a 32-byte command "S <bytes> <buffer>"
+ * (stream: receive <bytes> walking through a <buffer>-byte buffer, the way
+ * the engine lands writes at increasing offsets of its region, and answer
  * one byte at the end) or "P <count>" (8-byte ping-pong). The baseline uses
- * no key: it carries nothing but zeros and counts. */
+ * no key: it carries nothing but filler and counts. */
+#define RAW_CMD_BYTES 32
+#define RAW_MAX_BUFFER (1ull << 30)
 static void *raw_server_main(void *arg) {
     int lfd = (int)(intptr_t)arg;
-    size_t cap = 4u << 20;
-    char *buf = malloc(cap);
+    char *buf = NULL;
+    size_t cap = 0;
     for (;;) {
         int fd = accept(lfd, NULL, NULL);
         if (fd < 0) break;
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        char cmd[17] = {0};
-        if (full_io(fd, cmd, 16, 0) == 0) {
-            unsigned long long n = strtoull(cmd + 2, NULL, 10);
-            if (cmd[0] == 'S') {
+        char cmd[RAW_CMD_BYTES + 1] = {0};
+        if (full_io(fd, cmd, RAW_CMD_BYTES, 0) == 0) {
+            char *end;
+            unsigned long long n = strtoull(cmd + 2, &end, 10);
+            unsigned long long want_buf = strtoull(end, NULL, 10);
+            if (cmd[0] == 'S' && want_buf >= 4096 && want_buf <= RAW_MAX_BUFFER) {
+                if (want_buf != cap) {
+                    free(buf);
+                    cap = (size_t)want_buf;
+                    buf = malloc(cap);
+                    if (buf) memset(buf, 0, cap); /* fault it in before the clock starts */
+                    else cap = 0;
+                }
                 unsigned long long got = 0;
-                while (got < n) {
-                    size_t want = n - got < cap ? (size_t)(n - got) : cap;
-                    ssize_t r = recv(fd, buf, want, 0);
+                size_t off = 0;
+                while (buf && got < n) {
+                    size_t want = cap - off;
+                    if (n - got < want) want = (size_t)(n - got);
+                    ssize_t r = recv(fd, buf + off, want, 0);
                     if (r <= 0) break;
                     got += (unsigned long long)r;
+                    off = (off + (size_t)r) % cap;
                 }
                 char a = 'k';
                 full_io(fd, &a, 1, 1);
@@ -258,6 +306,9 @@ typedef struct bench_opts {
     int n_sizes;
     int iters, rtt_iters, sockets;
     size_t chunk;
+    size_t raw_bufs[MAX_SIZES]; /* --raw-buffers: one raw stream per buffer size */
+    int n_raw_bufs;
+    int busy_poll_us; /* --busy-poll: -1 keeps the engine's default */
     int baseline, json, once;
 } bench_opts;
 
@@ -270,6 +321,7 @@ static int make_engine(const bench_opts *o, const char *listen, cm_xfer **x) {
     cfg.backend = o->backend;
     if (o->sockets) cfg.sockets_per_link = o->sockets;
     if (o->chunk) cfg.chunk_bytes = o->chunk;
+    if (o->busy_poll_us >= 0) cfg.busy_poll_us = o->busy_poll_us;
     return cm_xfer_create(&cfg, x);
 }
 
@@ -394,16 +446,18 @@ static int run_server(const bench_opts *o) {
 
 /* "backend" is the one running (the engine may have fallen back to tcp, e.g.
  * verbs with no RDMA device); "requested" is what --backend asked for. */
-static void emit_write(const bench_opts *o, const char *running, int n_links, size_t size, int k, double *g, int n) {
+static void emit_write(const bench_opts *o, const char *running, int n_links, size_t size, int k, double *g, int n,
+                       double cpu) {
     double lo = g[0], hi = g[0];
     for (int i = 1; i < n; i++) lo = g[i] < lo ? g[i] : lo, hi = g[i] > hi ? g[i] : hi;
     double med = median(g, n);
     if (o->json)
         printf("{\"mode\":\"write\",\"backend\":\"%s\",\"requested\":\"%s\",\"links\":%d,\"size_bytes\":%zu,\"writes\":%d,\"reps\":%d,"
-               "\"gbit_s\":%.3f,\"gbit_s_min\":%.3f,\"gbit_s_max\":%.3f}\n",
-               running, o->backend ? o->backend : "tcp", n_links, size, k, n, med, lo, hi);
+               "\"gbit_s\":%.3f,\"gbit_s_min\":%.3f,\"gbit_s_max\":%.3f,\"cpu_busy\":%.3f}\n",
+               running, o->backend ? o->backend : "tcp", n_links, size, k, n, med, lo, hi, cpu);
     else
-        printf("write %10zu B  x%-5d  %8.2f Gbit/s  (min %.2f, max %.2f, %d reps)\n", size, k, med, lo, hi, n);
+        printf("write %10zu B  x%-5d  %8.2f Gbit/s  (min %.2f, max %.2f, %d reps; cpu %.0f%%)\n", size, k, med, lo, hi,
+               n, cpu * 100);
     fflush(stdout);
 }
 
@@ -473,9 +527,11 @@ static int run_client(const bench_opts *o) {
         k = k < 4 ? 4 : k > 2048 ? 2048 : k;
         double g[64];
         int n = 0;
+        cpu_mark cpu = {0, 0};
         for (int rep = -1; rep < o->iters && n < 64; rep++) {
             snprintf(cmd, sizeof cmd, "WAIT %ld", k);
             if ((rc = msg_send(x, peer, cmd))) goto fail;
+            cpu_mark c0 = cpu_now();
             uint64_t t0 = cm_now_ns();
             long issued = 0, done = 0;
             while (done < k) {
@@ -500,8 +556,9 @@ static int run_client(const bench_opts *o) {
             if ((rc = cm_xfer_imm_wait(x, peer, IMM_ACK, 1, 60000))) goto fail;
             double s = (double)(cm_now_ns() - t0) / 1e9;
             if (rep >= 0) g[n++] = (double)k * (double)size * 8 / s / 1e9;
+            if (rep >= 0) cpu_add(&cpu, c0, cpu_now());
         }
-        emit_write(o, cm_xfer_backend_name(x), n_addrs, size, (int)k, g, n);
+        emit_write(o, cm_xfer_backend_name(x), n_addrs, size, (int)k, g, n, cpu_busy(cpu));
     }
 
     /* round trip */
@@ -544,44 +601,64 @@ static int run_client(const bench_opts *o) {
         char host[256];
         int port;
         split_port(addrs[0], host, sizeof host, &port);
-        size_t total = 256u << 20, bufsz = 4u << 20;
-        double g[64];
-        int n = 0;
-        char *buf = calloc(1, bufsz);
-        for (int rep = -1; rep < o->iters && n < 64; rep++) {
-            int fd = raw_dial(host, port + 1);
-            if (fd < 0) {
-                rc = cm_errorf(CM_ECONN, "baseline: cannot connect to %s:%d", host, port + 1);
+        for (int bi = 0; bi < o->n_raw_bufs && !rc; bi++) {
+            /* the same bytes per repetition as the engine's writes (at least
+             * 256 MiB, at least 4 buffers), sent from a buffer filled like
+             * the engine's source (not calloc's shared zero page) */
+            size_t bufsz = o->raw_bufs[bi];
+            size_t k = (256u << 20) / bufsz;
+            k = k < 4 ? 4 : k > 2048 ? 2048 : k;
+            size_t total = k * bufsz;
+            double g[64];
+            int n = 0;
+            cpu_mark cpu = {0, 0};
+            char *buf = malloc(bufsz);
+            if (!buf) {
+                rc = cm_errorf(CM_ENOMEM, "baseline: no memory for a %zu-byte buffer", bufsz);
                 break;
             }
-            char c16[17];
-            snprintf(c16, sizeof c16, "S %-13zu", total);
-            uint64_t t0 = cm_now_ns();
-            int bad = full_io(fd, c16, 16, 1);
-            for (size_t s = 0; !bad && s < total; s += bufsz) bad = full_io(fd, buf, bufsz, 1);
-            char a;
-            if (!bad) bad = full_io(fd, &a, 1, 0);
-            double sec = (double)(cm_now_ns() - t0) / 1e9;
-            close(fd);
-            if (bad) {
-                rc = cm_errorf(CM_ECONN, "baseline stream failed");
-                break;
+            memset(buf, 0xa5, bufsz);
+            for (int rep = -1; rep < o->iters && n < 64; rep++) {
+                int fd = raw_dial(host, port + 1);
+                if (fd < 0) {
+                    rc = cm_errorf(CM_ECONN, "baseline: cannot connect to %s:%d", host, port + 1);
+                    break;
+                }
+                char c32[RAW_CMD_BYTES + 1];
+                snprintf(c32, sizeof c32, "S %-14zu %-14zu", total, bufsz);
+                cpu_mark c0 = cpu_now();
+                uint64_t t0 = cm_now_ns();
+                int bad = full_io(fd, c32, RAW_CMD_BYTES, 1);
+                for (size_t s = 0; !bad && s < total; s += bufsz) bad = full_io(fd, buf, bufsz, 1);
+                char a;
+                if (!bad) bad = full_io(fd, &a, 1, 0);
+                double sec = (double)(cm_now_ns() - t0) / 1e9;
+                close(fd);
+                if (bad) {
+                    rc = cm_errorf(CM_ECONN, "baseline stream failed");
+                    break;
+                }
+                if (rep >= 0) g[n++] = (double)total * 8 / sec / 1e9;
+                if (rep >= 0) cpu_add(&cpu, c0, cpu_now());
             }
-            if (rep >= 0) g[n++] = (double)total * 8 / sec / 1e9;
+            free(buf);
+            if (rc) break;
+            double med = median(g, n);
+            if (o->json)
+                printf("{\"mode\":\"raw_stream\",\"size_bytes\":%zu,\"buffer_bytes\":%zu,\"reps\":%d,\"gbit_s\":%.3f,"
+                       "\"cpu_busy\":%.3f}\n",
+                       total, bufsz, n, med, cpu_busy(cpu));
+            else
+                printf("raw   single TCP stream, %zu MiB in %zu KiB buffers: %8.2f Gbit/s median (cpu %.0f%%)\n",
+                       total >> 20, bufsz >> 10, med, cpu_busy(cpu) * 100);
+            fflush(stdout);
         }
-        free(buf);
         if (rc) goto fail;
-        double med = median(g, n);
-        if (o->json)
-            printf("{\"mode\":\"raw_stream\",\"size_bytes\":%zu,\"buffer_bytes\":%zu,\"reps\":%d,\"gbit_s\":%.3f}\n",
-                   total, bufsz, n, med);
-        else
-            printf("raw   single TCP stream, %zu MiB in 4 MiB buffers: %8.2f Gbit/s median\n", total >> 20, med);
         int fd = raw_dial(host, port + 1);
         int iters = 200 + o->rtt_iters;
-        char c16[17];
-        snprintf(c16, sizeof c16, "P %-13d", iters);
-        if (fd < 0 || full_io(fd, c16, 16, 1)) {
+        char c32[RAW_CMD_BYTES + 1];
+        snprintf(c32, sizeof c32, "P %-29d", iters);
+        if (fd < 0 || full_io(fd, c32, RAW_CMD_BYTES, 1)) {
             rc = cm_errorf(CM_ECONN, "baseline ping-pong: cannot connect");
             if (fd >= 0) close(fd);
             goto fail;
@@ -632,17 +709,20 @@ static void usage(FILE *f) {
     fprintf(f, "usage: cellm xfer-bench --serve HOST:PORT [--key-file F] [--once]\n"
                "       cellm xfer-bench --peer HOST:PORT[,HOST:PORT...] [--backend tcp|verbs|fabric]\n"
                "                        [--sizes 4K,256K,4M,64M] [--iters N] [--rtt-iters N] [--sockets N]\n"
-               "                        [--chunk BYTES] [--baseline] [--json] [--key-file F]\n"
+               "                        [--chunk BYTES] [--baseline] [--raw-buffers 4M,64M] [--json]\n"
+               "                        [--busy-poll US] [--key-file F]\n"
                "\n"
                "Measures write throughput per size (median Gbit/s) and the 8-byte round trip (median us)\n"
                "between two nodes; one address per link, several are striped as one peer. --baseline adds a\n"
-               "plain single-socket TCP stream and a raw TCP ping-pong (the server's PORT+1) in the same run.\n"
+               "plain single-socket TCP stream (one per --raw-buffers size, default 4M) and a raw TCP\n"
+               "ping-pong (the server's PORT+1) in the same run. --busy-poll sets how long a waiting\n"
+               "thread polls before it sleeps (engine default 50 us; 0 never spins).\n"
                "The key comes from --key-file or CELLM_KEY_FILE (make one with `cellm key generate > FILE`).\n");
 }
 
 int cmd_xfer_bench(int argc, char **argv) {
-    bench_opts o = {.iters = 5, .rtt_iters = 2000};
-    const char *sizes = "4K,256K,4M,64M";
+    bench_opts o = {.iters = 5, .rtt_iters = 2000, .busy_poll_us = -1};
+    const char *sizes = "4K,256K,4M,64M", *raw_bufs = "4M";
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -660,9 +740,11 @@ int cmd_xfer_bench(int argc, char **argv) {
         else if (!strcmp(a, "--backend")) o.backend = v, i++;
         else if (!strcmp(a, "--key-file")) o.key_file = v, i++;
         else if (!strcmp(a, "--sizes")) sizes = v, i++;
+        else if (!strcmp(a, "--raw-buffers")) raw_bufs = v, i++;
         else if (!strcmp(a, "--iters")) o.iters = atoi(v), i++;
         else if (!strcmp(a, "--rtt-iters")) o.rtt_iters = atoi(v), i++;
         else if (!strcmp(a, "--sockets")) o.sockets = atoi(v), i++;
+        else if (!strcmp(a, "--busy-poll")) o.busy_poll_us = atoi(v), i++;
         else if (!strcmp(a, "--chunk")) {
             if (parse_size(v, &o.chunk)) {
                 fprintf(stderr, "cellm xfer-bench: bad --chunk '%s'\n", v);
@@ -678,8 +760,9 @@ int cmd_xfer_bench(int argc, char **argv) {
         usage(stderr);
         return 2;
     }
-    if (o.iters < 1 || o.iters > 63 || o.rtt_iters < 1 || o.sockets < 0 || o.sockets > 8) {
-        fprintf(stderr, "cellm xfer-bench: --iters 1..63, --rtt-iters >= 1, --sockets 1..8\n");
+    if (o.iters < 1 || o.iters > 63 || o.rtt_iters < 1 || o.sockets < 0 || o.sockets > 8 || o.busy_poll_us < -1 ||
+        o.busy_poll_us > 10000) {
+        fprintf(stderr, "cellm xfer-bench: --iters 1..63, --rtt-iters >= 1, --sockets 1..8, --busy-poll 0..10000\n");
         return 2;
     }
     char *sz = strdup(sizes);
@@ -690,6 +773,17 @@ int cmd_xfer_bench(int argc, char **argv) {
             return 2;
         }
         o.n_sizes++;
+    }
+    free(sz);
+    sz = strdup(raw_bufs);
+    for (char *t = strtok(sz, ","); t; t = strtok(NULL, ",")) {
+        if (o.n_raw_bufs == MAX_SIZES || parse_size(t, &o.raw_bufs[o.n_raw_bufs]) ||
+            o.raw_bufs[o.n_raw_bufs] < 4096 || o.raw_bufs[o.n_raw_bufs] > RAW_MAX_BUFFER) {
+            fprintf(stderr, "cellm xfer-bench: bad size '%s' in --raw-buffers (4K..1G, e.g. 4M,64M)\n", t);
+            free(sz);
+            return 2;
+        }
+        o.n_raw_bufs++;
     }
     free(sz);
     signal(SIGPIPE, SIG_IGN);

@@ -16,7 +16,11 @@
  * received straight into the registered region at its offset (only what
  * happened to be staged, at most 4 KiB, is copied). Segments are counted per
  * (peer, write id); when all n_segs landed, the counter of the immediate
- * grows by one.
+ * grows by one. An application thread waiting for a counter of one peer
+ * receives that peer's frames itself (tcp_progress: the sockets are lent to
+ * it), sleeping in a per-peer epoll set, after busy-polling briefly while
+ * the peer sends small frames (cfg busy_poll_us, with a back-off when the
+ * spin keeps missing).
  *
  * Connection states
  *
@@ -70,6 +74,10 @@
 #define MAX_OPEN_WRITES 65536
 #define TICK_MS 10
 #define RATE_WINDOW_NS 20000000ull
+/* Frames up to this size make a waiter busy-poll (cfg busy_poll_us): the
+ * next one is likely a reply a few microseconds away. Streams of large
+ * segments do not: spinning would take CPU the transfer itself needs. */
+#define SMALL_FRAME_BYTES 16384
 
 enum { CS_HS_HELLO = 1, CS_HS_PROOF, CS_READY, CS_DEAD };
 enum { RX_HDR = 0, RX_PAYLOAD };
@@ -117,6 +125,7 @@ typedef struct conn {
     size_t tx_bytes; /* frame bytes queued, not yet handed to the kernel */
     int want_out;
     int lent; /* input watched by application threads (tcp_progress), not the loop */
+    int in_wep; /* registered in its peer's wait epoll set (tpeer.wep) */
     struct conn *next; /* b->conns or b->graveyard */
 } conn;
 
@@ -150,6 +159,11 @@ typedef struct tpeer {
     uint64_t progress_ns; /* last time an application thread received for itself */
     tx_item *pend, **pend_tail; /* write segments not yet given to a link */
     _Atomic int n_progress; /* application threads receiving in tcp_progress */
+    int rx_small; /* the last frame that landed was small: waiters busy-poll */
+    int spin_skip, spin_misses; /* busy-poll back-off (tcp_progress) */
+    int wep; /* Linux: epoll set of this peer's sockets and b->pwake[0], in
+              * which waiting application threads sleep (tcp_progress); -1
+              * until first needed. A closed socket leaves it by itself. */
 } tpeer;
 
 typedef struct tcp_backend {
@@ -577,6 +591,7 @@ static void conn_read_ready(tcp_backend *b, conn *c, int one_pass) {
             if (c->p_got < c->h.payload_bytes) continue;
         }
         c->rx_mode = RX_HDR;
+        if (c->h.type != CM_WIRE_HEARTBEAT) b->peers[c->peer].rx_small = c->h.payload_bytes <= SMALL_FRAME_BYTES;
         int rc = frame_landed(b, c);
         if (!one_pass && c->h.type != CM_WIRE_HEARTBEAT) notify_progress(b, c);
         if (rc) {
@@ -1055,6 +1070,7 @@ static int tcp_create(cm_xfer *x, const cm_xfer_config *cfg, void **state) {
     b->listen_fd = -1;
     b->wake[0] = b->wake[1] = -1;
     b->pwake[0] = b->pwake[1] = -1;
+    for (int i = 0; i < MAX_PEERS; i++) b->peers[i].wep = -1;
 #ifdef USE_EPOLL
     b->epfd = -1;
 #endif
@@ -1122,6 +1138,8 @@ static void tcp_destroy(void *state) {
     if (b->wake[1] >= 0) close(b->wake[1]);
     if (b->pwake[0] >= 0) close(b->pwake[0]);
     if (b->pwake[1] >= 0) close(b->pwake[1]);
+    for (int i = 0; i < MAX_PEERS; i++)
+        if (b->peers[i].wep >= 0) close(b->peers[i].wep);
 #ifdef USE_EPOLL
     if (b->epfd >= 0) close(b->epfd);
 #endif
@@ -1298,47 +1316,132 @@ out:
     return rc;
 }
 
+/* Waits until one of fds (n of them, all also in the epoll set `wep` when
+ * wep >= 0) is readable: first busy-polling for up to spin_us without
+ * sleeping, then sleeping up to timeout_us. Busy-polling keeps this CPU
+ * from going idle, so a reply from a thread on another CPU is seen without
+ * the sleep and wake-up (an inter-processor interrupt, and in a virtual
+ * machine an exit to the hypervisor) that dominate a small round trip; it
+ * only pays while the sender runs on another CPU, hence the caller's
+ * back-off. Fills ready[] with the readable fds. Returns 1 when something
+ * was found while spinning, 2 when found after sleeping, 0 when nothing. */
+static int wait_ready(int wep, const int *fds, int n, int spin_us, int timeout_us, int *ready, int *n_ready) {
+    *n_ready = 0;
+    uint64_t end = spin_us > 0 ? cm_now_ns() + (uint64_t)spin_us * 1000u : 0;
+#ifdef USE_EPOLL
+    if (wep >= 0) {
+        struct epoll_event evs[CM_XFER_MAX_LINKS * CM_XFER_MAX_SOCKS + 1];
+        int k = 0;
+        if (end)
+            while ((k = epoll_wait(wep, evs, n, 0)) == 0 && cm_now_ns() < end) {
+            }
+        int spun = k > 0;
+        if (k == 0) k = epoll_wait(wep, evs, n, (timeout_us + 999) / 1000);
+        for (int i = 0; i < k; i++) ready[(*n_ready)++] = evs[i].data.fd;
+        return k > 0 ? (spun ? 1 : 2) : 0;
+    }
+#endif
+    struct pollfd pf[CM_XFER_MAX_LINKS * CM_XFER_MAX_SOCKS + 1];
+    for (int i = 0; i < n; i++) pf[i] = (struct pollfd){fds[i], POLLIN, 0};
+    int r = 0;
+    if (end)
+        while ((r = poll(pf, (nfds_t)n, 0)) == 0 && cm_now_ns() < end) {
+        }
+    int spun = r > 0;
+    if (r == 0) {
+#ifdef __linux__
+        struct timespec ts = {timeout_us / 1000000, (long)(timeout_us % 1000000) * 1000};
+        r = ppoll(pf, (nfds_t)n, &ts, NULL);
+#else
+        r = poll(pf, (nfds_t)n, timeout_us / 1000 + 1);
+#endif
+    }
+    for (int i = 0; r > 0 && i < n; i++)
+        if (pf[i].revents) ready[(*n_ready)++] = pf[i].fd;
+    return r > 0 ? (spun ? 1 : 2) : 0;
+}
+
+/* An application thread waiting on `peer` receives for itself. It waits
+ * on the peer's sockets (lent: the loop leaves their input alone) and on
+ * b->pwake (the loop landed a frame for this peer meanwhile). On Linux
+ * that wait is an epoll set kept per peer, so a wait costs one epoll_wait
+ * rather than a poll that registers and unregisters every socket. */
 static int tcp_progress(void *state, int peer, int timeout_us) {
     tcp_backend *b = state;
-    struct pollfd pf[CM_XFER_MAX_LINKS * CM_XFER_MAX_SOCKS + 1];
-    int n = 0;
+    enum { MAXW = CM_XFER_MAX_LINKS * CM_XFER_MAX_SOCKS + 1 };
+    int fds[MAXW], ready[MAXW];
+    int n = 0, n_ready = 0;
     if (timeout_us > 10000) timeout_us = 10000; /* bounds a missed wake-up */
     pthread_mutex_lock(&b->mu);
     tpeer *p = &b->peers[peer];
+#ifdef USE_EPOLL
+    if (p->up && p->wep < 0) {
+        p->wep = epoll_create1(EPOLL_CLOEXEC);
+        struct epoll_event ev = {.events = EPOLLIN, .data.fd = b->pwake[0]};
+        if (p->wep >= 0 && epoll_ctl(p->wep, EPOLL_CTL_ADD, b->pwake[0], &ev)) {
+            close(p->wep);
+            p->wep = -1;
+        }
+    }
+#endif
     if (p->up)
         for (int l = 0; l < p->n_links; l++)
-            for (int s = 0; s < p->n_socks; s++)
-                if (p->links[l].socks[s] && p->links[l].socks[s]->state == CS_READY) {
-                    pf[n++] = (struct pollfd){p->links[l].socks[s]->fd, POLLIN, 0};
-                    lend(b, p->links[l].socks[s], 1);
+            for (int s = 0; s < p->n_socks; s++) {
+                conn *c = p->links[l].socks[s];
+                if (!c || c->state != CS_READY) continue;
+#ifdef USE_EPOLL
+                if (!c->in_wep && p->wep >= 0) {
+                    struct epoll_event ev = {.events = EPOLLIN, .data.fd = c->fd};
+                    c->in_wep = epoll_ctl(p->wep, EPOLL_CTL_ADD, c->fd, &ev) == 0;
                 }
+#endif
+                fds[n++] = c->fd;
+                lend(b, c, 1);
+            }
     if (!n) {
         pthread_mutex_unlock(&b->mu);
         return CM_EUNSUPPORTED;
     }
-    pf[n++] = (struct pollfd){b->pwake[0], POLLIN, 0};
+    fds[n++] = b->pwake[0];
     atomic_fetch_add(&p->n_progress, 1);
+    int spin_us = p->rx_small && b->cfg->busy_poll_us > 0 && p->spin_skip-- <= 0 ? b->cfg->busy_poll_us : 0;
+#ifdef USE_EPOLL
+    int wep = p->wep;
+#else
+    int wep = -1;
+#endif
     pthread_mutex_unlock(&b->mu);
     /* An fd closed (and even reused) meanwhile only causes a spurious
-     * wake-up: sockets are looked up again under the lock below. */
-#ifdef __linux__
-    struct timespec ts = {timeout_us / 1000000, (long)(timeout_us % 1000000) * 1000};
-    int r = ppoll(pf, (nfds_t)n, &ts, NULL);
-#else
-    int r = poll(pf, (nfds_t)n, timeout_us / 1000 + 1);
-#endif
-    pthread_mutex_lock(&b->mu);
-    if (r > 0 && pf[n - 1].revents) {
-        char buf[64];
-        while (read(b->pwake[0], buf, sizeof buf) > 0) {
+     * wake-up: sockets are looked up again under the lock below. The
+     * epoll set is closed only by tcp_destroy, when no thread waits. */
+    int r = wait_ready(wep, fds, n, spin_us, timeout_us, ready, &n_ready);
+    if (spin_us > 0) {
+        /* Busy-poll back-off (wait_ready): a spin that ended empty-handed
+         * turns spinning off for the next 64, 128, ... 1024 waits; a
+         * success resets that. */
+        pthread_mutex_lock(&b->mu);
+        if (r == 1) {
+            p->spin_misses = 0;
+            p->spin_skip = 0;
+        } else {
+            p->spin_misses += p->spin_misses < 4;
+            p->spin_skip = 64 << p->spin_misses >> 1;
         }
+        pthread_mutex_unlock(&b->mu);
     }
-    for (int i = 0; r > 0 && i < n - 1; i++) {
-        if (!pf[i].revents || !p->up) continue;
+    pthread_mutex_lock(&b->mu);
+    for (int i = 0; i < n_ready; i++) {
+        if (ready[i] == b->pwake[0]) {
+            char buf[64];
+            while (read(b->pwake[0], buf, sizeof buf) > 0) {
+            }
+            continue;
+        }
+        if (!p->up) continue;
         for (int l = 0; l < p->n_links; l++)
             for (int s = 0; s < p->n_socks; s++) {
                 conn *c = p->links[l].socks[s];
-                if (c && c->fd == pf[i].fd && c->state == CS_READY) conn_read_ready(b, c, 1);
+                if (c && c->fd == ready[i] && c->state == CS_READY) conn_read_ready(b, c, 1);
             }
     }
     atomic_fetch_sub(&p->n_progress, 1);

@@ -203,6 +203,7 @@ void cm_xfer_config_init(cm_xfer_config *cfg) {
     cfg->heartbeat_ms = 500;
     cfg->peer_timeout_ms = 4000;
     cfg->max_unexpected_bytes = 64u << 20;
+    cfg->busy_poll_us = 50;
 }
 
 static char *dup_or_null(const char *s) { return s ? strdup(s) : NULL; }
@@ -225,6 +226,8 @@ int cm_xfer_create(const cm_xfer_config *cfg_in, cm_xfer **out) {
     if (x->cfg.peer_timeout_ms <= 0) x->cfg.peer_timeout_ms = 4000;
     if (x->cfg.peer_timeout_ms < 2 * x->cfg.heartbeat_ms) x->cfg.heartbeat_ms = x->cfg.peer_timeout_ms / 3 + 1;
     if (!x->cfg.max_unexpected_bytes) x->cfg.max_unexpected_bytes = 64u << 20;
+    if (x->cfg.busy_poll_us < 0) x->cfg.busy_poll_us = 50;
+    if (x->cfg.busy_poll_us > 10000) x->cfg.busy_poll_us = 10000;
     x->s_backend = dup_or_null(x->cfg.backend);
     x->s_listen = dup_or_null(x->cfg.listen);
     x->s_name = dup_or_null(x->cfg.name);

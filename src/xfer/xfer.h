@@ -106,6 +106,12 @@ typedef struct cm_xfer_config {
     size_t max_unexpected_bytes; /* per peer: sends buffered while no recv is
                                   * posted (default 64 MiB); beyond it the
                                   * peer is dropped as misbehaving */
+    int busy_poll_us;        /* a thread waiting on a peer that has been sending
+                              * small frames polls its sockets without sleeping
+                              * for up to this long before it blocks (default
+                              * 50; 0 never spins, -1 the default): a wake-up of
+                              * an idle CPU costs more than a small round trip,
+                              * notably in virtual machines */
 } cm_xfer_config;
 
 /* Fills the defaults above; the key is zero and must be set. */
