@@ -7,7 +7,8 @@
  * scale fields overwritten by random bytes in some rows (every 6-bit scale
  * and min pattern, int8 scales of -128), activations come from the
  * reference q8_K quantizer. For every shape (16, 32 or 48 rows; 256 to 4096
- * columns; 1, 2, 7, 8 or 33 tokens):
+ * columns; 1, 2, 7, 8 or 33 tokens, and 130 tokens of 4096 columns, more
+ * than the kernels take per pass):
  *   - bytes() is what the layout holds (a multiple of the tile size per
  *     16-row group);
  *   - unpack_row(pack(x)) gives back each row byte for byte;
@@ -206,6 +207,9 @@ static void check_type(int type) {
                 if ((s % 3) != 0 && cols[ci] >= 2048 && rows[ri] == 48) continue;
                 check_shape(ops, rows[ri], cols[ci], toks[ti]);
             }
+    /* more tokens than one activation chunk of the kernel (512 KiB of q8_K
+     * rows: 112 rows of 4096 columns) */
+    check_shape(ops, 16, 4096, 130);
 }
 
 TEST(q4_K) { check_type(CM_TYPE_Q4_K); }
