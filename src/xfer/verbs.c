@@ -41,6 +41,9 @@
  *                 and bumps the counter after the write's last frame.
  *   send/recv     the same frames, as message fragments, always on link 0
  *                 (so messages keep their order), on RC and UC alike.
+ *   A frame goes out as two gather entries (its header from a registered
+ *   slot, its payload from the caller's region); on a device whose QPs take
+ *   one entry only, the payload is copied into the slot behind the header.
  *
  * Flow control: each link posts at most sq_cap send work requests (every
  * one signaled, so completions free slots in order), and sends a frame or a
@@ -103,6 +106,9 @@
 #define UC_FRAME_BYTES 4096u /* what Apple's stack uses: 4 KiB frames */
 #define UC_RX_DEPTH 512
 #define HDR_SLOT 64 /* bytes per frame-header slot (one per send work request) */
+#ifndef MSG_NOSIGNAL
+#define MSG_NOSIGNAL 0 /* systems without it get SO_NOSIGPIPE on the socket instead */
+#endif
 #define SIDE_OUT_CAP 320
 #define MAX_GIDS 256
 #define WRID_RECV (1ull << 63)
@@ -137,7 +143,8 @@ typedef struct vlink {
     uint32_t rx_depth, frame_bytes; /* ours */
     uint8_t *rxmem;
     struct ibv_mr *rx_mr;
-    uint8_t *hdrs; /* sq_cap slots of HDR_SLOT bytes */
+    uint8_t *hdrs; /* sq_cap slots of slot_bytes: a frame header, or (one_sge) a whole frame */
+    uint32_t slot_bytes;
     struct ibv_mr *hdr_mr;
     vjob **ring;   /* job of each posted send work request, by slot */
     uint32_t sq_cap, ring_head, ring_tail;
@@ -187,6 +194,7 @@ typedef struct vdev {
     struct ibv_port_attr pa;
     struct ibv_device_attr da;
     int qpt;
+    int one_sge; /* QPs take one send gather entry only */
     char name[64];
 } vdev;
 
@@ -225,13 +233,14 @@ static int env_int(const char *name, int dflt) {
     return *end || v < 0 || v > 65535 ? dflt : (int)v;
 }
 
-/* Whether a QP of this type can be created (what the device supports;
- * Apple's stack has UC only). Nothing is left behind. */
-static int qp_type_works(vdev *d, enum ibv_qp_type t) {
+/* Whether a QP of this type with n_sge send gather entries can be created
+ * (what the device supports; Apple's stack has UC only). Nothing is left
+ * behind. */
+static int qp_type_works(vdev *d, enum ibv_qp_type t, int n_sge) {
     struct ibv_cq *cq = ibv_create_cq(d->ctx, 4, NULL, NULL, 0);
     if (!cq) return 0;
     struct ibv_qp_init_attr ia = {.send_cq = cq, .recv_cq = cq, .qp_type = t, .sq_sig_all = 1,
-                                  .cap = {.max_send_wr = 1, .max_recv_wr = 1, .max_send_sge = 2, .max_recv_sge = 1}};
+                                  .cap = {.max_send_wr = 1, .max_recv_wr = 1, .max_send_sge = (uint32_t)n_sge, .max_recv_sge = 1}};
     struct ibv_qp *qp = ibv_create_qp(d->pd, &ia);
     if (qp) ibv_destroy_qp(qp);
     ibv_destroy_cq(cq);
@@ -293,7 +302,7 @@ static int dev_open(vdev *d, char *why, size_t cap) {
                  d->port, ibv_port_state_str(d->pa.state));
         goto fail;
     }
-    if (d->da.max_sge < 2 || d->da.max_qp_wr < 16 || d->da.max_cqe < 32) {
+    if (d->da.max_sge < 1 || d->da.max_qp_wr < 16 || d->da.max_cqe < 32) {
         snprintf(why, cap, "RDMA device %s is too small (max_sge %d, max_qp_wr %d, max_cqe %d)", d->name, d->da.max_sge,
                  d->da.max_qp_wr, d->da.max_cqe);
         goto fail;
@@ -306,11 +315,17 @@ static int dev_open(vdev *d, char *why, size_t cap) {
     const char *force = getenv("CELLM_VERBS_QP");
     int want_rc = !force || !*force || !strcmp(force, "rc");
     int want_uc = !force || !*force || !strcmp(force, "uc");
-    if (want_rc && qp_type_works(d, IBV_QPT_RC))
-        d->qpt = CM_VERBS_QPT_RC;
-    else if (want_uc && qp_type_works(d, IBV_QPT_UC))
-        d->qpt = CM_VERBS_QPT_UC;
-    else {
+    /* two gather entries let a frame go out as header + the caller's bytes;
+     * with one, frames are copied into a registered slot first */
+    for (int t = 0; t < 2 && !d->qpt; t++) {
+        if (!(t == 0 ? want_rc : want_uc)) continue;
+        enum ibv_qp_type qt = t == 0 ? IBV_QPT_RC : IBV_QPT_UC;
+        if (qp_type_works(d, qt, 2))
+            d->qpt = t == 0 ? CM_VERBS_QPT_RC : CM_VERBS_QPT_UC;
+        else if (qp_type_works(d, qt, 1))
+            d->qpt = t == 0 ? CM_VERBS_QPT_RC : CM_VERBS_QPT_UC, d->one_sge = 1;
+    }
+    if (!d->qpt) {
         snprintf(why, cap, "RDMA device %s creates no %s queue pairs", d->name,
                  want_rc && want_uc ? "RC or UC" : want_rc ? "RC" : want_uc ? "UC" : "(CELLM_VERBS_QP is neither rc nor uc)");
         goto fail;
@@ -598,6 +613,10 @@ static vlink *link_new(vb *b, int fd, const char *addr) {
     l->fd = fd;
     l->peer = -1;
     l->last_rx_ns = l->last_tx_ns = cm_now_ns();
+#ifdef SO_NOSIGPIPE
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_NOSIGPIPE, &one, sizeof one);
+#endif
     snprintf(l->addr, sizeof l->addr, "%s", addr);
     return l;
 }
@@ -621,7 +640,8 @@ static int link_open(vb *b, vlink *l, const struct sockaddr *local) {
         .recv_cq = l->cq,
         .qp_type = l->qpt == CM_VERBS_QPT_RC ? IBV_QPT_RC : IBV_QPT_UC,
         .sq_sig_all = 1, /* every send completes visibly: slots free in order */
-        .cap = {.max_send_wr = l->sq_cap, .max_recv_wr = l->rx_depth, .max_send_sge = 2, .max_recv_sge = 1},
+        .cap = {.max_send_wr = l->sq_cap, .max_recv_wr = l->rx_depth, .max_send_sge = b->dev.one_sge ? 1 : 2,
+                .max_recv_sge = 1},
     };
     if (!(l->qp = ibv_create_qp(b->dev.pd, &ia))) return verr(CM_EIO, "ibv_create_qp", errno);
     struct ibv_qp_attr a = {.qp_state = IBV_QPS_INIT,
@@ -636,10 +656,11 @@ static int link_open(vb *b, vlink *l, const struct sockaddr *local) {
     l->rxmem = mem;
     if (!(l->rx_mr = ibv_reg_mr(b->dev.pd, l->rxmem, rx_bytes, IBV_ACCESS_LOCAL_WRITE)))
         return verr(CM_EIO, "ibv_reg_mr (receive buffers)", errno);
-    l->hdrs = calloc(l->sq_cap, HDR_SLOT);
+    l->slot_bytes = b->dev.one_sge ? l->frame_bytes : HDR_SLOT;
+    l->hdrs = calloc(l->sq_cap, l->slot_bytes);
     l->ring = calloc(l->sq_cap, sizeof *l->ring);
     if (!l->hdrs || !l->ring) return CM_ENOMEM;
-    if (!(l->hdr_mr = ibv_reg_mr(b->dev.pd, l->hdrs, (size_t)l->sq_cap * HDR_SLOT, 0)))
+    if (!(l->hdr_mr = ibv_reg_mr(b->dev.pd, l->hdrs, (size_t)l->sq_cap * l->slot_bytes, 0)))
         return verr(CM_EIO, "ibv_reg_mr (frame headers)", errno);
     /* receives may be posted from INIT on; they are all in place before the
      * peer learns our QP number, so its first frame finds one */
@@ -766,7 +787,7 @@ static int post_wr(vb *b, vlink *l, vjob *j, const cm_verbs_wr_plan *w) {
     wr.wr_id = slot;
     wr.send_flags = IBV_SEND_SIGNALED;
     if (w->opcode == CM_VERBS_WR_SEND) {
-        uint8_t *h = l->hdrs + (size_t)slot * HDR_SLOT;
+        uint8_t *h = l->hdrs + (size_t)slot * l->slot_bytes;
         cm_verbs_frame f = {.payload_bytes = w->bytes, .offset = w->dst_off, .seq = l->frames_sent};
         if (j->kind == CM_VERBS_JOB_FRAMED_WRITE) {
             f.type = CM_VERBS_FRAME_WRITE;
@@ -780,7 +801,12 @@ static int post_wr(vb *b, vlink *l, vjob *j, const cm_verbs_wr_plan *w) {
             f.region_or_total = op->segs[0].bytes;
         }
         cm_verbs_frame_encode(&f, h);
-        sge[n_sge++] = (struct ibv_sge){.addr = (uintptr_t)h, .length = CM_VERBS_FRAME_HDR_BYTES, .lkey = l->hdr_mr->lkey};
+        uint32_t hlen = CM_VERBS_FRAME_HDR_BYTES;
+        if (b->dev.one_sge && w->bytes) { /* enqueue sized frames to fit the slot */
+            memcpy(h + hlen, s->src + w->seg_off, w->bytes);
+            hlen += w->bytes;
+        }
+        sge[n_sge++] = (struct ibv_sge){.addr = (uintptr_t)h, .length = hlen, .lkey = l->hdr_mr->lkey};
         wr.opcode = IBV_WR_SEND;
     } else {
         wr.opcode = w->opcode == CM_VERBS_WR_WRITE_IMM ? IBV_WR_RDMA_WRITE_WITH_IMM : IBV_WR_RDMA_WRITE;
@@ -788,7 +814,7 @@ static int post_wr(vb *b, vlink *l, vjob *j, const cm_verbs_wr_plan *w) {
         wr.wr.rdma.remote_addr = op->dst->addr + w->dst_off;
         wr.wr.rdma.rkey = (uint32_t)op->dst->rkeys[0];
     }
-    if (w->bytes)
+    if (w->bytes && !(b->dev.one_sge && w->opcode == CM_VERBS_WR_SEND))
         sge[n_sge++] = (struct ibv_sge){.addr = (uintptr_t)(s->src + w->seg_off), .length = w->bytes, .lkey = j->lkey};
     wr.sg_list = n_sge ? sge : NULL;
     wr.num_sge = n_sge;
@@ -1268,7 +1294,9 @@ static int enqueue(vb *b, vlink *l, cm_xfer_op *op, int kind) {
     if (!j) return CM_ENOMEM;
     j->op = op;
     j->kind = kind;
-    uint32_t payload = l->remote.frame_bytes - CM_VERBS_FRAME_HDR_BYTES;
+    uint32_t frame = l->remote.frame_bytes;
+    if (b->dev.one_sge && frame > l->slot_bytes) frame = l->slot_bytes; /* frames are built in our slots */
+    uint32_t payload = frame - CM_VERBS_FRAME_HDR_BYTES;
     int rc = cm_verbs_plan_init(&j->cur, kind, op->segs, op->n_segs, payload);
     if (!rc && op->total_bytes) {
         vmr *m = op->src_mr ? mr_find(b, op->src_mr) : NULL;

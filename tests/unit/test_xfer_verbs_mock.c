@@ -48,8 +48,9 @@
 static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
 static struct ibv_device g_dev;
 static int g_no_rc;            /* the device creates no RC QPs (like Apple's) */
+static int g_one_sge;          /* its QPs take one send gather entry only */
 static unsigned g_drop_send;   /* drop this SEND (1-based count of all SENDs) on UC */
-static unsigned g_sends, g_rdma_writes, g_no_receive, g_rq_overrun, g_sq_overrun, g_cq_overflow, g_api_errors;
+static unsigned g_sends, g_packed_sends, g_rdma_writes, g_no_receive, g_rq_overrun, g_sq_overrun, g_cq_overflow, g_api_errors;
 static int g_live;             /* objects created and not yet destroyed */
 static char g_api_msg[256];
 
@@ -85,7 +86,7 @@ typedef struct mqp {
     uint32_t dest, rq_psn, sq_psn;
     rqe *rq;
     int rq_cap, rq_head, rq_n;
-    int sq_cap, sq_out;
+    int sq_cap, sq_out, max_sge;
 } mqp;
 
 typedef struct mmr {
@@ -213,7 +214,7 @@ static int m_post_send(struct ibv_qp *qp, struct ibv_send_wr *wr, struct ibv_sen
     pthread_mutex_lock(&g_mu);
     int rc = 0;
     for (; wr; wr = wr->next) {
-        if (q->qp.state != IBV_QPS_RTS) {
+        if (q->qp.state != IBV_QPS_RTS || wr->num_sge > q->max_sge) {
             rc = EINVAL;
             break;
         }
@@ -263,6 +264,7 @@ static int m_post_send(struct ibv_qp *qp, struct ibv_send_wr *wr, struct ibv_sen
             }
         } else if (wr->opcode == IBV_WR_SEND) {
             g_sends++;
+            if (wr->num_sge == 1 && len > 40) g_packed_sends++; /* header and payload in one entry */
             if (uc && g_drop_send && g_sends == g_drop_send) {
                 /* lost on the wire: UC reports success to the sender */
             } else if (!d->rq_n) {
@@ -490,7 +492,8 @@ struct ibv_qp *ibv_create_qp(struct ibv_pd *pd, struct ibv_qp_init_attr *a) {
         errno = EOPNOTSUPP;
         return NULL;
     }
-    if (!a->send_cq || !a->recv_cq || a->cap.max_send_wr > 1024 || a->cap.max_recv_wr > 1024 || a->cap.max_send_sge > 4 ||
+    if (!a->send_cq || !a->recv_cq || a->cap.max_send_wr > 1024 || a->cap.max_recv_wr > 1024 ||
+        a->cap.max_send_sge > (g_one_sge ? 1u : 4u) ||
         a->cap.max_recv_sge > 4 || a->srq) {
         errno = EINVAL;
         return NULL;
@@ -499,6 +502,7 @@ struct ibv_qp *ibv_create_qp(struct ibv_pd *pd, struct ibv_qp_init_attr *a) {
     q->rq_cap = (int)a->cap.max_recv_wr;
     q->rq = calloc((size_t)q->rq_cap + 1, sizeof *q->rq);
     q->sq_cap = (int)a->cap.max_send_wr;
+    q->max_sge = (int)a->cap.max_send_sge;
     q->qp.context = pd->context;
     q->qp.pd = pd;
     q->qp.send_cq = a->send_cq;
@@ -697,6 +701,11 @@ TEST(mock_uc_loss) {
     check_clean("after the loss runs");
 }
 
+TEST(mock_one_sge_packed) {
+    CHECK(g_packed_sends > 1000);
+    check_clean("after the one-entry runs");
+}
+
 /* One end RC, the other UC: refused at connect with a sentence saying so. */
 TEST(mock_type_mismatch) {
     cm_xfer_config cfg;
@@ -774,6 +783,12 @@ int main(void) {
     g_no_rc = 1;
     RUN(mock_uc_is_two_sided);
     RUN(mock_uc_loss);
+    /* and whose QPs take one gather entry: frames are copied into slots */
+    g_one_sge = 1;
+    RUN(device_write_imm);
+    RUN(device_send_recv);
+    RUN(mock_one_sge_packed);
+    g_one_sge = 0;
     g_no_rc = 0;
     return test_summary();
 #endif
