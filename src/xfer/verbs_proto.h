@@ -19,10 +19,11 @@
  * landed, and the 32 bits carry the caller's immediate unchanged (in
  * network order, as verbs defines imm_data).
  *
- * Two-sided frames (UC queue pairs, e.g. Apple's Thunderbolt 5 RDMA, where
- * one-sided writes with immediate are not established): every SEND starts
- * with a 40-byte header, then the payload:
- *   0 u8 magic 'V'   1 u8 type (1 write segment, 2 message fragment)
+ * Two-sided frames (messages on every link type; writes too on UC queue
+ * pairs, e.g. Apple's Thunderbolt 5 RDMA, where one-sided writes with
+ * immediate are not established): every SEND starts with a 40-byte header,
+ * then the payload, at most the receiver's frame bytes in all:
+ *   0 u8 magic 'V'   1 u8 type (1 write frame, 2 message fragment)
  *   2 u16 zero       4 u32 payload bytes
  *   8 u64 write id (type 1) or message sequence (type 2)
  *  16 u32 region id (type 1) or total message bytes (type 2)
