@@ -15,7 +15,11 @@
  *   gflop_s  2*N*N*T / second (T tokens)
  * On AVX-512 VNNI machines, q4_0, q8_0, q4_K and q6_K also get a "gemm"
  * line: the blocked kernel (cm_gemm_x86) on the same T tokens
- * (quantization, packing and all).
+ * (quantization, packing and all). Types with a repacked layout (repack.h,
+ * what model loading does to such weights) get a second "kernels" line with
+ * "layout":"r16": the same copies packed once, then the same matrix-vector
+ * and T-token runs through cm_matmul; the file-layout line says
+ * "layout":"file". CELLM_REPACK=off drops the r16 lines.
  * The kernels are whatever cm_kernels_init picks (cm_matmul itself takes
  * the blocked path for enough tokens; CELLM_GEMM=off keeps it on the dots);
  * CELLM_KERNELS=ref (or avx2) in the environment selects others, so
@@ -31,6 +35,7 @@
 #include "base/time.h"
 #include "kernels/kernels.h"
 #include "kernels/quants.h"
+#include "kernels/repack.h"
 #if defined(__x86_64__)
 #include "kernels/x86/x86.h"
 #endif
@@ -97,6 +102,34 @@ static double gemm_seconds(gemm_job *j) {
 }
 #endif
 
+/* Times cm_matmul of the copies at w (mat_bytes apart) for one token and
+ * for n_tok, and prints one line. */
+static void time_matmul(cm_pool *pool, int type, const char *tname, const char *layout, const uint8_t *w, size_t rb,
+                        size_t mat_bytes, int n_copies, int n, int n_tok, const float *x, float *y, void *scratch,
+                        int hot, const char *kname) {
+    double tv[N_REPS], tm[N_REPS];
+    int c = 0;
+    for (int rep = -1; rep < N_REPS; rep++) {
+        /* matrix-vector: one pass over every copy */
+        double t0 = now_s();
+        for (int k = 0; k < n_copies; k++, c++)
+            cm_matmul(pool, type, w + (size_t)(c % n_copies) * mat_bytes, rb, n, n, x, 1, y, scratch);
+        double t1 = now_s();
+        cm_matmul(pool, type, w + (size_t)(c++ % n_copies) * mat_bytes, rb, n, n, x, n_tok, y, scratch);
+        double t2 = now_s();
+        if (rep >= 0) tv[rep] = (t1 - t0) / n_copies, tm[rep] = t2 - t1;
+    }
+    double sv = median(tv, N_REPS), sm = median(tm, N_REPS);
+    double bv = tv[0], bm = tm[0]; /* sorted by median(): the fastest run, least disturbed by other load */
+    printf("{\"bench\":\"kernels\",\"clock\":\"%s\",\"kernels\":\"%s\",\"weights\":\"%s\",\"type\":\"%s\",\"layout\":\"%s\","
+           "\"n\":%d,\"threads\":%d,\"matvec_ms\":%.3f,\"gb_s\":%.2f,\"gb_s_best\":%.2f,\"tokens\":%d,\"matmul_ms\":%.2f,"
+           "\"gflop_s\":%.2f,\"gflop_s_best\":%.2f}\n",
+           use_cpu_time ? "cpu" : "wall", kname, hot ? "cache" : "memory", tname, layout, n, pool ? cm_pool_n_threads(pool) : 1,
+           sv * 1e3, (double)mat_bytes / sv / 1e9, (double)mat_bytes / bv / 1e9, n_tok, sm * 1e3,
+           2.0 * n * n * n_tok / sm / 1e9, 2.0 * n * n * n_tok / bm / 1e9);
+    fflush(stdout);
+}
+
 static int bench_type(cm_pool *pool, int type, int n, int n_tok, int hot, const char *kname) {
     const cm_type_traits *t = cm_type_traits_get(type);
     if (!t || !t->vec_dot) return 0;
@@ -125,26 +158,18 @@ static int bench_type(cm_pool *pool, int type, int n, int n_tok, int hot, const 
     for (size_t i = distinct; i < (size_t)n * n_copies; i++) memcpy(w + i * rb, w + (i % distinct) * rb, rb);
     for (size_t k = 0; k < (size_t)n * n_tok; k++) x[k] = cm_rng_normal(&r);
 
-    double tv[N_REPS], tm[N_REPS];
-    int c = 0;
-    for (int rep = -1; rep < N_REPS; rep++) {
-        /* matrix-vector: one pass over every copy */
-        double t0 = now_s();
-        for (int k = 0; k < n_copies; k++, c++)
-            cm_matmul(pool, type, w + (size_t)(c % n_copies) * mat_bytes, rb, n, n, x, 1, y, scratch);
-        double t1 = now_s();
-        cm_matmul(pool, type, w + (size_t)(c++ % n_copies) * mat_bytes, rb, n, n, x, n_tok, y, scratch);
-        double t2 = now_s();
-        if (rep >= 0) tv[rep] = (t1 - t0) / n_copies, tm[rep] = t2 - t1;
+    time_matmul(pool, type, t->name, "file", w, rb, mat_bytes, n_copies, n, n_tok, x, y, scratch, hot, kname);
+    /* the same copies in the repacked layout, packed once */
+    const cm_repack_ops *ops = cm_repack_find(type);
+    if (ops && n % CM_REPACK_ROWS == 0) {
+        const size_t pbytes = ops->bytes(n, n);
+        uint8_t *pw = aligned_alloc(64, (pbytes * (size_t)n_copies + 63) & ~(size_t)63);
+        if (pw) {
+            for (int k = 0; k < n_copies; k++) ops->pack(w + (size_t)k * mat_bytes, rb, n, n, pw + (size_t)k * pbytes);
+            time_matmul(pool, ops->type, t->name, "r16", pw, rb, pbytes, n_copies, n, n_tok, x, y, scratch, hot, kname);
+            free(pw);
+        }
     }
-    double sv = median(tv, N_REPS), sm = median(tm, N_REPS);
-    double bv = tv[0], bm = tm[0]; /* sorted by median(): the fastest run, least disturbed by other load */
-    printf("{\"bench\":\"kernels\",\"clock\":\"%s\",\"kernels\":\"%s\",\"weights\":\"%s\",\"type\":\"%s\",\"n\":%d,\"threads\":%d,"
-           "\"matvec_ms\":%.3f,\"gb_s\":%.2f,\"gb_s_best\":%.2f,\"tokens\":%d,\"matmul_ms\":%.2f,\"gflop_s\":%.2f,"
-           "\"gflop_s_best\":%.2f}\n",
-           use_cpu_time ? "cpu" : "wall", kname, hot ? "cache" : "memory", t->name, n, cm_pool_n_threads(pool),
-           sv * 1e3, (double)mat_bytes / sv / 1e9, (double)mat_bytes / bv / 1e9, n_tok, sm * 1e3, 2.0 * n * n * n_tok / sm / 1e9, 2.0 * n * n * n_tok / bm / 1e9);
-    fflush(stdout);
 #if defined(__x86_64__)
     if (cm_gemm_x86_applies(type, n_tok)) {
         const cm_type_traits *vt = cm_type_traits_get(t->vec_dot_type);

@@ -14,7 +14,10 @@
  *   2. each thread takes a contiguous range of output rows and, for a batch
  *      of tokens, walks them in blocks of ROW_BLOCK rows, every token against
  *      the block, so each weight row is read from memory once per block
- *      rather than once per token. */
+ *      rather than once per token.
+ * A repacked weight (a type id of repack.h) is quantized for as its source
+ * type; in phase 2 each thread hands its range of 16-row groups to the
+ * layout's matmul (the groups split evenly, so threads finish together). */
 #include "kernels/kernels.h"
 
 #include <assert.h>
@@ -25,6 +28,7 @@
 
 #include "kernels/quants.h"
 #include "kernels/ref.h"
+#include "kernels/repack.h"
 #include "kernels/simd.h"
 
 /* The registration functions live in these files (simd.h); call them only
@@ -138,6 +142,8 @@ const cm_type_traits *cm_type_traits_ref(int type) {
 static size_t row_bytes(const cm_type_traits *t, int64_t n) { return (size_t)(n / t->block_elems) * t->block_bytes; }
 
 size_t cm_matmul_scratch_bytes(int w_type, int64_t n_cols, int64_t n_tokens) {
+    const cm_repack_ops *ops = cm_repack_ops_of(w_type);
+    if (ops) w_type = ops->src_type;
     const cm_type_traits *wt = cm_type_traits_ref(w_type);
     if (!wt || !wt->vec_dot) return 0;
     /* f32 weights dot straight against x: nothing to convert */
@@ -148,7 +154,8 @@ size_t cm_matmul_scratch_bytes(int w_type, int64_t n_cols, int64_t n_tokens) {
 typedef struct matmul_job {
     cm_pool *pool;
     int w_type;
-    const cm_type_traits *wt; /* weight type */
+    const cm_type_traits *wt; /* weight type (the source type of a repacked one) */
+    const cm_repack_ops *ops; /* non-NULL: w is in this repacked layout */
     const cm_type_traits *vt; /* its vec_dot type */
     const uint8_t *w;         /* n_rows x n_cols in wt, rows w_row_bytes apart */
     size_t w_row_bytes;
@@ -177,6 +184,13 @@ static void matmul_worker(void *arg, int ith, int nth) {
         if (nth > 1) cm_pool_barrier(job->pool);
     }
     long r0, r1;
+    if (job->ops) {
+        cm_split_range((long)(job->n_rows / CM_REPACK_ROWS), ith, nth, &r0, &r1);
+        if (r1 > r0)
+            job->ops->matmul(job->w, job->n_cols, r0 * CM_REPACK_ROWS, r1 * CM_REPACK_ROWS, job->act,
+                             job->act_row_bytes, job->n_tokens, job->y, job->n_rows);
+        return;
+    }
     cm_split_range((long)job->n_rows, ith, nth, &r0, &r1);
 #ifdef CM_CALL_X86
     /* Many tokens at once: the blocked kernel reuses each repacked panel of
@@ -198,15 +212,21 @@ static void matmul_worker(void *arg, int ith, int nth) {
 
 void cm_matmul(cm_pool *pool, int w_type, const void *w, size_t w_row_bytes, int64_t n_rows, int64_t n_cols,
                const float *x, int64_t n_tokens, float *y, void *scratch) {
-    const cm_type_traits *wt = cm_type_traits_get(w_type);
+    /* A repacked weight: rows are not w_row_bytes apart any more, the
+     * layout's kernel walks the whole matrix; activations as for the source
+     * type. */
+    const cm_repack_ops *ops = cm_type_traits_get(w_type) ? NULL : cm_repack_ops_of(w_type);
+    const cm_type_traits *wt = cm_type_traits_get(ops ? ops->src_type : w_type);
     assert(wt && wt->vec_dot && "cm_matmul: weight type has no dot product");
     assert(n_cols % wt->block_elems == 0 && n_cols <= 0x7fffffff);
-    assert(w_row_bytes >= row_bytes(wt, n_cols));
+    assert(ops || w_row_bytes >= row_bytes(wt, n_cols));
+    assert(!ops || (n_rows % CM_REPACK_ROWS == 0 && wt->vec_dot_type != CM_TYPE_F32));
     if (n_rows <= 0 || n_tokens <= 0) return;
     matmul_job job = {
         .pool = pool,
-        .w_type = w_type,
+        .w_type = ops ? ops->src_type : w_type,
         .wt = wt,
+        .ops = ops,
         .vt = cm_type_traits_get(wt->vec_dot_type),
         .w = w,
         .w_row_bytes = w_row_bytes,

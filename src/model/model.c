@@ -4,13 +4,29 @@
  * (norms, biases, rope factors) are converted to f32 copies the model owns.
  * Each tensor is checked for presence, a type the kernels support and its
  * exact shape, with a message naming the tensor, before anything runs. Tensor
- * names follow llama.cpp (token_embd.weight, blk.N.attn_q.weight, ...). */
+ * names follow llama.cpp (token_embd.weight, blk.N.attn_q.weight, ...).
+ *
+ * After binding, every matrix the forward pass multiplies by (attention,
+ * FFN, router, experts, an untied output) whose type has a repacked layout
+ * for the chosen kernels (kernels/repack.h) and whose rows come in whole
+ * groups is rewritten, tensor by tensor, into a 64-byte aligned buffer the
+ * model owns; the mapped pages of its file copy are then dropped
+ * (MADV_DONTNEED on the whole pages inside the tensor: the mapping is
+ * private and read-only, so a later read of them would fault the file's
+ * bytes back in), which keeps the resident weights near one copy during and
+ * after loading. The token embedding stays in the file layout (a lookup
+ * reads its rows), and so does an output tied to it. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
+#include "base/log.h"
 #include "base/status.h"
+#include "base/time.h"
 #include "kernels/kernels.h"
+#include "kernels/repack.h"
 #include "model/model_internal.h"
 
 static const char *mpath(const cm_model *m) {
@@ -178,6 +194,61 @@ static int bind_rope(cm_model *m) {
     return CM_OK;
 }
 
+/* Drops the mapped pages that lie wholly inside [p, p + n). */
+static void release_pages(const void *p, size_t n) {
+    const long ps = sysconf(_SC_PAGESIZE);
+    if (ps <= 0 || n == 0) return;
+    const uintptr_t page = (uintptr_t)ps;
+    const uintptr_t b = ((uintptr_t)p + page - 1) & ~(page - 1), e = ((uintptr_t)p + n) & ~(page - 1);
+    if (e > b) madvise((void *)b, e - b, MADV_DONTNEED);
+}
+
+/* Rewrites w into its repacked layout when it has one; keeps the file
+ * layout otherwise (also when the buffer cannot be had: slower, not wrong). */
+static int repack_weight(cm_model *m, cm_weight *w, uint64_t *n_bytes) {
+    if (!w->data || w->n_rows % CM_REPACK_ROWS) return CM_OK;
+    const cm_repack_ops *ops = cm_repack_find(w->type);
+    if (!ops) return CM_OK;
+    const size_t mb = ops->bytes(w->n_rows, w->n_cols);
+    const size_t total = mb * (size_t)w->n_mat;
+    uint8_t *buf = aligned_alloc(64, (total + 63) & ~(size_t)63);
+    if (!buf || own(m, buf)) {
+        free(buf);
+        CM_LOGW("%s: no memory for a repacked copy of %s (%zu bytes): it keeps the file layout", mpath(m), w->name,
+                total);
+        return CM_OK;
+    }
+    for (int64_t e = 0; e < w->n_mat; e++)
+        ops->pack(w->data + (size_t)e * w->mat_bytes, w->row_bytes, w->n_rows, w->n_cols, buf + (size_t)e * mb);
+    release_pages(w->data, w->mat_bytes * (size_t)w->n_mat);
+    w->type = ops->type;
+    w->data = buf;
+    w->mat_bytes = mb;
+    w->row_bytes = mb / (size_t)w->n_rows;
+    *n_bytes += total;
+    return CM_OK;
+}
+
+static int repack_weights(cm_model *m) {
+    const double t0 = cm_now_s();
+    uint64_t n_bytes = 0;
+    int rc;
+    for (int i = 0; i < m->layer_end - m->layer_begin; i++) {
+        cm_layer *L = &m->layers[i];
+        cm_weight *ws[] = {&L->wq,       &L->wk,       &L->wv,     &L->wo,        &L->ffn_gate,
+                           &L->ffn_up,   &L->ffn_down, &L->gate_inp, &L->gate_exps, &L->up_exps,
+                           &L->down_exps};
+        for (size_t k = 0; k < sizeof ws / sizeof ws[0]; k++)
+            if ((rc = repack_weight(m, ws[k], &n_bytes))) return rc;
+    }
+    /* a tied output is the embedding table, read row by row by the lookup */
+    if (m->output.data && !m->hp.tied_output && (rc = repack_weight(m, &m->output, &n_bytes))) return rc;
+    if (n_bytes)
+        CM_LOGI("%s: repacked %.1f MB of weights for the %s kernels in %.0f ms", mpath(m), (double)n_bytes / 1e6,
+                cm_kernels_name(), (cm_now_s() - t0) * 1e3);
+    return CM_OK;
+}
+
 int cm_model_load(const char *path, const cm_model_params *params, cm_model **out) {
     *out = NULL;
     int rc;
@@ -221,6 +292,7 @@ int cm_model_load(const char *path, const cm_model_params *params, cm_model **ou
         }
     }
     if ((rc = bind_rope(m))) goto fail;
+    if ((rc = repack_weights(m))) goto fail;
     *out = m;
     return CM_OK;
 fail:

@@ -5,6 +5,11 @@
  * Invariants once cm_model_load returns:
  *   - every cm_weight points inside the model's mmap'd GGUF, has a type with
  *     kernels (cm_type_traits_get != NULL) and ne[0] a multiple of its block;
+ *     or it was repacked (model.c): then type is a repacked id of
+ *     kernels/repack.h (cm_type_traits_get == NULL, cm_repack_ops_of != NULL),
+ *     data a model-owned buffer in that layout, mat_bytes its bytes per
+ *     matrix and row_bytes mat_bytes / n_rows (rows are not row_bytes apart:
+ *     only cm_matmul may read such a weight). tok_embd is never repacked;
  *   - every small vector (norms, biases, rope factors) is an f32 copy owned by
  *     the model (they are tiny, and copying lets norms be stored as f16/bf16);
  *   - layers[] holds exactly the stage's layers, layers[i] is layer
@@ -22,7 +27,8 @@
 #include "model/model.h"
 
 /* A 2-D (or 3-D, for stacked experts) weight matrix as the file stores it:
- * n_mat matrices of n_rows rows of n_cols elements, rows row_bytes apart. */
+ * n_mat matrices of n_rows rows of n_cols elements, rows row_bytes apart
+ * (or repacked at load time, see above; matrices still mat_bytes apart). */
 typedef struct cm_weight {
     const char *name;
     int type;
