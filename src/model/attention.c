@@ -48,14 +48,32 @@ typedef float v16f __attribute__((vector_size(64)));
 typedef float v16u __attribute__((vector_size(64), aligned(4)));
 #define V16(p) (*(v16u *)(p))
 
-/* Sum of the 16 lanes of a v16f, pairwise. */
-#define HSUM16(out, a)                                                                             \
-    do {                                                                                           \
-        float h_[16];                                                                              \
-        memcpy(h_, &(a), sizeof h_);                                                               \
-        for (int k_ = 0; k_ < 8; k_++) h_[k_] += h_[k_ + 8];                                       \
-        (out) = ((h_[0] + h_[4]) + (h_[1] + h_[5])) + ((h_[2] + h_[6]) + (h_[3] + h_[7]));         \
+/* Sum of the 16 lanes of a v16f, pairwise: in registers by halving
+ * shuffles where the compiler has them, else through memory. */
+#if defined(__has_builtin)
+#if __has_builtin(__builtin_shufflevector)
+#define ATT_HAVE_SHUFFLE 1
+#endif
+#endif
+#ifdef ATT_HAVE_SHUFFLE
+typedef float v8f __attribute__((vector_size(32)));
+typedef float v4f __attribute__((vector_size(16)));
+#define HSUM16(out, a)                                                                                         \
+    do {                                                                                                       \
+        v8f h8_ = __builtin_shufflevector((a), (a), 0, 1, 2, 3, 4, 5, 6, 7) +                                  \
+                  __builtin_shufflevector((a), (a), 8, 9, 10, 11, 12, 13, 14, 15);                             \
+        v4f h4_ = __builtin_shufflevector(h8_, h8_, 0, 1, 2, 3) + __builtin_shufflevector(h8_, h8_, 4, 5, 6, 7); \
+        (out) = (h4_[0] + h4_[2]) + (h4_[1] + h4_[3]);                                                         \
     } while (0)
+#else
+#define HSUM16(out, a)                                                                     \
+    do {                                                                                   \
+        float h_[16];                                                                      \
+        memcpy(h_, &(a), sizeof h_);                                                       \
+        for (int k_ = 0; k_ < 8; k_++) h_[k_] += h_[k_ + 8];                               \
+        (out) = ((h_[0] + h_[4]) + (h_[1] + h_[5])) + ((h_[2] + h_[6]) + (h_[3] + h_[7])); \
+    } while (0)
+#endif
 
 /* s[i] = dot(row i of k, q) for i < n; rows are hd floats apart. */
 ATT_CLONES static void tile_scores(float *restrict s, const float *restrict k, const float *restrict q, int n,
