@@ -479,6 +479,10 @@ static int run_client(const bench_opts *o) {
     size_t max_size = 8;
     for (int i = 0; i < o->n_sizes; i++) max_size = o->sizes[i] > max_size ? o->sizes[i] : max_size;
     src = malloc(max_size);
+    if (!src) {
+        rc = cm_errorf(CM_ENOMEM, "no memory for a %zu-byte source buffer", max_size);
+        goto fail;
+    }
     memset(src, 0xa5, max_size);
     cm_xfer_mr_register(x, src, max_size, 0, &msrc);
     cm_xfer_mr_register(x, mine, sizeof mine, CM_XFER_MR_REMOTE_WRITE, &mmine);
@@ -624,7 +628,7 @@ static int run_client(const bench_opts *o) {
                     rc = cm_errorf(CM_ECONN, "baseline: cannot connect to %s:%d", host, port + 1);
                     break;
                 }
-                char c32[RAW_CMD_BYTES + 1];
+                char c32[64]; /* the command is the first RAW_CMD_BYTES: at most 2+13+1+10 digits here */
                 snprintf(c32, sizeof c32, "S %-14zu %-14zu", total, bufsz);
                 cpu_mark c0 = cpu_now();
                 uint64_t t0 = cm_now_ns();
@@ -656,7 +660,7 @@ static int run_client(const bench_opts *o) {
         if (rc) goto fail;
         int fd = raw_dial(host, port + 1);
         int iters = 200 + o->rtt_iters;
-        char c32[RAW_CMD_BYTES + 1];
+        char c32[64];
         snprintf(c32, sizeof c32, "P %-29d", iters);
         if (fd < 0 || full_io(fd, c32, RAW_CMD_BYTES, 1)) {
             rc = cm_errorf(CM_ECONN, "baseline ping-pong: cannot connect");

@@ -107,6 +107,16 @@ check '[ $rc = 1 ] && grep -q "refused our cell key" "$TMP/bad.err"' "wrong key 
 for _ in $(seq 100); do grep -q "authentication failed" "$TMP/server.err" && break; sleep 0.1; done
 check 'grep -q "authentication failed" "$TMP/server.err"' "server logs the refused key"
 
+# one raw stream per --raw-buffers size (the server walks a buffer of that
+# size), machine CPU use on every throughput line; busy polling off works
+bench raw --peer 10.77.1.1:7700 --key-file "$TMP/key" --sizes 64K --iters 1 --rtt-iters 100 --baseline \
+    --raw-buffers 64K,1M --busy-poll 0 --json
+check_run '[ $rc = 0 ] && grep -q "\"mode\":\"raw_stream\".*\"buffer_bytes\":65536" "$TMP/raw.json" &&
+    grep -q "\"mode\":\"raw_stream\".*\"buffer_bytes\":1048576" "$TMP/raw.json" &&
+    [ $(grep -c "\"cpu_busy\":[0-9.]*" "$TMP/raw.json") = 3 ] && grep -q "\"mode\":\"rtt\"" "$TMP/raw.json"' \
+    "raw streams per buffer size, cpu_busy reported, --busy-poll 0" raw
+cat "$TMP/raw.json"
+
 # the server survives all of that: one more short run
 bench again --peer 10.77.2.1:7700 --key-file "$TMP/key" --sizes 64K --iters 1 --rtt-iters 50 --json
 check_run '[ $rc = 0 ] && sane "$TMP/again.json" 1 0' "server still serves after a refused peer" again

@@ -153,6 +153,132 @@ out:
     cm_xfer_destroy(a);
 }
 
+/* Round trips with the waiting threads busy-polling (one side) and not
+ * (the other), with a large write in between that turns busy-polling off
+ * until small frames come again: every reply carries the sequence number
+ * of its ping, so a lost, duplicated or stale landing shows; a wait with
+ * nothing coming still times out on time. */
+typedef struct pong_arg {
+    cm_xfer *x;
+    int peer, rounds, bad;
+    uint8_t *in;             /* where pings land */
+    const cm_xfer_mr *out_mr; /* reply source */
+    uint8_t *out;
+    cm_xfer_mr_desc back;     /* the pinger's region */
+} pong_arg;
+
+static void *pong_main(void *p) {
+    pong_arg *a = p;
+    cm_xfer_cq *cq = NULL;
+    if (cm_xfer_cq_create(a->x, &cq)) {
+        a->bad = 1;
+        return NULL;
+    }
+    for (int i = 0; i < a->rounds && !a->bad; i++) {
+        if (cm_xfer_imm_wait(a->x, a->peer, 1, 1, 5000)) {
+            a->bad = 1;
+            break;
+        }
+        uint32_t v;
+        memcpy(&v, a->in, 4);
+        if (v != (uint32_t)i) a->bad = 2;
+        memcpy(a->out, &v, 4);
+        if (cm_xfer_write_imm(a->x, a->peer, a->out_mr, 0, &a->back, 0, 4, 2, cq, (uint64_t)i)) a->bad = 3;
+        cm_xfer_completion c[8];
+        while (cm_xfer_cq_poll(cq, c, 8, 0) > 0) {
+        }
+    }
+    cm_xfer_completion c[8];
+    while (cm_xfer_cq_poll(cq, c, 8, 200) > 0) {
+    }
+    cm_xfer_cq_destroy(a->x, cq);
+    return NULL;
+}
+
+TEST(round_trips_busy_poll) {
+    cm_xfer_config ca, cb;
+    cm_xfer_config_init(&ca);
+    CHECK(ca.busy_poll_us == 50);
+    ca.key = g_key;
+    ca.listen = "127.0.0.1:0";
+    ca.name = "pong";
+    ca.busy_poll_us = 0;
+    cb = ca;
+    cb.listen = NULL;
+    cb.name = "ping";
+    cb.busy_poll_us = -1; /* the default */
+    cm_xfer *a = NULL, *b = NULL;
+    CHECK_OK(cm_xfer_create(&ca, &a));
+    CHECK_OK(cm_xfer_create(&cb, &b));
+    if (!a || !b) goto out;
+    int pb;
+    CHECK_OK(dial(b, port_of(a), 1, &pb));
+    int pa = accepted_peer(a);
+    CHECK(pa >= 0);
+    enum { ROUNDS = 600, BIG = 1u << 20 };
+    uint8_t *in_a = calloc(1, BIG), *out_a = calloc(1, 64), *in_b = calloc(1, 64), *out_b = calloc(1, BIG);
+    cm_xfer_mr *m_in_a, *m_out_a, *m_in_b, *m_out_b;
+    CHECK_OK(cm_xfer_mr_register(a, in_a, BIG, CM_XFER_MR_REMOTE_WRITE, &m_in_a));
+    CHECK_OK(cm_xfer_mr_allow(a, m_in_a, pa));
+    CHECK_OK(cm_xfer_mr_register(a, out_a, 64, 0, &m_out_a));
+    CHECK_OK(cm_xfer_mr_register(b, in_b, 64, CM_XFER_MR_REMOTE_WRITE, &m_in_b));
+    CHECK_OK(cm_xfer_mr_allow(b, m_in_b, pb));
+    CHECK_OK(cm_xfer_mr_register(b, out_b, BIG, 0, &m_out_b));
+    cm_xfer_mr_desc to_a, to_b;
+    cm_xfer_mr_desc_get(m_in_a, &to_a);
+    cm_xfer_mr_desc_get(m_in_b, &to_b);
+    pong_arg arg = {.x = a, .peer = pa, .rounds = ROUNDS, .in = in_a, .out_mr = m_out_a, .out = out_a, .back = to_b};
+    pthread_t th;
+    CHECK(pthread_create(&th, NULL, pong_main, &arg) == 0);
+    cm_xfer_cq *cq;
+    CHECK_OK(cm_xfer_cq_create(b, &cq));
+    int wrong = 0, failed = 0;
+    for (int i = 0; i < ROUNDS && !failed; i++) {
+        if (i == ROUNDS / 2) {
+            /* a large write: the receiver stops spinning until small frames return */
+            memset(out_b, 0x5a, BIG);
+            CHECK_OK(cm_xfer_write_imm(b, pb, m_out_b, 0, &to_a, 0, BIG, 7, cq, 1));
+            CHECK_OK(cm_xfer_imm_wait(a, pa, 7, 1, 5000));
+            CHECK(in_a[BIG - 1] == 0x5a && in_a[4096] == 0x5a);
+        }
+        uint32_t v = (uint32_t)i;
+        memcpy(out_b, &v, 4);
+        if (cm_xfer_write_imm(b, pb, m_out_b, 0, &to_a, 0, 4, 1, cq, 2) ||
+            cm_xfer_imm_wait(b, pb, 2, 1, 5000)) {
+            failed = 1;
+            break;
+        }
+        uint32_t got;
+        memcpy(&got, in_b, 4);
+        wrong += got != v;
+        /* the source may be rewritten only once the write completed */
+        cm_xfer_completion c;
+        if (cm_xfer_cq_poll(cq, &c, 1, 5000) != 1 || c.status) failed = 1;
+        if (i == ROUNDS / 2 && !failed && cm_xfer_cq_poll(cq, &c, 1, 5000) != 1) failed = 1;
+    }
+    pthread_join(th, NULL);
+    CHECK(!failed);
+    CHECK(wrong == 0);
+    CHECK(arg.bad == 0);
+    /* nothing is coming: the spinning waiter still gives up on time */
+    uint64_t t0 = cm_now_ns();
+    CHECK(cm_xfer_imm_wait(b, pb, 2, 1, 100) == CM_ETIMEDOUT);
+    uint64_t waited_ms = (cm_now_ns() - t0) / 1000000u;
+    CHECK(waited_ms >= 90 && waited_ms < 2000);
+    cm_xfer_cq_destroy(b, cq);
+    cm_xfer_mr_deregister(a, m_in_a);
+    cm_xfer_mr_deregister(a, m_out_a);
+    cm_xfer_mr_deregister(b, m_in_b);
+    cm_xfer_mr_deregister(b, m_out_b);
+    free(in_a);
+    free(out_a);
+    free(in_b);
+    free(out_b);
+out:
+    cm_xfer_destroy(b);
+    cm_xfer_destroy(a);
+}
+
 TEST(send_recv_order) {
     cm_xfer *a = engine("127.0.0.1:0", "a", NULL, 0), *b = engine(NULL, "b", NULL, 0);
     if (!a || !b) {
@@ -708,6 +834,7 @@ int main(void) {
     cm_xfer_key_generate(&g_key);
     RUN(key_text);
     RUN(write_imm_and_counters);
+    RUN(round_trips_busy_poll);
     RUN(send_recv_order);
     RUN(recv_posted_between_begin_and_unexpected);
     RUN(concurrent_writers_and_striping);
