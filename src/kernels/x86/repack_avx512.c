@@ -49,6 +49,9 @@
 static_assert(Q4_COL == RR * sizeof(cm_block_q4_0), "q4_0 column holds 16 file blocks' bytes");
 static_assert(Q8_COL == RR * sizeof(cm_block_q8_0), "q8_0 column holds 16 file blocks' bytes");
 
+/* An int32 that may sit at any address and alias bytes. */
+typedef int32_t i32u __attribute__((may_alias, aligned(1)));
+
 /* Per activation block and token: -off * sum of its quants, and its scale. */
 typedef struct act_info {
     int32_t corr;
@@ -186,21 +189,29 @@ static ALWAYS_INLINE void group_tile(const int q8, const uint8_t *wg, int64_t i0
         for (int t = 0; t < T; t++) {
             const cm_block_q8_0 *yb = (const cm_block_q8_0 *)(act + (size_t)t * arb) + i0 + i;
             const act_info *ai = info + t * n_blk + i;
-            int32_t a[8];
-            memcpy(a, yb->qs, 32);
+            /* read as int32 straight from memory, so that each broadcast
+             * is a load (or folds into VPDPBUSD), not a shuffle-port move
+             * from a general register as a memcpy to a local becomes */
+            const i32u *a = (const i32u *)(const void *)yb->qs;
             /* q4_0: load k's low nibbles meet activation bytes 4k.., its
              * high nibbles bytes 16 + 4k..; q8_0: load k meets bytes 4k.. */
-            __m512i s0 = _mm512_set1_epi32(ai->corr), s1 = _mm512_setzero_si512();
-            s0 = _mm512_dpbusd_epi32(s0, W[0], _mm512_set1_epi32(a[0]));
-            s1 = _mm512_dpbusd_epi32(s1, W[1], _mm512_set1_epi32(a[1]));
-            s0 = _mm512_dpbusd_epi32(s0, W[2], _mm512_set1_epi32(a[2]));
-            s1 = _mm512_dpbusd_epi32(s1, W[3], _mm512_set1_epi32(a[3]));
-            s0 = _mm512_dpbusd_epi32(s0, W[4], _mm512_set1_epi32(a[4]));
-            s1 = _mm512_dpbusd_epi32(s1, W[5], _mm512_set1_epi32(a[5]));
-            s0 = _mm512_dpbusd_epi32(s0, W[6], _mm512_set1_epi32(a[6]));
-            s1 = _mm512_dpbusd_epi32(s1, W[7], _mm512_set1_epi32(a[7]));
-            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)),
-                                     _mm512_mul_ps(dw, _mm512_set1_ps(ai->d)), acc[t]);
+            __m512i s = _mm512_set1_epi32(ai->corr);
+            if (T >= 4) {
+                /* the tokens' chains run side by side: one chain each
+                 * saves the zeroing and the add of a second */
+                UNROLL
+                for (int k = 0; k < 8; k++) s = _mm512_dpbusd_epi32(s, W[k], _mm512_set1_epi32(a[k]));
+            } else {
+                /* few tokens: two chains per token halve the latency */
+                __m512i s1 = _mm512_setzero_si512();
+                UNROLL
+                for (int k = 0; k < 8; k += 2) {
+                    s = _mm512_dpbusd_epi32(s, W[k], _mm512_set1_epi32(a[k]));
+                    s1 = _mm512_dpbusd_epi32(s1, W[k + 1], _mm512_set1_epi32(a[k + 1]));
+                }
+                s = _mm512_add_epi32(s, s1);
+            }
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, _mm512_set1_ps(ai->d)), acc[t]);
         }
     }
     UNROLL
