@@ -58,6 +58,11 @@
  * their arrays live in registers. */
 #define UNROLL _Pragma("GCC unroll 16")
 
+/* Activation bytes are read 4 at a time as an int32 straight from the q8_K
+ * row, so that each broadcast is a load (or folds into VPDPBUSD); a memcpy
+ * to a local array became general-register moves on the shuffle port. */
+typedef int32_t i32u __attribute__((may_alias, aligned(1)));
+
 /* Activation rows per chunk: their q8_K rows should stay in L2 (1.25 MiB
  * per core) next to the weight tile stream. */
 #define ACT_CHUNK_BYTES (512 * 1024)
@@ -204,16 +209,29 @@ static ALWAYS_INLINE void q4_K_group(const uint8_t *wg, int64_t nb, const uint8_
             UNROLL
             for (int t = 0; t < T; t++) {
                 const cm_block_q8_K *yb = (const cm_block_q8_K *)(act + (size_t)t * arb) + i;
-                int32_t a[8];
-                memcpy(a, yb->qs + 32 * j, 32);
-                __m512i s0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), W[0], _mm512_set1_epi32(a[0]));
-                __m512i s1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), W[1], _mm512_set1_epi32(a[1]));
-                UNROLL
-                for (int g = 2; g < 8; g += 2) {
-                    s0 = _mm512_dpbusd_epi32(s0, W[g], _mm512_set1_epi32(a[g]));
-                    s1 = _mm512_dpbusd_epi32(s1, W[g + 1], _mm512_set1_epi32(a[g + 1]));
+                __m512i s0;
+                if (T >= 4) {
+                    /* the tokens' chains overlap: one chain each */
+                    const i32u *a = (const i32u *)(const void *)(yb->qs + 32 * j);
+                    s0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), W[0], _mm512_set1_epi32(a[0]));
+                    UNROLL
+                    for (int g = 1; g < 8; g++) s0 = _mm512_dpbusd_epi32(s0, W[g], _mm512_set1_epi32(a[g]));
+                } else {
+                    /* few tokens: two chains per token halve the latency;
+                     * here the copy to a local measured faster than
+                     * broadcasts from memory (decode is one token) */
+                    int32_t a[8];
+                    memcpy(a, yb->qs + 32 * j, 32);
+                    s0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), W[0], _mm512_set1_epi32(a[0]));
+                    __m512i s1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), W[1], _mm512_set1_epi32(a[1]));
+                    UNROLL
+                    for (int g = 2; g < 8; g += 2) {
+                        s0 = _mm512_dpbusd_epi32(s0, W[g], _mm512_set1_epi32(a[g]));
+                        s1 = _mm512_dpbusd_epi32(s1, W[g + 1], _mm512_set1_epi32(a[g + 1]));
+                    }
+                    s0 = _mm512_add_epi32(s0, s1);
                 }
-                f[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)), fs, f[t]);
+                f[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s0), fs, f[t]);
             }
         }
         UNROLL
@@ -395,8 +413,13 @@ static ALWAYS_INLINE void q6_K_group(const uint8_t *wg, int64_t nb, const uint8_
                     UNROLL
                     for (int t = 0; t < T; t++) {
                         const cm_block_q8_K *yb = (const cm_block_q8_K *)(act + (size_t)t * arb) + i;
-                        int32_t a[4];
-                        memcpy(a, yb->qs + 128 * h + 32 * c + 16 * gg, 16);
+                        const int8_t *qa = yb->qs + 128 * h + 32 * c + 16 * gg;
+                        int32_t al[4];
+                        const i32u *a = (const i32u *)(const void *)qa;
+                        if (T < 4) { /* as for q4_K: the local copy measured faster for few tokens */
+                            memcpy(al, qa, 16);
+                            a = al;
+                        }
                         __m512i sum = _mm512_dpbusd_epi32(_mm512_setzero_si512(), V[0], _mm512_set1_epi32(a[0]));
                         sum = _mm512_dpbusd_epi32(sum, V[1], _mm512_set1_epi32(a[1]));
                         sum = _mm512_dpbusd_epi32(sum, V[2], _mm512_set1_epi32(a[2]));
@@ -567,16 +590,29 @@ static ALWAYS_INLINE void q5_K_group(const uint8_t *wg, int64_t nb, const uint8_
             UNROLL
             for (int t = 0; t < T; t++) {
                 const cm_block_q8_K *yb = (const cm_block_q8_K *)(act + (size_t)t * arb) + i;
-                int32_t a[8];
-                memcpy(a, yb->qs + 32 * j, 32);
-                __m512i s0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), W[0], _mm512_set1_epi32(a[0]));
-                __m512i s1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), W[1], _mm512_set1_epi32(a[1]));
-                UNROLL
-                for (int g = 2; g < 8; g += 2) {
-                    s0 = _mm512_dpbusd_epi32(s0, W[g], _mm512_set1_epi32(a[g]));
-                    s1 = _mm512_dpbusd_epi32(s1, W[g + 1], _mm512_set1_epi32(a[g + 1]));
+                __m512i s0;
+                if (T >= 4) {
+                    /* the tokens' chains overlap: one chain each */
+                    const i32u *a = (const i32u *)(const void *)(yb->qs + 32 * j);
+                    s0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), W[0], _mm512_set1_epi32(a[0]));
+                    UNROLL
+                    for (int g = 1; g < 8; g++) s0 = _mm512_dpbusd_epi32(s0, W[g], _mm512_set1_epi32(a[g]));
+                } else {
+                    /* few tokens: two chains per token halve the latency;
+                     * here the copy to a local measured faster than
+                     * broadcasts from memory (decode is one token) */
+                    int32_t a[8];
+                    memcpy(a, yb->qs + 32 * j, 32);
+                    s0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), W[0], _mm512_set1_epi32(a[0]));
+                    __m512i s1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), W[1], _mm512_set1_epi32(a[1]));
+                    UNROLL
+                    for (int g = 2; g < 8; g += 2) {
+                        s0 = _mm512_dpbusd_epi32(s0, W[g], _mm512_set1_epi32(a[g]));
+                        s1 = _mm512_dpbusd_epi32(s1, W[g + 1], _mm512_set1_epi32(a[g + 1]));
+                    }
+                    s0 = _mm512_add_epi32(s0, s1);
                 }
-                f[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)), fs, f[t]);
+                f[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s0), fs, f[t]);
             }
         }
         UNROLL
