@@ -17,6 +17,7 @@
  *     summation order differs; the integer sums are exact, so a wrong
  *     weight, scale or min shows up far above it), and writes nothing
  *     outside its rows. */
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -212,6 +213,30 @@ static void check_type(int type) {
     check_shape(ops, 16, 4096, 130);
 }
 
+/* cm_repack_find hands out these layouts when the AVX-512 VNNI kernels are
+ * selected (and CELLM_REPACK is not off), and cm_repack_ops_of knows their
+ * ids. (Calling cm_repack_find also links repack.o, which pulls in the
+ * kernels this test calls directly.) */
+TEST(registry) {
+    const char *why = "";
+    const int types[] = {CM_TYPE_Q4_K, CM_TYPE_Q6_K, CM_TYPE_Q5_K};
+    int checked = 0;
+    for (int i = 0; i < 3; i++) {
+        const cm_repack_ops *found = cm_repack_find(types[i]);
+        const cm_repack_ops *ops = ops_for(types[i], &why);
+        const char *env = getenv("CELLM_REPACK");
+        const bool offered = ops && strcmp(cm_kernels_name(), "avx512-vnni") == 0 && !(env && !strcmp(env, "off"));
+        if (!offered) continue;
+        CHECK(found == ops);
+        CHECK(cm_repack_ops_of(ops->type) == ops);
+        checked++;
+    }
+    CHECK(cm_repack_ops_of(CM_TYPE_Q4_K) == NULL); /* a file type is not a repacked id */
+    if (!checked)
+        TEST_SKIP("no K layout offered (kernels %s, CELLM_REPACK=%s%s%s)", cm_kernels_name(),
+                  getenv("CELLM_REPACK") ? getenv("CELLM_REPACK") : "", *why ? ", " : "", why);
+}
+
 TEST(q4_K) { check_type(CM_TYPE_Q4_K); }
 TEST(q6_K) { check_type(CM_TYPE_Q6_K); }
 TEST(q5_K) { check_type(CM_TYPE_Q5_K); }
@@ -219,6 +244,7 @@ TEST(q5_K) { check_type(CM_TYPE_Q5_K); }
 int main(void) {
     cm_rng_init(&rng, 20261123);
     cm_kernels_init(false);
+    RUN(registry);
     RUN(q4_K);
     RUN(q6_K);
     RUN(q5_K);
