@@ -26,6 +26,7 @@
  * types, 16 floats wide where head_dim allows, with a scalar path for any
  * other head_dim. */
 #include <math.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -36,7 +37,10 @@
  * the CPU has is picked at load time (the portable build otherwise stays at
  * SSE2 width). No intrinsics: the arch folders keep those. */
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define ATT_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+/* fp-contract=fast lets a * b + c become one FMA where the target has it
+ * (the project builds as ISO C, which turns contraction off): half the
+ * instructions of the score and P.V loops, and a rounding fewer. */
+#define ATT_CLONES __attribute__((target_clones("avx512f", "avx2", "default"), optimize("fp-contract=fast")))
 #else
 #define ATT_CLONES
 #endif
@@ -45,59 +49,40 @@
  * alias their element type). Kept out of function signatures: passing a
  * 64-byte vector by value has a different ABI with and without AVX-512. */
 typedef float v16f __attribute__((vector_size(64)));
+
+/* Prompt entries of one sequence handled together against each K/V tile. */
+#define ATT_QB 16
 typedef float v16u __attribute__((vector_size(64), aligned(4)));
 #define V16(p) (*(v16u *)(p))
 
-/* Sum of the 16 lanes of a v16f, pairwise: in registers by halving
- * shuffles where the compiler has them, else through memory. */
-#if defined(__has_builtin)
-#if __has_builtin(__builtin_shufflevector)
-#define ATT_HAVE_SHUFFLE 1
-#endif
-#endif
-#ifdef ATT_HAVE_SHUFFLE
-typedef float v8f __attribute__((vector_size(32)));
-typedef float v4f __attribute__((vector_size(16)));
-#define HSUM16(out, a)                                                                                         \
-    do {                                                                                                       \
-        v8f h8_ = __builtin_shufflevector((a), (a), 0, 1, 2, 3, 4, 5, 6, 7) +                                  \
-                  __builtin_shufflevector((a), (a), 8, 9, 10, 11, 12, 13, 14, 15);                             \
-        v4f h4_ = __builtin_shufflevector(h8_, h8_, 0, 1, 2, 3) + __builtin_shufflevector(h8_, h8_, 4, 5, 6, 7); \
-        (out) = (h4_[0] + h4_[2]) + (h4_[1] + h4_[3]);                                                         \
-    } while (0)
-#else
-#define HSUM16(out, a)                                                                     \
-    do {                                                                                   \
-        float h_[16];                                                                      \
-        memcpy(h_, &(a), sizeof h_);                                                       \
-        for (int k_ = 0; k_ < 8; k_++) h_[k_] += h_[k_ + 8];                               \
-        (out) = ((h_[0] + h_[4]) + (h_[1] + h_[5])) + ((h_[2] + h_[6]) + (h_[3] + h_[7])); \
-    } while (0)
-#endif
-
-/* s[i] = dot(row i of k, q) for i < n; rows are hd floats apart. */
-ATT_CLONES static void tile_scores(float *restrict s, const float *restrict k, const float *restrict q, int n,
+/* s[i] = dot(column i of kT, q) for i < n, where kT is the tile's K
+ * transposed (kT[d * CM_ATT_TILE + i] = K[i][d]): vectorized over the
+ * positions, so no horizontal sums. Whole 64-position stripes are computed
+ * (kT and s have CM_ATT_TILE room, a multiple of 64); lanes at or past n
+ * hold values that nobody reads. */
+ATT_CLONES static void tile_scores(float *restrict s, const float *restrict kT, const float *restrict q, int n,
                                    int hd) {
-    if (hd % 16 == 0) {
-        for (int i = 0; i < n; i++) {
-            const float *kr = k + (size_t)i * hd;
-            v16f a = {0}, b = {0};
-            int d = 0;
-            for (; d + 32 <= hd; d += 32) {
-                a += V16(kr + d) * V16(q + d);
-                b += V16(kr + d + 16) * V16(q + d + 16);
-            }
-            if (d < hd) a += V16(kr + d) * V16(q + d);
-            a += b;
-            HSUM16(s[i], a);
+    if (n > 64 && CM_ATT_TILE == 128) {
+        /* the whole tile at once: eight independent sums hide the FMA latency */
+        v16f a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, a4 = {0}, a5 = {0}, a6 = {0}, a7 = {0};
+        for (int d = 0; d < hd; d++) {
+            const float *kr = kT + (size_t)d * CM_ATT_TILE;
+            const float qd = q[d];
+            a0 += qd * V16(kr), a1 += qd * V16(kr + 16), a2 += qd * V16(kr + 32), a3 += qd * V16(kr + 48);
+            a4 += qd * V16(kr + 64), a5 += qd * V16(kr + 80), a6 += qd * V16(kr + 96), a7 += qd * V16(kr + 112);
         }
+        V16(s) = a0, V16(s + 16) = a1, V16(s + 32) = a2, V16(s + 48) = a3;
+        V16(s + 64) = a4, V16(s + 80) = a5, V16(s + 96) = a6, V16(s + 112) = a7;
         return;
     }
-    for (int i = 0; i < n; i++) {
-        const float *kr = k + (size_t)i * hd;
-        float a = 0.0f;
-        for (int d = 0; d < hd; d++) a += kr[d] * q[d];
-        s[i] = a;
+    for (int i0 = 0; i0 < n; i0 += 64) {
+        v16f a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+        for (int d = 0; d < hd; d++) {
+            const float *kr = kT + (size_t)d * CM_ATT_TILE + i0;
+            const float qd = q[d];
+            a0 += qd * V16(kr), a1 += qd * V16(kr + 16), a2 += qd * V16(kr + 32), a3 += qd * V16(kr + 48);
+        }
+        V16(s + i0) = a0, V16(s + i0 + 16) = a1, V16(s + i0 + 32) = a2, V16(s + i0 + 48) = a3;
     }
 }
 
@@ -134,14 +119,25 @@ ATT_CLONES static void tile_pv(float *restrict acc, float corr, const float *res
                                int n, int hd) {
     if (hd % 64 == 0) {
         for (int d = 0; d < hd; d += 64) {
+            /* even rows into a, odd rows into b: eight independent sums */
             v16f a0 = V16(acc + d) * corr, a1 = V16(acc + d + 16) * corr;
             v16f a2 = V16(acc + d + 32) * corr, a3 = V16(acc + d + 48) * corr;
-            for (int i = 0; i < n; i++) {
+            v16f b0 = {0}, b1 = {0}, b2 = {0}, b3 = {0};
+            int i = 0;
+            for (; i + 2 <= n; i += 2) {
+                const float *vr = v + (size_t)i * hd + d, *vs = vr + hd;
+                a0 += w[i] * V16(vr), a1 += w[i] * V16(vr + 16);
+                a2 += w[i] * V16(vr + 32), a3 += w[i] * V16(vr + 48);
+                b0 += w[i + 1] * V16(vs), b1 += w[i + 1] * V16(vs + 16);
+                b2 += w[i + 1] * V16(vs + 32), b3 += w[i + 1] * V16(vs + 48);
+            }
+            if (i < n) {
                 const float *vr = v + (size_t)i * hd + d;
                 a0 += w[i] * V16(vr), a1 += w[i] * V16(vr + 16);
                 a2 += w[i] * V16(vr + 32), a3 += w[i] * V16(vr + 48);
             }
-            V16(acc + d) = a0, V16(acc + d + 16) = a1, V16(acc + d + 32) = a2, V16(acc + d + 48) = a3;
+            V16(acc + d) = a0 + b0, V16(acc + d + 16) = a1 + b1;
+            V16(acc + d + 32) = a2 + b2, V16(acc + d + 48) = a3 + b3;
         }
         return;
     }
@@ -194,77 +190,106 @@ static void prepare_head(cm_ctx *c, const cm_layer *L, int il, const cm_batch *b
     }
 }
 
+/* Entries t0..t0+nt-1 of the batch are one sequence at consecutive
+ * positions: they can share each converted K/V tile. */
+static bool block_is_run(const cm_batch *b, int t0, int nt) {
+    for (int k = 1; k < nt; k++)
+        if (b->seq_id[t0 + k] != b->seq_id[t0] || b->pos[t0 + k] != b->pos[t0] + k) return false;
+    return true;
+}
+
+/* Attention of the query heads of KV head kvh for entries t0..t0+nt-1 (one
+ * sequence, consecutive positions, nt <= ATT_QB): each K/V tile is
+ * converted once for all nt x group query rows; row r (entry t0 + r/group)
+ * only takes the tile's positions up to its own. ws: this thread's scratch. */
+static void att_block(cm_ctx *c, int il, const cm_batch *b, int t0, int nt, int kvh, float *ws) {
+    const cm_hparams *hp = &c->model->hp;
+    const int hd = hp->head_dim, group = hp->n_head / hp->n_head_kv, n_kv = c->n_kv, n_q = c->n_q;
+    const int rows = nt * group, rmax = ATT_QB * group;
+    const float scale = 1.0f / sqrtf((float)hd);
+    const cm_to_float_fn f16_to_f32 = cm_type_traits_get(CM_TYPE_F16)->to_float;
+    float *kT = ws;                                    /* hd x TILE, K transposed */
+    float *vt = kT + (size_t)hd * CM_ATT_TILE;         /* TILE x hd */
+    float *krow = vt + (size_t)CM_ATT_TILE * hd;       /* hd: one K row before transposing */
+    float *scores = krow + hd;                         /* rmax x TILE */
+    float *acc = scores + (size_t)rmax * CM_ATT_TILE;  /* rmax x hd */
+    float *qv = acc + (size_t)rmax * hd;               /* rmax x hd */
+    float *mx = qv + (size_t)rmax * hd;                /* rmax */
+    float *sum = mx + rmax;                            /* rmax */
+    for (int r = 0; r < rows; r++) {
+        const float *q = c->q + (size_t)(t0 + r / group) * n_q + (size_t)(kvh * group + r % group) * hd;
+        for (int d = 0; d < hd; d++) qv[(size_t)r * hd + d] = q[d] * scale;
+        mx[r] = -INFINITY;
+        sum[r] = 0.0f;
+    }
+    memset(acc, 0, (size_t)rows * hd * sizeof *acc);
+    const int pos0 = b->pos[t0], pos_last = pos0 + nt - 1;
+    const size_t base = (size_t)b->seq_id[t0] * (size_t)c->params.n_ctx;
+    const cm_f16 *kc = c->k_cache[il], *vc = c->v_cache[il];
+    for (int p0 = 0; p0 <= pos_last; p0 += CM_ATT_TILE) {
+        const int n = pos_last + 1 - p0 < CM_ATT_TILE ? pos_last + 1 - p0 : CM_ATT_TILE;
+        for (int i = 0; i < n; i++) {
+            size_t off = (base + (size_t)(p0 + i)) * (size_t)n_kv + (size_t)kvh * hd;
+            f16_to_f32(kc + off, krow, hd);
+            for (int d = 0; d < hd; d++) kT[(size_t)d * CM_ATT_TILE + i] = krow[d];
+            f16_to_f32(vc + off, vt + (size_t)i * hd, hd);
+        }
+        for (int r = 0; r < rows; r++) {
+            const int nr = pos0 + r / group + 1 - p0 < n ? pos0 + r / group + 1 - p0 : n; /* causal */
+            if (nr <= 0) continue;
+            float *sg = scores + (size_t)r * CM_ATT_TILE;
+            tile_scores(sg, kT, qv + (size_t)r * hd, nr, hd);
+            float tmax = -INFINITY;
+            for (int i = 0; i < nr; i++) tmax = sg[i] > tmax ? sg[i] : tmax;
+            const float m_new = tmax > mx[r] ? tmax : mx[r];
+            const float corr = expf(mx[r] - m_new); /* 0 on the first tile: the max was -inf */
+            sum[r] = sum[r] * corr + tile_exp(sg, nr, m_new);
+            tile_pv(acc + (size_t)r * hd, corr, sg, vt, nr, hd);
+            mx[r] = m_new;
+        }
+    }
+    for (int r = 0; r < rows; r++) {
+        float *o = c->att + (size_t)(t0 + r / group) * n_q + (size_t)(kvh * group + r % group) * hd;
+        const float inv = 1.0f / sum[r];
+        for (int d = 0; d < hd; d++) o[d] = acc[(size_t)r * hd + d] * inv;
+    }
+}
+
 static void att_worker(void *arg, int ith, int nth) {
     const att_job *j = arg;
     cm_ctx *c = j->c;
     const cm_hparams *hp = &c->model->hp;
-    const int hd = hp->head_dim, n_head_kv = hp->n_head_kv, group = hp->n_head / hp->n_head_kv;
-    const int n_kv = c->n_kv, n_q = c->n_q;
-    const float scale = 1.0f / sqrtf((float)hd);
-    const cm_to_float_fn f16_to_f32 = cm_type_traits_get(CM_TYPE_F16)->to_float;
-
+    const int n_head_kv = hp->n_head_kv;
     long b, e;
     const int n_heads_all = hp->n_head + n_head_kv;
     cm_split_range((long)j->batch->n_tokens * n_heads_all, ith, nth, &b, &e);
     const cm_layer *L = &c->model->layers[j->il];
-    for (long it = b; it < e; it++) prepare_head(c, L, j->il, j->batch, (int)(it / n_heads_all), (int)(it % n_heads_all));
+    for (long it = b; it < e; it++)
+        prepare_head(c, L, j->il, j->batch, (int)(it / n_heads_all), (int)(it % n_heads_all));
     if (nth > 1) cm_pool_barrier(c->pool); /* every K/V row of the batch is in the cache */
 
-    /* per-thread: K and V tiles in f32, then per query head of the group its
-     * scores, running output, query, running max and sum */
-    float *kt = c->att_scratch + (size_t)ith * (size_t)c->att_scratch_stride;
-    float *vt = kt + (size_t)CM_ATT_TILE * hd;
-    float *scores = vt + (size_t)CM_ATT_TILE * hd; /* group x TILE */
-    float *acc = scores + (size_t)group * CM_ATT_TILE; /* group x hd */
-    float *qv = acc + (size_t)group * hd;               /* group x hd */
-    float *mx = qv + (size_t)group * hd;                /* group */
-    float *sum = mx + group;                            /* group */
-    const cm_f16 *kc = c->k_cache[j->il], *vc = c->v_cache[j->il];
-
-    cm_split_range((long)j->batch->n_tokens * n_head_kv, ith, nth, &b, &e);
-    for (long it = b; it < e; it++) {
-        int t = (int)(it / n_head_kv), kvh = (int)(it % n_head_kv);
-        int pos = j->batch->pos[t], seq = j->batch->seq_id[t];
-        for (int g = 0; g < group; g++) {
-            const float *q = c->q + (size_t)t * n_q + (size_t)(kvh * group + g) * hd;
-            for (int d = 0; d < hd; d++) qv[g * hd + d] = q[d] * scale;
-            mx[g] = -INFINITY;
-            sum[g] = 0.0f;
-        }
-        memset(acc, 0, (size_t)group * hd * sizeof *acc);
-        size_t base = (size_t)seq * (size_t)c->params.n_ctx;
-        for (int p0 = 0; p0 <= pos; p0 += CM_ATT_TILE) {
-            int n = pos + 1 - p0 < CM_ATT_TILE ? pos + 1 - p0 : CM_ATT_TILE;
-            /* one conversion of the tile serves every query head of the group */
-            for (int i = 0; i < n; i++) {
-                size_t off = (base + (size_t)(p0 + i)) * (size_t)n_kv + (size_t)kvh * hd;
-                f16_to_f32(kc + off, kt + (size_t)i * hd, hd);
-                f16_to_f32(vc + off, vt + (size_t)i * hd, hd);
-            }
-            for (int g = 0; g < group; g++) {
-                float *sg = scores + (size_t)g * CM_ATT_TILE;
-                tile_scores(sg, kt, qv + (size_t)g * hd, n, hd);
-                float tmax = -INFINITY;
-                for (int i = 0; i < n; i++) tmax = sg[i] > tmax ? sg[i] : tmax;
-                float m_new = tmax > mx[g] ? tmax : mx[g];
-                float corr = expf(mx[g] - m_new); /* 0 on the first tile: the max was -inf */
-                sum[g] = sum[g] * corr + tile_exp(sg, n, m_new);
-                tile_pv(acc + (size_t)g * hd, corr, sg, vt, n, hd);
-                mx[g] = m_new;
-            }
-        }
-        for (int g = 0; g < group; g++) {
-            float *o = c->att + (size_t)t * n_q + (size_t)(kvh * group + g) * hd;
-            float inv = 1.0f / sum[g];
-            for (int d = 0; d < hd; d++) o[d] = acc[(size_t)g * hd + d] * inv;
+    /* Attention items are (block of entries, KV head), KV head fastest,
+     * dealt round-robin: later blocks of a prompt see more positions, and
+     * dealing keeps the threads' shares even where contiguous ranges would
+     * give the last thread the longest rows. */
+    float *ws = c->att_scratch + (size_t)ith * (size_t)c->att_scratch_stride;
+    const int n_tok = j->batch->n_tokens;
+    const long n_blocks = (n_tok + ATT_QB - 1) / ATT_QB;
+    for (long it = ith; it < n_blocks * n_head_kv; it += nth) {
+        const int t0 = (int)(it / n_head_kv) * ATT_QB, kvh = (int)(it % n_head_kv);
+        const int nt = n_tok - t0 < ATT_QB ? n_tok - t0 : ATT_QB;
+        if (block_is_run(j->batch, t0, nt)) {
+            att_block(c, j->il, j->batch, t0, nt, kvh, ws);
+        } else {
+            for (int k = 0; k < nt; k++) att_block(c, j->il, j->batch, t0 + k, 1, kvh, ws);
         }
     }
 }
 
 /* Floats of per-thread scratch att_worker needs. */
 size_t cm_attention_scratch_floats(const cm_hparams *hp) {
-    size_t hd = (size_t)hp->head_dim, group = (size_t)(hp->n_head / hp->n_head_kv);
-    return 2 * CM_ATT_TILE * hd + group * CM_ATT_TILE + 2 * group * hd + 2 * group + 16;
+    size_t hd = (size_t)hp->head_dim, rmax = (size_t)ATT_QB * (size_t)(hp->n_head / hp->n_head_kv);
+    return 2 * CM_ATT_TILE * hd + hd + rmax * CM_ATT_TILE + 2 * rmax * hd + 2 * rmax + 16;
 }
 
 void cm_attention(cm_ctx *c, int il, const cm_batch *batch) {
