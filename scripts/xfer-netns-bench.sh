@@ -42,8 +42,9 @@ TMP=$(mktemp -d)
 SERVER_PID=
 IPERF_PID=
 cleanup() {
-    [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null
-    [ -n "$IPERF_PID" ] && kill "$IPERF_PID" 2>/dev/null && wait "$IPERF_PID" 2>/dev/null
+    # (a killed server's status must not end the script under set -e)
+    [ -z "$SERVER_PID" ] || { kill "$SERVER_PID" 2>/dev/null; wait "$SERVER_PID" 2>/dev/null || true; }
+    [ -z "$IPERF_PID" ] || { kill "$IPERF_PID" 2>/dev/null; wait "$IPERF_PID" 2>/dev/null || true; }
     ip netns del "$A" 2>/dev/null || true
     ip netns del "$B" 2>/dev/null || true
     rm -rf "$TMP"
