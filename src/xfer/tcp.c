@@ -838,7 +838,15 @@ static void *loop_main(void *arg) {
             sched_yield();
             continue;
         }
-        pthread_mutex_lock(&b->mu);
+        /* Woken only by the clock (the periodic work: take_back, tick):
+         * if an application thread is inside the backend right now, come
+         * back at the next tick rather than block on it, which would make
+         * that thread pay a futex wake-up on its latency path. */
+        if (n == 0) {
+            if (pthread_mutex_trylock(&b->mu)) continue;
+        } else {
+            pthread_mutex_lock(&b->mu);
+        }
         for (int i = 0; i < n; i++) {
             void *ptr = evs[i].data.ptr;
             unsigned e = evs[i].events;
