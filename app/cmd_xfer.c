@@ -461,6 +461,79 @@ static void emit_write(const bench_opts *o, const char *running, int n_links, si
     fflush(stdout);
 }
 
+/* One timed engine repetition: K writes of `size` (at most 64 in flight),
+ * timed until the server acknowledges that it counted all of them. */
+static int engine_write_rep(cm_xfer *x, int peer, cm_xfer_mr *msrc, const cm_xfer_mr_desc *dst, cm_xfer_cq *cq,
+                            size_t size, long k, double *gbit, cpu_mark *cpu) {
+    char cmd[64];
+    snprintf(cmd, sizeof cmd, "WAIT %ld", k);
+    int rc = msg_send(x, peer, cmd);
+    if (rc) return rc;
+    cpu_mark c0 = cpu_now();
+    uint64_t t0 = cm_now_ns();
+    long issued = 0, done = 0;
+    while (done < k) {
+        while (issued < k && issued - done < 64) {
+            if ((rc = cm_xfer_write_imm(x, peer, msrc, 0, dst, 0, size, IMM_DATA, cq, 1))) return rc;
+            issued++;
+        }
+        cm_xfer_completion c[64];
+        int got = cm_xfer_cq_poll(cq, c, 64, 10000);
+        if (got <= 0) return got < 0 ? got : cm_errorf(CM_ETIMEDOUT, "no write completion in 10 s");
+        for (int i = 0; i < got; i++) {
+            if (c[i].status) return c[i].status;
+            done++;
+        }
+    }
+    if ((rc = cm_xfer_imm_wait(x, peer, IMM_ACK, 1, 60000))) return rc;
+    double s = (double)(cm_now_ns() - t0) / 1e9;
+    *gbit = (double)k * (double)size * 8 / s / 1e9;
+    cpu_add(cpu, c0, cpu_now());
+    return CM_OK;
+}
+
+/* One timed raw repetition: a fresh plain TCP connection streams `total`
+ * bytes from `buf` (bufsz bytes, sent over and over) to the server's
+ * baseline port and waits for its one-byte answer. */
+static int raw_stream_rep(const char *host, int port, const char *buf, size_t bufsz, size_t total, double *gbit,
+                          cpu_mark *cpu) {
+    int fd = raw_dial(host, port);
+    if (fd < 0) return cm_errorf(CM_ECONN, "baseline: cannot connect to %s:%d", host, port);
+    char c32[64]; /* the command is the first RAW_CMD_BYTES: at most 2+13+1+10 digits here */
+    snprintf(c32, sizeof c32, "S %-14zu %-14zu", total, bufsz);
+    cpu_mark c0 = cpu_now();
+    uint64_t t0 = cm_now_ns();
+    int bad = full_io(fd, c32, RAW_CMD_BYTES, 1);
+    for (size_t s = 0; !bad && s < total; s += bufsz) bad = full_io(fd, (void *)buf, bufsz, 1);
+    char a;
+    if (!bad) bad = full_io(fd, &a, 1, 0);
+    double sec = (double)(cm_now_ns() - t0) / 1e9;
+    close(fd);
+    if (bad) return cm_errorf(CM_ECONN, "baseline stream to %s:%d failed", host, port);
+    *gbit = (double)total * 8 / sec / 1e9;
+    cpu_add(cpu, c0, cpu_now());
+    return CM_OK;
+}
+
+/* K for a size: the same bytes per repetition for the engine and the raw
+ * stream (at least 256 MiB, at least 4 and at most 2048 writes). */
+static long writes_for(size_t size) {
+    long k = (long)((256u << 20) / size);
+    return k < 4 ? 4 : k > 2048 ? 2048 : k;
+}
+
+static void emit_raw(const bench_opts *o, size_t total, size_t bufsz, double *g, int n, double cpu, int interleaved) {
+    double med = median(g, n);
+    if (o->json)
+        printf("{\"mode\":\"raw_stream\",\"size_bytes\":%zu,\"buffer_bytes\":%zu,\"reps\":%d,\"gbit_s\":%.3f,"
+               "\"cpu_busy\":%.3f,\"interleaved\":%s}\n",
+               total, bufsz, n, med, cpu, interleaved ? "true" : "false");
+    else
+        printf("raw   single TCP stream, %zu MiB in %zu KiB buffers: %8.2f Gbit/s median (cpu %.0f%%%s)\n", total >> 20,
+               bufsz >> 10, med, cpu * 100, interleaved ? "; interleaved with the engine's reps" : "");
+    fflush(stdout);
+}
+
 static int run_client(const bench_opts *o) {
     char *list = strdup(o->peers);
     const char *addrs[MAX_ADDRS];
@@ -524,63 +597,134 @@ static int run_client(const bench_opts *o) {
         printf("cellm xfer-bench: backend %s, %d link(s) to %s, %d socket(s) per link\n", cm_xfer_backend_name(x),
                n_addrs, o->peers, o->sockets ? o->sockets : 2);
 
-    /* write throughput per size */
+    /* The baseline's address: the raw listener is on the first address's PORT+1. */
+    char host[256] = "";
+    int port = 0;
+    if (o->baseline) split_port(addrs[0], host, sizeof host, &port);
+    int raw_done[MAX_SIZES] = {0};
+
+    /* write throughput per size. With --baseline, a raw buffer size equal
+     * to a write size runs its repetitions interleaved with the engine's
+     * (engine, raw, engine, raw, ...), so both medians come from the same
+     * stretch of time: on a shared machine the load changes within seconds,
+     * and repetitions taken ~10 s apart compared the load, not the engine. */
     for (int si = 0; si < o->n_sizes; si++) {
         size_t size = o->sizes[si];
-        long k = (long)((256u << 20) / size);
-        k = k < 4 ? 4 : k > 2048 ? 2048 : k;
-        double g[64];
-        int n = 0;
-        cpu_mark cpu = {0, 0};
-        for (int rep = -1; rep < o->iters && n < 64; rep++) {
-            snprintf(cmd, sizeof cmd, "WAIT %ld", k);
-            if ((rc = msg_send(x, peer, cmd))) goto fail;
-            cpu_mark c0 = cpu_now();
-            uint64_t t0 = cm_now_ns();
-            long issued = 0, done = 0;
-            while (done < k) {
-                while (issued < k && issued - done < 64) {
-                    if ((rc = cm_xfer_write_imm(x, peer, msrc, 0, &dst, 0, size, IMM_DATA, cq, 1))) goto fail;
-                    issued++;
-                }
-                cm_xfer_completion c[64];
-                int got = cm_xfer_cq_poll(cq, c, 64, 10000);
-                if (got <= 0) {
-                    rc = got < 0 ? got : cm_errorf(CM_ETIMEDOUT, "no write completion in 10 s");
-                    goto fail;
-                }
-                for (int i = 0; i < got; i++) {
-                    if (c[i].status) {
-                        rc = c[i].status;
-                        goto fail;
-                    }
-                    done++;
-                }
+        long k = writes_for(size);
+        int bi = -1;
+        for (int j = 0; o->baseline && j < o->n_raw_bufs && bi < 0; j++)
+            if (o->raw_bufs[j] == size && !raw_done[j]) bi = j;
+        char *rbuf = NULL;
+        if (bi >= 0) {
+            rbuf = malloc(size);
+            if (!rbuf) {
+                rc = cm_errorf(CM_ENOMEM, "baseline: no memory for a %zu-byte buffer", size);
+                goto fail;
             }
-            if ((rc = cm_xfer_imm_wait(x, peer, IMM_ACK, 1, 60000))) goto fail;
-            double s = (double)(cm_now_ns() - t0) / 1e9;
-            if (rep >= 0) g[n++] = (double)k * (double)size * 8 / s / 1e9;
-            if (rep >= 0) cpu_add(&cpu, c0, cpu_now());
+            memset(rbuf, 0xa5, size); /* filled like the engine's source, not calloc's shared zero page */
         }
-        emit_write(o, cm_xfer_backend_name(x), n_addrs, size, (int)k, g, n, cpu_busy(cpu));
-    }
-
-    /* round trip */
-    {
-        int warm = 200, n = o->rtt_iters;
-        snprintf(cmd, sizeof cmd, "PING %d", warm + n);
-        if ((rc = msg_send(x, peer, cmd))) goto fail;
-        double *us = malloc((size_t)n * sizeof *us);
-        for (int i = 0; i < warm + n; i++) {
-            uint64_t t0 = cm_now_ns();
-            if ((rc = cm_xfer_write_imm(x, peer, msrc, 0, &dst, 0, 8, IMM_PING, cq, 2))) break;
-            if ((rc = cm_xfer_imm_wait(x, peer, IMM_ACK, 1, 10000))) break;
-            if (i >= warm) us[i - warm] = (double)(cm_now_ns() - t0) / 1e3;
-            cm_xfer_completion c[8];
-            cm_xfer_cq_poll(cq, c, 8, 0);
+        double g[64], rg[64];
+        int n = 0, rn = 0;
+        cpu_mark cpu = {0, 0}, rcpu = {0, 0}, junk = {0, 0};
+        for (int rep = -1; rep < o->iters && n < 64 && !rc; rep++) {
+            double v;
+            rc = engine_write_rep(x, peer, msrc, &dst, cq, size, k, &v, rep >= 0 ? &cpu : &junk);
+            if (!rc && rep >= 0) g[n++] = v;
+            if (!rc && rbuf) {
+                rc = raw_stream_rep(host, port + 1, rbuf, size, (size_t)k * size, &v, rep >= 0 ? &rcpu : &junk);
+                if (!rc && rep >= 0) rg[rn++] = v;
+            }
         }
         if (rc) {
+            free(rbuf);
+            goto fail;
+        }
+        emit_write(o, cm_xfer_backend_name(x), n_addrs, size, (int)k, g, n, cpu_busy(cpu));
+        if (rbuf) {
+            emit_raw(o, (size_t)k * size, size, rg, rn, cpu_busy(rcpu), 1);
+            raw_done[bi] = 1;
+            free(rbuf);
+        }
+    }
+
+    /* raw buffer sizes that match no write size: on their own, after */
+    for (int bi = 0; o->baseline && bi < o->n_raw_bufs; bi++) {
+        if (raw_done[bi]) continue;
+        size_t bufsz = o->raw_bufs[bi];
+        size_t total = (size_t)writes_for(bufsz) * bufsz;
+        double g[64];
+        int n = 0;
+        cpu_mark cpu = {0, 0}, junk = {0, 0};
+        char *buf = malloc(bufsz);
+        if (!buf) {
+            rc = cm_errorf(CM_ENOMEM, "baseline: no memory for a %zu-byte buffer", bufsz);
+            goto fail;
+        }
+        memset(buf, 0xa5, bufsz);
+        for (int rep = -1; rep < o->iters && n < 64 && !rc; rep++) {
+            double v;
+            rc = raw_stream_rep(host, port + 1, buf, bufsz, total, &v, rep >= 0 ? &cpu : &junk);
+            if (!rc && rep >= 0) g[n++] = v;
+        }
+        free(buf);
+        if (rc) goto fail;
+        emit_raw(o, total, bufsz, g, n, cpu_busy(cpu), 0);
+    }
+
+    /* Round trip: 8-byte write_imm answered by an 8-byte write_imm; with
+     * --baseline, in blocks alternating with blocks of a raw 8-byte
+     * ping-pong on one plain TCP_NODELAY socket (same reason as above). */
+    {
+        const int warm = 200, block = 500;
+        int n = o->rtt_iters;
+        double *us = malloc((size_t)n * sizeof *us), *rus = malloc((size_t)n * sizeof *rus);
+        int fd = -1;
+        if (!us || !rus) {
             free(us);
+            free(rus);
+            rc = cm_errorf(CM_ENOMEM, "no memory for %d round-trip times", n);
+            goto fail;
+        }
+        if (o->baseline) {
+            char c32[64];
+            fd = raw_dial(host, port + 1);
+            snprintf(c32, sizeof c32, "P %-29d", warm + n);
+            if (fd < 0 || full_io(fd, c32, RAW_CMD_BYTES, 1))
+                rc = cm_errorf(CM_ECONN, "baseline ping-pong: cannot connect to %s:%d", host, port + 1);
+        }
+        /* i counts engine round trips, ri raw ones, warm-ups included */
+        for (int i = 0, ri = 0; !rc && (i < warm + n || (fd >= 0 && ri < warm + n));) {
+            int m = i < warm ? warm : block;
+            if (i + m > warm + n) m = warm + n - i;
+            if (m > 0) {
+                snprintf(cmd, sizeof cmd, "PING %d", m);
+                if ((rc = msg_send(x, peer, cmd))) break;
+            }
+            for (int j = 0; j < m && !rc; j++, i++) {
+                uint64_t t0 = cm_now_ns();
+                if ((rc = cm_xfer_write_imm(x, peer, msrc, 0, &dst, 0, 8, IMM_PING, cq, 2))) break;
+                if ((rc = cm_xfer_imm_wait(x, peer, IMM_ACK, 1, 10000))) break;
+                if (i >= warm) us[i - warm] = (double)(cm_now_ns() - t0) / 1e3;
+                cm_xfer_completion c[8];
+                cm_xfer_cq_poll(cq, c, 8, 0);
+            }
+            if (fd < 0 || rc) continue;
+            m = ri < warm ? warm : block;
+            if (ri + m > warm + n) m = warm + n - ri;
+            char msg[8] = {0};
+            for (int j = 0; j < m; j++, ri++) {
+                uint64_t t0 = cm_now_ns();
+                if (full_io(fd, msg, 8, 1) || full_io(fd, msg, 8, 0)) {
+                    rc = cm_errorf(CM_ECONN, "baseline ping-pong failed");
+                    break;
+                }
+                if (ri >= warm) rus[ri - warm] = (double)(cm_now_ns() - t0) / 1e3;
+            }
+        }
+        if (fd >= 0) close(fd);
+        if (rc) {
+            free(us);
+            free(rus);
             goto fail;
         }
         double med = median(us, n), p99 = us[(int)(0.99 * (n - 1))];
@@ -590,8 +734,18 @@ static int run_client(const bench_opts *o) {
                    cm_xfer_backend_name(x), o->backend ? o->backend : "tcp", n_addrs, n, med, p99);
         else
             printf("rtt   %10d B  x%-5d  %8.1f us median  (p99 %.1f us)\n", 8, n, med, p99);
+        if (fd >= 0) {
+            double rm = median(rus, n);
+            if (o->json)
+                printf("{\"mode\":\"raw_pingpong\",\"size_bytes\":8,\"iters\":%d,\"rtt_us\":%.2f,\"ratio\":%.3f}\n", n, rm,
+                       rm > 0 ? med / rm : 0);
+            else
+                printf("raw   8-byte TCP ping-pong: %8.1f us median (engine/raw %.2fx; blocks of %d alternating)\n", rm,
+                       rm > 0 ? med / rm : 0, block);
+        }
         fflush(stdout);
         free(us);
+        free(rus);
     }
     if (!o->json && n_addrs > 1) {
         cm_xfer_link_stats ls[MAX_ADDRS];
@@ -600,93 +754,6 @@ static int run_client(const bench_opts *o) {
         for (int i = 0; i < nl && i < MAX_ADDRS; i++)
             printf("  link %d %s: %.1f MiB sent, measured %.2f Gbit/s\n", i, ls[i].addr, ls[i].bytes_sent / 1048576.0,
                    ls[i].gbit_s_ewma);
-    }
-    if (o->baseline) {
-        char host[256];
-        int port;
-        split_port(addrs[0], host, sizeof host, &port);
-        for (int bi = 0; bi < o->n_raw_bufs && !rc; bi++) {
-            /* the same bytes per repetition as the engine's writes (at least
-             * 256 MiB, at least 4 buffers), sent from a buffer filled like
-             * the engine's source (not calloc's shared zero page) */
-            size_t bufsz = o->raw_bufs[bi];
-            size_t k = (256u << 20) / bufsz;
-            k = k < 4 ? 4 : k > 2048 ? 2048 : k;
-            size_t total = k * bufsz;
-            double g[64];
-            int n = 0;
-            cpu_mark cpu = {0, 0};
-            char *buf = malloc(bufsz);
-            if (!buf) {
-                rc = cm_errorf(CM_ENOMEM, "baseline: no memory for a %zu-byte buffer", bufsz);
-                break;
-            }
-            memset(buf, 0xa5, bufsz);
-            for (int rep = -1; rep < o->iters && n < 64; rep++) {
-                int fd = raw_dial(host, port + 1);
-                if (fd < 0) {
-                    rc = cm_errorf(CM_ECONN, "baseline: cannot connect to %s:%d", host, port + 1);
-                    break;
-                }
-                char c32[64]; /* the command is the first RAW_CMD_BYTES: at most 2+13+1+10 digits here */
-                snprintf(c32, sizeof c32, "S %-14zu %-14zu", total, bufsz);
-                cpu_mark c0 = cpu_now();
-                uint64_t t0 = cm_now_ns();
-                int bad = full_io(fd, c32, RAW_CMD_BYTES, 1);
-                for (size_t s = 0; !bad && s < total; s += bufsz) bad = full_io(fd, buf, bufsz, 1);
-                char a;
-                if (!bad) bad = full_io(fd, &a, 1, 0);
-                double sec = (double)(cm_now_ns() - t0) / 1e9;
-                close(fd);
-                if (bad) {
-                    rc = cm_errorf(CM_ECONN, "baseline stream failed");
-                    break;
-                }
-                if (rep >= 0) g[n++] = (double)total * 8 / sec / 1e9;
-                if (rep >= 0) cpu_add(&cpu, c0, cpu_now());
-            }
-            free(buf);
-            if (rc) break;
-            double med = median(g, n);
-            if (o->json)
-                printf("{\"mode\":\"raw_stream\",\"size_bytes\":%zu,\"buffer_bytes\":%zu,\"reps\":%d,\"gbit_s\":%.3f,"
-                       "\"cpu_busy\":%.3f}\n",
-                       total, bufsz, n, med, cpu_busy(cpu));
-            else
-                printf("raw   single TCP stream, %zu MiB in %zu KiB buffers: %8.2f Gbit/s median (cpu %.0f%%)\n",
-                       total >> 20, bufsz >> 10, med, cpu_busy(cpu) * 100);
-            fflush(stdout);
-        }
-        if (rc) goto fail;
-        int fd = raw_dial(host, port + 1);
-        int iters = 200 + o->rtt_iters;
-        char c32[64];
-        snprintf(c32, sizeof c32, "P %-29d", iters);
-        if (fd < 0 || full_io(fd, c32, RAW_CMD_BYTES, 1)) {
-            rc = cm_errorf(CM_ECONN, "baseline ping-pong: cannot connect");
-            if (fd >= 0) close(fd);
-            goto fail;
-        }
-        double *us = malloc((size_t)o->rtt_iters * sizeof *us);
-        char m[8] = {0};
-        for (int i = 0; i < iters; i++) {
-            uint64_t t0 = cm_now_ns();
-            if (full_io(fd, m, 8, 1) || full_io(fd, m, 8, 0)) {
-                rc = cm_errorf(CM_ECONN, "baseline ping-pong failed");
-                break;
-            }
-            if (i >= 200) us[i - 200] = (double)(cm_now_ns() - t0) / 1e3;
-        }
-        close(fd);
-        if (!rc) {
-            double rm = median(us, o->rtt_iters);
-            if (o->json)
-                printf("{\"mode\":\"raw_pingpong\",\"size_bytes\":8,\"iters\":%d,\"rtt_us\":%.2f}\n", o->rtt_iters, rm);
-            else
-                printf("raw   8-byte TCP ping-pong: %8.1f us median\n", rm);
-        }
-        free(us);
-        if (rc) goto fail;
     }
     msg_send(x, peer, "BYE"); /* after the baseline: a --once server stays up for it */
     /* cqs after the engine: the completion of the last ping's write may not

@@ -126,7 +126,7 @@ function hum(b) { return b >= 1048576 ? b / 1048576 "M" : b / 1024 "K" }
     if (!(sc in seen)) { seen[sc] = 1; order[n++] = sc }
     if (mode == "write") { w[sc, num("size_bytes")] = num("gbit_s"); sz[num("size_bytes")] = 1 }
     else if (mode == "rtt") rtt[sc] = num("rtt_us")
-    else if (mode == "raw_stream") raw[sc, num("buffer_bytes")] = num("gbit_s")
+    else if (mode == "raw_stream") { raw[sc, num("buffer_bytes")] = num("gbit_s"); inter[sc, num("buffer_bytes")] = $0 ~ /"interleaved":true/ }
     else if (mode == "raw_pingpong") pp[sc] = num("rtt_us")
     else if (mode == "iperf3") ip[sc] = num("gbit_s")
 }
@@ -148,6 +148,6 @@ END {
         if (w["cap1", s] != "") printf "target cap1 %s: %.1f%% of %s Gbit/s (>= 90%%)\n", hum(s), 100 * w["cap1", s] / cap, cap > "/dev/stderr"
         if (w["cap2x1", s] > 0 && w["cap2x2", s] != "") printf "target striping %s: %.2fx (>= 1.8x)\n", hum(s), w["cap2x2", s] / w["cap2x1", s] > "/dev/stderr"
     }
-    if (raw["uncapped", 4194304] > 0 && w["uncapped", 4194304] != "") printf "target uncapped 4M: %.0f%% of the raw stream (>= 80%%)\n", 100 * w["uncapped", 4194304] / raw["uncapped", 4194304] > "/dev/stderr"
+    if (raw["uncapped", 4194304] > 0 && w["uncapped", 4194304] != "") printf "target uncapped 4M: %.0f%% of the raw stream (>= 80%%)%s\n", 100 * w["uncapped", 4194304] / raw["uncapped", 4194304], inter["uncapped", 4194304] ? "; repetitions interleaved" : "" > "/dev/stderr"
     for (k = 0; k < n; k++) if (pp[order[k]] > 0) printf "target RTT %s: %.2fx raw ping-pong (<= 1.5x)\n", order[k], rtt[order[k]] / pp[order[k]] > "/dev/stderr"
 }' "$TMP/all.json"

@@ -108,11 +108,14 @@ for _ in $(seq 100); do grep -q "authentication failed" "$TMP/server.err" && bre
 check 'grep -q "authentication failed" "$TMP/server.err"' "server logs the refused key"
 
 # one raw stream per --raw-buffers size (the server walks a buffer of that
-# size), machine CPU use on every throughput line; busy polling off works
+# size): the one matching a write size runs interleaved with the engine's
+# repetitions, the other alone; machine CPU use on every throughput line;
+# the ping-pong line carries the engine/raw ratio; busy polling off works
 bench raw --peer 10.77.1.1:7700 --key-file "$TMP/key" --sizes 64K --iters 1 --rtt-iters 100 --baseline \
     --raw-buffers 64K,1M --busy-poll 0 --json
-check_run '[ $rc = 0 ] && grep -q "\"mode\":\"raw_stream\".*\"buffer_bytes\":65536" "$TMP/raw.json" &&
-    grep -q "\"mode\":\"raw_stream\".*\"buffer_bytes\":1048576" "$TMP/raw.json" &&
+check_run '[ $rc = 0 ] && grep -q "\"mode\":\"raw_stream\".*\"buffer_bytes\":65536.*\"interleaved\":true" "$TMP/raw.json" &&
+    grep -q "\"mode\":\"raw_stream\".*\"buffer_bytes\":1048576.*\"interleaved\":false" "$TMP/raw.json" &&
+    grep -q "\"mode\":\"raw_pingpong\".*\"rtt_us\":[0-9.]*,\"ratio\":[0-9.]*" "$TMP/raw.json" &&
     [ $(grep -c "\"cpu_busy\":[0-9.]*" "$TMP/raw.json") = 3 ] && grep -q "\"mode\":\"rtt\"" "$TMP/raw.json"' \
     "raw streams per buffer size, cpu_busy reported, --busy-poll 0" raw
 cat "$TMP/raw.json"
