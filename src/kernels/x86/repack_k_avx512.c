@@ -32,8 +32,9 @@
  *   u8  qh[2][8][16][4]    half h, group g: qh[32h + 4g .. +3]; bit pairs
  *                          0-1, 2-3, 4-5, 6-7 top up the elements of
  *                          (c=0, low), (c=1, low), (c=0, high), (c=1, high)
- *   Weights are stored as q + 32 (0..63, unsigned for VPDPBUSD); the 32
- *   comes back out as 32 * sum_k sc[k] * bsums[k] with VPDPWSSD.
+ *   The weight is q - 32 for the stored 6-bit q; VPDPBUSD takes q as it
+ *   is (unsigned) and the 32 comes back out as 32 * sum_k sc[k] * bsums[k]
+ *   with VPDPWSSD.
  *
  * Per token, each sub-block's 16 integer sums (exact) are converted to float
  * and multiplied by d * scale; the mins (q4_K) and the offset (q6_K) are
