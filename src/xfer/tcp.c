@@ -20,7 +20,9 @@
  * receives that peer's frames itself (tcp_progress: the sockets are lent to
  * it), sleeping in a per-peer epoll set, after busy-polling briefly while
  * the peer sends small frames (cfg busy_poll_us, with a back-off when the
- * spin keeps missing).
+ * spin keeps missing). The busy-poll spins on recv() of the socket the last
+ * small frame came on (conn.direct) when that waiter is alone and the
+ * socket has nothing half-read, so a reply costs one system call.
  *
  * Connection states
  *
@@ -126,6 +128,9 @@ typedef struct conn {
     int want_out;
     int lent; /* input watched by application threads (tcp_progress), not the loop */
     int in_wep; /* registered in its peer's wait epoll set (tpeer.wep) */
+    int direct; /* an application thread receives into stage[] outside the lock
+                 * (tcp_progress): nobody else reads the socket or frees this
+                 * conn meanwhile, and conn_kill leaves closing the fd to it */
     struct conn *next; /* b->conns or b->graveyard */
 } conn;
 
@@ -160,6 +165,7 @@ typedef struct tpeer {
     tx_item *pend, **pend_tail; /* write segments not yet given to a link */
     _Atomic int n_progress; /* application threads receiving in tcp_progress */
     int rx_small; /* the last frame that landed was small: waiters busy-poll */
+    conn *rx_last; /* the socket that frame came on (cleared by conn_kill) */
     int spin_skip, spin_misses; /* busy-poll back-off (tcp_progress) */
     int wep; /* Linux: epoll set of this peer's sockets and b->pwake[0], in
               * which waiting application threads sleep (tcp_progress); -1
@@ -369,7 +375,11 @@ static void conn_kill(tcp_backend *b, conn *c, int status) {
     c->txq_tail = &c->txq;
     c->tx_bytes = 0;
     poller_del(b, c);
-    close(c->fd);
+    if (c->peer >= 0 && b->peers[c->peer].rx_last == c) b->peers[c->peer].rx_last = NULL;
+    /* A thread in a direct recv on it closes the fd when it returns (so the
+     * number cannot be reused under it); shutdown ends that recv now. */
+    if (c->direct) shutdown(c->fd, SHUT_RDWR);
+    else close(c->fd);
     c->fd = -1;
     for (conn **pc = &b->conns; *pc; pc = &(*pc)->next)
         if (*pc == c) {
@@ -591,7 +601,10 @@ static void conn_read_ready(tcp_backend *b, conn *c, int one_pass) {
             if (c->p_got < c->h.payload_bytes) continue;
         }
         c->rx_mode = RX_HDR;
-        if (c->h.type != CM_WIRE_HEARTBEAT) b->peers[c->peer].rx_small = c->h.payload_bytes <= SMALL_FRAME_BYTES;
+        if (c->h.type != CM_WIRE_HEARTBEAT) {
+            b->peers[c->peer].rx_small = c->h.payload_bytes <= SMALL_FRAME_BYTES;
+            b->peers[c->peer].rx_last = c;
+        }
         int rc = frame_landed(b, c);
         if (!one_pass && c->h.type != CM_WIRE_HEARTBEAT) notify_progress(b, c);
         if (rc) {
@@ -745,6 +758,23 @@ static void do_accept(tcp_backend *b) {
 }
 
 /* ---- periodic work ---- */
+
+/* Frees the graveyard's conns except those a thread still receives on
+ * directly (conn.direct); returns how many are left. */
+static int graveyard_reap(tcp_backend *b) {
+    int left = 0;
+    for (conn **pc = &b->graveyard; *pc;) {
+        conn *c = *pc;
+        if (c->direct) {
+            left++;
+            pc = &c->next;
+            continue;
+        }
+        *pc = c->next;
+        free(c);
+    }
+    return left;
+}
 
 static void take_back(tcp_backend *b, uint64_t now) {
     for (int i = 0; i < MAX_PEERS && b->n_lent; i++) {
@@ -917,11 +947,7 @@ static void *loop_main(void *arg) {
             tick(b, now);
             last_tick = now;
         }
-        while (b->graveyard) {
-            conn *c = b->graveyard;
-            b->graveyard = c->next;
-            free(c);
-        }
+        graveyard_reap(b);
         pthread_mutex_unlock(&b->mu);
     }
 #ifndef USE_EPOLL
@@ -1135,10 +1161,12 @@ static void tcp_destroy(void *state) {
     pthread_mutex_lock(&b->mu);
     for (int i = 0; i < MAX_PEERS; i++) peer_fail(b, i, CM_ECLOSED, NULL);
     while (b->conns) conn_kill(b, b->conns, CM_ECLOSED);
-    while (b->graveyard) {
-        conn *c = b->graveyard;
-        b->graveyard = c->next;
-        free(c);
+    /* a thread still in a direct recv returns within busy_poll_us (its
+     * socket was shut down by conn_kill) */
+    while (graveyard_reap(b)) {
+        pthread_mutex_unlock(&b->mu);
+        sched_yield();
+        pthread_mutex_lock(&b->mu);
     }
     pthread_mutex_unlock(&b->mu);
     if (b->listen_fd >= 0) close(b->listen_fd);
@@ -1418,11 +1446,65 @@ static int tcp_progress(void *state, int peer, int timeout_us) {
 #else
     int wep = -1;
 #endif
+    /* Direct busy-poll: when the last small frame came on socket dc, this
+     * is the only waiter and dc has nothing staged or half-read, spin on
+     * recv() into dc's staging buffer itself instead of on epoll_wait: the
+     * reply is then taken by the call that finds it, one system call per
+     * direction fewer than epoll_wait + recv. Frames on the peer's other
+     * sockets wait at most spin_us (then the ordinary wait below sees
+     * them). */
+    conn *dc = p->rx_last;
+    int dfd = -1;
+    if (spin_us > 0 && dc && dc->state == CS_READY && dc->lent && !dc->direct && dc->rx_mode == RX_HDR &&
+        dc->hdr_got == 0 && dc->st_off == dc->st_len && atomic_load(&p->n_progress) == 1) {
+        dc->direct = 1;
+        dfd = dc->fd;
+    } else {
+        dc = NULL;
+    }
     pthread_mutex_unlock(&b->mu);
-    /* An fd closed (and even reused) meanwhile only causes a spurious
-     * wake-up: sockets are looked up again under the lock below. The
-     * epoll set is closed only by tcp_destroy, when no thread waits. */
-    int r = wait_ready(wep, fds, n, spin_us, timeout_us, ready, &n_ready);
+    int r = 0;
+    if (dc) {
+        uint64_t end = cm_now_ns() + (uint64_t)spin_us * 1000u;
+        ssize_t got;
+        int err = 0;
+        for (;;) {
+            got = recv(dfd, dc->stage, STAGE_BYTES, MSG_DONTWAIT);
+            err = got < 0 ? errno : 0;
+            if (got >= 0 || (err != EAGAIN && err != EWOULDBLOCK && err != EINTR) || cm_now_ns() >= end) break;
+        }
+        pthread_mutex_lock(&b->mu);
+        dc->direct = 0;
+        if (dc->state != CS_READY) {
+            close(dfd); /* conn_kill left it to us */
+            got = -1, err = EAGAIN; /* the conn is gone: wait as usual */
+        } else if (got > 0) {
+            dc->st_off = 0;
+            dc->st_len = (size_t)got;
+            dc->last_rx_ns = cm_now_ns();
+            p->links[dc->link].bytes_received += (uint64_t)got;
+            conn_read_ready(b, dc, 1);
+        } else if (got == 0 || (err != EAGAIN && err != EWOULDBLOCK && err != EINTR)) {
+            conn_fail(b, dc, CM_EPEER, got == 0 ? "connection closed by peer" : strerror(err));
+        }
+        if (got >= 0 || (err != EAGAIN && err != EWOULDBLOCK && err != EINTR)) {
+            p->spin_misses = 0;
+            p->spin_skip = 0;
+            atomic_fetch_sub(&p->n_progress, 1);
+            p->progress_ns = cm_now_ns();
+            pthread_mutex_unlock(&b->mu);
+            return CM_OK;
+        }
+        pthread_mutex_unlock(&b->mu);
+        /* nothing came on dc while spinning: count a miss and sleep below */
+        r = 0;
+    } else {
+        /* An fd closed (and even reused) meanwhile only causes a spurious
+         * wake-up: sockets are looked up again under the lock below. The
+         * epoll set is closed only by tcp_destroy, when no thread waits. */
+        r = wait_ready(wep, fds, n, spin_us, timeout_us, ready, &n_ready);
+    }
+    if (dc) r = wait_ready(wep, fds, n, 0, timeout_us, ready, &n_ready) ? 3 : 0;
     if (spin_us > 0) {
         /* Busy-poll back-off (wait_ready): a spin that ended empty-handed
          * turns spinning off for the next 64, 128, ... 1024 waits; a
@@ -1449,7 +1531,7 @@ static int tcp_progress(void *state, int peer, int timeout_us) {
         for (int l = 0; l < p->n_links; l++)
             for (int s = 0; s < p->n_socks; s++) {
                 conn *c = p->links[l].socks[s];
-                if (c && c->fd == ready[i] && c->state == CS_READY) conn_read_ready(b, c, 1);
+                if (c && c->fd == ready[i] && c->state == CS_READY && !c->direct) conn_read_ready(b, c, 1);
             }
     }
     atomic_fetch_sub(&p->n_progress, 1);
