@@ -3,7 +3,8 @@
  * threads, striping over two loopback addresses, authentication refused
  * with a wrong key, garbage / truncated / out-of-bounds frames from a raw
  * socket, and a peer process stopped or killed mid-transfer (bounded error
- * time, engine still usable, reconnect after restart). */
+ * time, engine still usable, reconnect after restart), and a waiter
+ * spinning on a socket when its peer goes away. */
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -12,6 +13,7 @@
 #include <sodium.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "base/status.h"
@@ -828,6 +830,87 @@ TEST(peer_killed_mid_transfer_and_reconnect) {
     free(src);
 }
 
+/* A waiter spinning in recv() on its peer's socket (tcp: the direct
+ * busy-poll after small frames) when the peer goes away: it returns
+ * CM_EPEER at once, not at its timeout, and the socket's teardown while it
+ * spins is clean (the ASan build checks the memory side). Then the same
+ * with the waiter's own engine failing the peer from another thread. */
+typedef struct waiter_arg {
+    cm_xfer *x;
+    int peer, rc;
+    double ms;
+} waiter_arg;
+
+static void *waiter_main(void *p) {
+    waiter_arg *w = p;
+    uint64_t t0 = cm_now_ns();
+    w->rc = cm_xfer_imm_wait(w->x, w->peer, 9, 1, 5000);
+    w->ms = (double)(cm_now_ns() - t0) / 1e6;
+    return NULL;
+}
+
+TEST(spinning_waiter_peer_gone) {
+    for (int round = 0; round < 6; round++) {
+        cm_xfer_config ca, cb;
+        cm_xfer_config_init(&ca);
+        ca.key = g_key;
+        ca.listen = "127.0.0.1:0";
+        ca.name = "gone";
+        cb = ca;
+        cb.listen = NULL;
+        cb.name = "waiter";
+        cb.busy_poll_us = 10000; /* long spins: the peer leaves during one */
+        cm_xfer *a = NULL, *b = NULL;
+        CHECK_OK(cm_xfer_create(&ca, &a));
+        CHECK_OK(cm_xfer_create(&cb, &b));
+        if (!a || !b) {
+            cm_xfer_destroy(b);
+            cm_xfer_destroy(a);
+            return;
+        }
+        int pb = -1;
+        CHECK_OK(dial(b, port_of(a), 1, &pb));
+        int pa = accepted_peer(a);
+        CHECK(pa >= 0);
+        static uint8_t in_b[64], out_a[64];
+        cm_xfer_mr *m_in_b, *m_out_a;
+        CHECK_OK(cm_xfer_mr_register(b, in_b, sizeof in_b, CM_XFER_MR_REMOTE_WRITE, &m_in_b));
+        CHECK_OK(cm_xfer_mr_allow(b, m_in_b, pb));
+        CHECK_OK(cm_xfer_mr_register(a, out_a, sizeof out_a, 0, &m_out_a));
+        cm_xfer_mr_desc to_b;
+        cm_xfer_mr_desc_get(m_in_b, &to_b);
+        cm_xfer_cq *cq;
+        CHECK_OK(cm_xfer_cq_create(a, &cq));
+        /* small frames first, so b's waiter takes the direct path */
+        for (int i = 0; i < 20; i++) {
+            CHECK_OK(cm_xfer_write_imm(a, pa, m_out_a, 0, &to_b, 0, 8, 8, cq, 0));
+            CHECK_OK(cm_xfer_imm_wait(b, pb, 8, 1, 5000));
+        }
+        CHECK(drain(cq, 20, NULL, 5000) == 20);
+        waiter_arg w = {.x = b, .peer = pb, .rc = 1};
+        pthread_t th;
+        CHECK(pthread_create(&th, NULL, waiter_main, &w) == 0);
+        struct timespec ts = {0, 2000000 + round * 1500000};
+        nanosleep(&ts, NULL);
+        if (round % 2 == 0) {
+            cm_xfer_destroy(a); /* the peer leaves: EOF on the spun socket */
+            cm_xfer_cq_destroy(a, cq); /* after its engine (xfer.h) */
+            a = NULL;
+        } else {
+            cm_xfer_disconnect(b, pb); /* b fails the peer itself, from this thread */
+        }
+        pthread_join(th, NULL);
+        CHECK_MSG(w.rc == CM_EPEER || w.rc == CM_ECLOSED, "round %d: waiter got %d", round, w.rc);
+        CHECK_MSG(w.ms < 2000, "round %d: waiter returned after %.0f ms", round, w.ms);
+        cm_xfer_mr_deregister(b, m_in_b);
+        cm_xfer_destroy(b);
+        if (a) {
+            cm_xfer_destroy(a);
+            cm_xfer_cq_destroy(a, cq);
+        }
+    }
+}
+
 int main(void) {
     signal(SIGPIPE, SIG_IGN);
     if (sodium_init() < 0) return 1;
@@ -841,5 +924,6 @@ int main(void) {
     RUN(wrong_key_refused);
     RUN(hostile_frames);
     RUN(peer_killed_mid_transfer_and_reconnect);
+    RUN(spinning_waiter_peer_gone);
     return test_summary();
 }
