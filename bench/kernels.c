@@ -38,6 +38,10 @@
 #include "kernels/repack.h"
 #if defined(__x86_64__)
 #include "kernels/x86/x86.h"
+/* Weak, so that a build without the SIMD kernels (cmake -DCELLM_SIMD=OFF)
+ * links: they are then NULL and the gemm lines are left out. */
+#pragma weak cm_gemm_x86
+#pragma weak cm_gemm_x86_applies
 #endif
 
 #define N_REPS 7
@@ -171,7 +175,7 @@ static int bench_type(cm_pool *pool, int type, int n, int n_tok, int hot, const 
         }
     }
 #if defined(__x86_64__)
-    if (cm_gemm_x86_applies(type, n_tok)) {
+    if (cm_gemm_x86_applies && cm_gemm_x86 && cm_gemm_x86_applies(type, n_tok)) {
         const cm_type_traits *vt = cm_type_traits_get(t->vec_dot_type);
         gemm_job j = {.pool = pool, .type = type, .n = n, .n_tok = n_tok, .w = w, .rb = rb,
                       .arb = (size_t)(n / vt->block_elems) * vt->block_bytes, .x = x, .y = y};
