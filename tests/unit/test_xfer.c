@@ -831,7 +831,8 @@ TEST(peer_killed_mid_transfer_and_reconnect) {
 }
 
 /* A waiter spinning in recv() on its peer's socket (tcp: the direct
- * busy-poll after small frames) when the peer goes away: it returns
+ * busy-poll after small frames, or the blocking recv() without busy
+ * polling) when the peer goes away: it returns
  * CM_EPEER at once, not at its timeout, and the socket's teardown while it
  * spins is clean (the ASan build checks the memory side). Then the same
  * with the waiter's own engine failing the peer from another thread. */
@@ -850,7 +851,7 @@ static void *waiter_main(void *p) {
 }
 
 TEST(spinning_waiter_peer_gone) {
-    for (int round = 0; round < 6; round++) {
+    for (int round = 0; round < 8; round++) {
         cm_xfer_config ca, cb;
         cm_xfer_config_init(&ca);
         ca.key = g_key;
@@ -859,7 +860,9 @@ TEST(spinning_waiter_peer_gone) {
         cb = ca;
         cb.listen = NULL;
         cb.name = "waiter";
-        cb.busy_poll_us = 10000; /* long spins: the peer leaves during one */
+        /* long spins, the peer leaves during one; then no spinning: the
+         * waiter sleeps in recv() on that socket instead (tcp, Linux) */
+        cb.busy_poll_us = round < 4 ? 10000 : 0;
         cm_xfer *a = NULL, *b = NULL;
         CHECK_OK(cm_xfer_create(&ca, &a));
         CHECK_OK(cm_xfer_create(&cb, &b));
@@ -890,7 +893,7 @@ TEST(spinning_waiter_peer_gone) {
         waiter_arg w = {.x = b, .peer = pb, .rc = 1};
         pthread_t th;
         CHECK(pthread_create(&th, NULL, waiter_main, &w) == 0);
-        struct timespec ts = {0, 2000000 + round * 1500000};
+        struct timespec ts = {0, 2000000 + (round % 4) * 1500000};
         nanosleep(&ts, NULL);
         if (round % 2 == 0) {
             cm_xfer_destroy(a); /* the peer leaves: EOF on the spun socket */
