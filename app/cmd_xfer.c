@@ -23,11 +23,16 @@
  *     bytes per repetition as an engine write of size B would (K*B), sent
  *     from a filled B-byte buffer and received walking through a B-byte
  *     buffer, as the engine's writes walk through its regions; then a raw
- *     8-byte ping-pong; in the same run, on the first address.
+ *     8-byte ping-pong; in the same run, on the first address. A raw buffer
+ *     size equal to a write size runs interleaved with the engine's
+ *     repetitions of that size (engine, raw, engine, raw, ...), and the
+ *     ping-pong in blocks of 500 alternating with the engine's round trips,
+ *     so that both medians see the same load on a shared machine.
  *
  * JSON lines: {"mode":"write","size_bytes":..,"gbit_s":..,...},
  * {"mode":"rtt","size_bytes":8,"rtt_us":..,...}, and with --baseline
- * {"mode":"raw_stream",...,"gbit_s":..} and {"mode":"raw_pingpong",...,"rtt_us":..}.
+ * {"mode":"raw_stream",...,"gbit_s":..,"interleaved":true|false} and
+ * {"mode":"raw_pingpong",...,"rtt_us":..,"ratio":..} (ratio: engine rtt / raw).
  * Exit codes: 0 done, 1 runtime failure, 2 bad usage. */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -786,7 +791,8 @@ static void usage(FILE *f) {
                "Measures write throughput per size (median Gbit/s) and the 8-byte round trip (median us)\n"
                "between two nodes; one address per link, several are striped as one peer. --baseline adds a\n"
                "plain single-socket TCP stream (one per --raw-buffers size, default 4M) and a raw TCP\n"
-               "ping-pong (the server's PORT+1) in the same run. --busy-poll sets how long a waiting\n"
+               "ping-pong (the server's PORT+1) in the same run, interleaved with the engine's repetitions\n"
+               "where the sizes match (and the ping-pong in alternating blocks). --busy-poll sets how long a waiting\n"
                "thread polls before it sleeps (engine default 50 us; 0 never spins).\n"
                "The key comes from --key-file or CELLM_KEY_FILE (make one with `cellm key generate > FILE`).\n");
 }
