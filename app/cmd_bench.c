@@ -371,6 +371,20 @@ int cmd_bench(int argc, char **argv) {
     const char *kernels = cm_kernels_init(false);
     bench_ctx b = {0};
     int rc;
+    /* Bandwidth first, on a pool of the same size as the context's, so its
+     * buffer is freed before the weights are resident (peak memory is the
+     * model's, not model plus probe). */
+    double bw = -1, bw_best = 0;
+    {
+        cm_pool *bw_pool = NULL;
+        if ((rc = cm_pool_create(o.n_threads, &bw_pool))) goto fail;
+        bw = measure_bandwidth(bw_pool, &bw_best);
+        cm_pool_destroy(bw_pool);
+    }
+    if (bw <= 0) {
+        rc = cm_errorf(CM_ENOMEM, "no memory for the %zu MiB bandwidth buffer", BW_BYTES >> 20);
+        goto fail;
+    }
     cm_model_params mp = {.layer_begin = 0, .layer_end = -1};
     rc = cm_model_load(o.model, &mp, &b.model);
     if (rc) goto fail;
@@ -407,12 +421,6 @@ int cmd_bench(int argc, char **argv) {
     cm_pool *pool = cm_ctx_pool(b.ctx);
     const int n_threads = cm_pool_n_threads(pool);
 
-    double bw_best = 0;
-    const double bw = measure_bandwidth(pool, &bw_best);
-    if (bw <= 0) {
-        rc = cm_errorf(CM_ENOMEM, "no memory for the %zu MiB bandwidth buffer", BW_BYTES >> 20);
-        goto fail;
-    }
     const uint64_t bpt = cm_model_weight_bytes(b.model);
     const char *mname = strrchr(o.model, '/') ? strrchr(o.model, '/') + 1 : o.model;
 
