@@ -24,7 +24,15 @@
  * slice of c->att_scratch (two f32 tiles and the group's running state).
  * The tile loops (scores, exponentials, P.V) are plain C over GCC vector
  * types, 16 floats wide where head_dim allows, with a scalar path for any
- * other head_dim. */
+ * other head_dim. f16 tiles are converted 16 halves at a time with integer
+ * vector ops (exact, no lookup, no per-row function pointer).
+ *
+ * A lone entry (decode: one new token of a sequence) takes a different
+ * path, att_decode: with a single query row per head the K transpose of the
+ * prompt path would cost more than the scores themselves, so there the
+ * query heads of a group are the vector lanes (eight per chunk, padded with
+ * zero queries): K stays row-major, and the max, exp and sum of the online
+ * softmax are lane-wise with no horizontal reductions. */
 #include <math.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -40,7 +48,7 @@
 /* fp-contract=fast lets a * b + c become one FMA where the target has it
  * (the project builds as ISO C, which turns contraction off): half the
  * instructions of the score and P.V loops, and a rounding fewer. */
-#define ATT_CLONES __attribute__((target_clones("avx512f", "avx2", "default"), optimize("fp-contract=fast")))
+#define ATT_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"), optimize("fp-contract=fast")))
 #else
 #define ATT_CLONES
 #endif
@@ -54,6 +62,76 @@ typedef float v16f __attribute__((vector_size(64)));
 #define ATT_QB 16
 typedef float v16u __attribute__((vector_size(64), aligned(4)));
 #define V16(p) (*(v16u *)(p))
+
+/* Eight-lane vectors for the decode path, where the lanes are the query
+ * heads of one KV group rather than positions. */
+typedef float v8f __attribute__((vector_size(32)));
+typedef int32_t v8s __attribute__((vector_size(32)));
+typedef float v8u __attribute__((vector_size(32), aligned(4)));
+#define V8(p) (*(v8u *)(p))
+#define ATT_LANES 8
+#ifndef ATT_DTILE
+#define ATT_DTILE 32
+#endif
+
+/* f16 -> f32 on whole vectors: 16 halves at any 2-byte address. */
+typedef uint32_t v16i __attribute__((vector_size(64)));
+typedef uint16_t v16h __attribute__((vector_size(32), aligned(2)));
+
+/* dst[0..15] = src[0..15] as floats, exact for every half (subnormals,
+ * infinities, NaN) and branch-free so it stays in vector registers: the
+ * exponent is rebiased by adding 112 << 23; inf/NaN get the rest of the
+ * way to 255; a subnormal is built as 2^-14 * (1 + m/1024) and then has
+ * 2^-14 subtracted, which is exact. Written through a pointer: a 64-byte
+ * vector return value would change ABI between the clones. */
+static inline void f16x16_to_f32(float *dst, const cm_f16 *src) {
+    const v16i h = __builtin_convertvector(*(const v16h *)src, v16i);
+    const uint32_t exp_mask = 0x7c00u << 13;
+    v16i o = (h & 0x7fffu) << 13;
+    const v16i e = o & exp_mask;
+    o += (127u - 15u) << 23;
+    const v16i is_special = (v16i)(e == exp_mask), is_sub = (v16i)(e == 0);
+    o += is_special & ((128u - 16u) << 23);
+    o += is_sub & (1u << 23);
+    const v16f magic = (v16f)((v16i){0} + (113u << 23)); /* 2^-14 */
+    const v16i sub = (v16i)((v16f)o - magic);
+    o = (is_sub & sub) | (~is_sub & o);
+    V16(dst) = (v16f)(o | ((h & 0x8000u) << 16));
+}
+
+/* Rows 0..n-1 of a K/V tile (row i of the cache at k + i * stride) into f32:
+ * V row-major (n x hd); K row-major too, or transposed (kdst[d * TILE + i])
+ * when k_transposed. */
+ATT_CLONES static void tile_load(float *restrict kdst, float *restrict vdst, const cm_f16 *k, const cm_f16 *v,
+                                 size_t stride, int n, int hd, bool k_transposed) {
+    for (int i = 0; i < n; i++) {
+        const cm_f16 *kr = k + (size_t)i * stride, *vr = v + (size_t)i * stride;
+        float *vd = vdst + (size_t)i * hd;
+        int d = 0;
+        if (k_transposed) {
+            for (; d + 16 <= hd; d += 16) {
+                float tmp[16];
+                f16x16_to_f32(tmp, kr + d);
+                for (int j = 0; j < 16; j++) kdst[(size_t)(d + j) * CM_ATT_TILE + i] = tmp[j];
+                f16x16_to_f32(vd + d, vr + d);
+            }
+            for (; d < hd; d++) {
+                kdst[(size_t)d * CM_ATT_TILE + i] = cm_f16_to_f32(kr[d]);
+                vd[d] = cm_f16_to_f32(vr[d]);
+            }
+        } else {
+            float *kd = kdst + (size_t)i * hd;
+            for (; d + 16 <= hd; d += 16) {
+                f16x16_to_f32(kd + d, kr + d);
+                f16x16_to_f32(vd + d, vr + d);
+            }
+            for (; d < hd; d++) {
+                kd[d] = cm_f16_to_f32(kr[d]);
+                vd[d] = cm_f16_to_f32(vr[d]);
+            }
+        }
+    }
+}
 
 /* s[i] = dot(column i of kT, q) for i < n, where kT is the tile's K
  * transposed (kT[d * CM_ATT_TILE + i] = K[i][d]): vectorized over the
@@ -112,11 +190,11 @@ ATT_CLONES static float tile_exp(float *restrict s, int n, float m) {
     return sum;
 }
 
-/* acc = acc * corr + sum_i w[i] v_i over the tile's n rows (hd floats
+/* acc = acc * corr + sum_i w[i * ws] v_i over the tile's n rows (hd floats
  * apart). With hd a multiple of 64 each 64-float stripe of acc stays in
  * four vector registers over all n rows. */
-ATT_CLONES static void tile_pv(float *restrict acc, float corr, const float *restrict w, const float *restrict v,
-                               int n, int hd) {
+ATT_CLONES static void tile_pv(float *restrict acc, float corr, const float *restrict w, int ws,
+                               const float *restrict v, int n, int hd) {
     if (hd % 64 == 0) {
         for (int d = 0; d < hd; d += 64) {
             /* even rows into a, odd rows into b: eight independent sums */
@@ -126,15 +204,15 @@ ATT_CLONES static void tile_pv(float *restrict acc, float corr, const float *res
             int i = 0;
             for (; i + 2 <= n; i += 2) {
                 const float *vr = v + (size_t)i * hd + d, *vs = vr + hd;
-                a0 += w[i] * V16(vr), a1 += w[i] * V16(vr + 16);
-                a2 += w[i] * V16(vr + 32), a3 += w[i] * V16(vr + 48);
-                b0 += w[i + 1] * V16(vs), b1 += w[i + 1] * V16(vs + 16);
-                b2 += w[i + 1] * V16(vs + 32), b3 += w[i + 1] * V16(vs + 48);
+                a0 += w[(size_t)i * ws] * V16(vr), a1 += w[(size_t)i * ws] * V16(vr + 16);
+                a2 += w[(size_t)i * ws] * V16(vr + 32), a3 += w[(size_t)i * ws] * V16(vr + 48);
+                b0 += w[(size_t)(i + 1) * ws] * V16(vs), b1 += w[(size_t)(i + 1) * ws] * V16(vs + 16);
+                b2 += w[(size_t)(i + 1) * ws] * V16(vs + 32), b3 += w[(size_t)(i + 1) * ws] * V16(vs + 48);
             }
             if (i < n) {
                 const float *vr = v + (size_t)i * hd + d;
-                a0 += w[i] * V16(vr), a1 += w[i] * V16(vr + 16);
-                a2 += w[i] * V16(vr + 32), a3 += w[i] * V16(vr + 48);
+                a0 += w[(size_t)i * ws] * V16(vr), a1 += w[(size_t)i * ws] * V16(vr + 16);
+                a2 += w[(size_t)i * ws] * V16(vr + 32), a3 += w[(size_t)i * ws] * V16(vr + 48);
             }
             V16(acc + d) = a0 + b0, V16(acc + d + 16) = a1 + b1;
             V16(acc + d + 32) = a2 + b2, V16(acc + d + 48) = a3 + b3;
@@ -144,14 +222,126 @@ ATT_CLONES static void tile_pv(float *restrict acc, float corr, const float *res
     if (hd % 16 == 0) {
         for (int d = 0; d < hd; d += 16) {
             v16f a = V16(acc + d) * corr;
-            for (int i = 0; i < n; i++) a += w[i] * V16(v + (size_t)i * hd + d);
+            for (int i = 0; i < n; i++) a += w[(size_t)i * ws] * V16(v + (size_t)i * hd + d);
             V16(acc + d) = a;
         }
         return;
     }
     for (int d = 0; d < hd; d++) acc[d] *= corr;
     for (int i = 0; i < n; i++)
-        for (int d = 0; d < hd; d++) acc[d] += w[i] * v[(size_t)i * hd + d];
+        for (int d = 0; d < hd; d++) acc[d] += w[(size_t)i * ws] * v[(size_t)i * hd + d];
+}
+
+/* exp_nonpos on the eight floats at px, in place (same steps, same
+ * results; through a pointer for the same ABI reason as f16x16_to_f32). */
+static inline void exp_nonpos8(float *px) {
+    v8f x = V8(px);
+    const v8s low = (v8s)(x < -87.0f);
+    x = (v8f)((low & (v8s)((v8f){0} - 87.0f)) | (~low & (v8s)x));
+    const float shift = 12582912.0f;
+    const v8f n = (x * 1.44269504f + shift) - shift;
+    const v8f r = x - n * 0.693145752f - n * 1.42860677e-6f;
+    const v8f p =
+        1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 + r * (1.0f / 720))))));
+    const v8s e = (__builtin_convertvector(n, v8s) + 127) << 23;
+    V8(px) = p * (v8f)e;
+}
+
+/* One tile of decode attention for up to eight query heads of a KV group,
+ * one per lane: kf is the tile's K row-major (n x hd), vt its V, qT the
+ * scaled queries transposed (qT[d * 8 + lane]; lanes past `live` are zero),
+ * sT room for n x 8 weights (position-major), m8/l8 the lanes' running max
+ * and sum, acc their outputs (8 x hd, rows past `live` untouched).
+ *
+ * Scores are vectorized over the heads, so K needs no transpose and the max,
+ * the exponentials and the sum are lane-wise vector ops: no horizontal
+ * reductions anywhere. Eight positions at a time give eight independent
+ * FMA chains. */
+ATT_CLONES static void tile_decode8(float *restrict sT, float *restrict m8, float *restrict l8, float *restrict acc,
+                                    const float *restrict qT, const float *restrict kf, const float *restrict vt,
+                                    int n, int hd, int live) {
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const float *k0 = kf + (size_t)i * hd;
+        v8f a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, a4 = {0}, a5 = {0}, a6 = {0}, a7 = {0};
+        for (int d = 0; d < hd; d++) {
+            const v8f q = V8(qT + (size_t)d * 8);
+            a0 += k0[d] * q, a1 += k0[hd + d] * q, a2 += k0[2 * hd + d] * q, a3 += k0[3 * hd + d] * q;
+            a4 += k0[4 * hd + d] * q, a5 += k0[5 * hd + d] * q, a6 += k0[6 * hd + d] * q, a7 += k0[7 * hd + d] * q;
+        }
+        float *so = sT + (size_t)i * 8;
+        V8(so) = a0, V8(so + 8) = a1, V8(so + 16) = a2, V8(so + 24) = a3;
+        V8(so + 32) = a4, V8(so + 40) = a5, V8(so + 48) = a6, V8(so + 56) = a7;
+    }
+    for (; i < n; i++) {
+        const float *kr = kf + (size_t)i * hd;
+        v8f a = {0};
+        for (int d = 0; d < hd; d++) a += kr[d] * V8(qT + (size_t)d * 8);
+        V8(sT + (size_t)i * 8) = a;
+    }
+    const v8f m_old = V8(m8);
+    v8f m_new = m_old;
+    for (i = 0; i < n; i++) {
+        const v8f x = V8(sT + (size_t)i * 8);
+        const v8s gt = (v8s)(x > m_new);
+        m_new = (v8f)((gt & (v8s)x) | (~gt & (v8s)m_new));
+    }
+    v8f sum = {0};
+    for (i = 0; i < n; i++) {
+        float *w = sT + (size_t)i * 8;
+        V8(w) = V8(w) - m_new;
+        exp_nonpos8(w);
+        sum += V8(w);
+    }
+    float corr[8];
+    for (int l = 0; l < 8; l++) corr[l] = expf(m_old[l] - m_new[l]); /* 0 on the first tile: the max was -inf */
+    V8(l8) = V8(l8) * V8(corr) + sum;
+    V8(m8) = m_new;
+    for (int l = 0; l < live; l++) tile_pv(acc + (size_t)l * hd, corr[l], sT + l, 8, vt, n, hd);
+}
+
+/* Decode attention of entry t (one query row per head) for the query heads
+ * of KV head kvh, in chunks of eight heads: each K/V tile is read and
+ * converted once and applied to the whole group. */
+static void att_decode(cm_ctx *c, int il, const cm_batch *b, int t, int kvh, float *ws) {
+    const cm_hparams *hp = &c->model->hp;
+    const int hd = hp->head_dim, group = hp->n_head / hp->n_head_kv, n_kv = c->n_kv, n_q = c->n_q;
+    const int lanes = (group + ATT_LANES - 1) / ATT_LANES * ATT_LANES, chunks = lanes / ATT_LANES;
+    const float scale = 1.0f / sqrtf((float)hd);
+    /* same scratch footprint as att_block (lanes <= 2 * group <= ATT_QB * group) */
+    float *kf = ws;                                     /* TILE x hd */
+    float *vt = kf + (size_t)hd * CM_ATT_TILE;          /* TILE x hd */
+    float *sT = vt + (size_t)CM_ATT_TILE * hd + hd;     /* TILE x 8 */
+    float *acc = sT + (size_t)ATT_QB * group * CM_ATT_TILE; /* lanes x hd */
+    float *qT = acc + (size_t)ATT_QB * group * hd;      /* chunks x hd x 8 */
+    float *mx = qT + (size_t)ATT_QB * group * hd;       /* lanes */
+    float *sum = mx + (size_t)ATT_QB * group;           /* lanes */
+    for (int l = 0; l < lanes; l++) {
+        const int ck = l / ATT_LANES, ln = l % ATT_LANES;
+        const float *q = l < group ? c->q + (size_t)t * n_q + (size_t)(kvh * group + l) * hd : NULL;
+        for (int d = 0; d < hd; d++) qT[((size_t)ck * hd + d) * ATT_LANES + ln] = q ? q[d] * scale : 0.0f;
+        mx[l] = -INFINITY;
+        sum[l] = 0.0f;
+    }
+    memset(acc, 0, (size_t)lanes * hd * sizeof *acc);
+    const int pos = b->pos[t];
+    const size_t base = (size_t)b->seq_id[t] * (size_t)c->params.n_ctx;
+    const cm_f16 *kc = c->k_cache[il], *vc = c->v_cache[il];
+    for (int p0 = 0; p0 <= pos; p0 += ATT_DTILE) {
+        const int n = pos + 1 - p0 < ATT_DTILE ? pos + 1 - p0 : ATT_DTILE;
+        const size_t off = (base + (size_t)p0) * (size_t)n_kv + (size_t)kvh * hd;
+        tile_load(kf, vt, kc + off, vc + off, (size_t)n_kv, n, hd, false);
+        for (int ck = 0; ck < chunks; ck++) {
+            const int live = group - ck * ATT_LANES < ATT_LANES ? group - ck * ATT_LANES : ATT_LANES;
+            tile_decode8(sT, mx + ck * ATT_LANES, sum + ck * ATT_LANES, acc + (size_t)ck * ATT_LANES * hd,
+                         qT + (size_t)ck * hd * ATT_LANES, kf, vt, n, hd, live);
+        }
+    }
+    for (int l = 0; l < group; l++) {
+        float *o = c->att + (size_t)t * n_q + (size_t)(kvh * group + l) * hd;
+        const float inv = 1.0f / sum[l];
+        for (int d = 0; d < hd; d++) o[d] = acc[(size_t)l * hd + d] * inv;
+    }
 }
 
 typedef struct att_job {
@@ -207,11 +397,9 @@ static void att_block(cm_ctx *c, int il, const cm_batch *b, int t0, int nt, int 
     const int hd = hp->head_dim, group = hp->n_head / hp->n_head_kv, n_kv = c->n_kv, n_q = c->n_q;
     const int rows = nt * group, rmax = ATT_QB * group;
     const float scale = 1.0f / sqrtf((float)hd);
-    const cm_to_float_fn f16_to_f32 = cm_type_traits_get(CM_TYPE_F16)->to_float;
     float *kT = ws;                                    /* hd x TILE, K transposed */
     float *vt = kT + (size_t)hd * CM_ATT_TILE;         /* TILE x hd */
-    float *krow = vt + (size_t)CM_ATT_TILE * hd;       /* hd: one K row before transposing */
-    float *scores = krow + hd;                         /* rmax x TILE */
+    float *scores = vt + (size_t)CM_ATT_TILE * hd + hd; /* rmax x TILE */
     float *acc = scores + (size_t)rmax * CM_ATT_TILE;  /* rmax x hd */
     float *qv = acc + (size_t)rmax * hd;               /* rmax x hd */
     float *mx = qv + (size_t)rmax * hd;                /* rmax */
@@ -228,12 +416,8 @@ static void att_block(cm_ctx *c, int il, const cm_batch *b, int t0, int nt, int 
     const cm_f16 *kc = c->k_cache[il], *vc = c->v_cache[il];
     for (int p0 = 0; p0 <= pos_last; p0 += CM_ATT_TILE) {
         const int n = pos_last + 1 - p0 < CM_ATT_TILE ? pos_last + 1 - p0 : CM_ATT_TILE;
-        for (int i = 0; i < n; i++) {
-            size_t off = (base + (size_t)(p0 + i)) * (size_t)n_kv + (size_t)kvh * hd;
-            f16_to_f32(kc + off, krow, hd);
-            for (int d = 0; d < hd; d++) kT[(size_t)d * CM_ATT_TILE + i] = krow[d];
-            f16_to_f32(vc + off, vt + (size_t)i * hd, hd);
-        }
+        const size_t off = (base + (size_t)p0) * (size_t)n_kv + (size_t)kvh * hd;
+        tile_load(kT, vt, kc + off, vc + off, (size_t)n_kv, n, hd, true);
         for (int r = 0; r < rows; r++) {
             const int nr = pos0 + r / group + 1 - p0 < n ? pos0 + r / group + 1 - p0 : n; /* causal */
             if (nr <= 0) continue;
@@ -244,7 +428,7 @@ static void att_block(cm_ctx *c, int il, const cm_batch *b, int t0, int nt, int 
             const float m_new = tmax > mx[r] ? tmax : mx[r];
             const float corr = expf(mx[r] - m_new); /* 0 on the first tile: the max was -inf */
             sum[r] = sum[r] * corr + tile_exp(sg, nr, m_new);
-            tile_pv(acc + (size_t)r * hd, corr, sg, vt, nr, hd);
+            tile_pv(acc + (size_t)r * hd, corr, sg, 1, vt, nr, hd);
             mx[r] = m_new;
         }
     }
@@ -273,15 +457,22 @@ static void att_worker(void *arg, int ith, int nth) {
      * dealing keeps the threads' shares even where contiguous ranges would
      * give the last thread the longest rows. */
     float *ws = c->att_scratch + (size_t)ith * (size_t)c->att_scratch_stride;
-    const int n_tok = j->batch->n_tokens;
+    const int n_tok = j->batch->n_tokens, group = hp->n_head / n_head_kv;
     const long n_blocks = (n_tok + ATT_QB - 1) / ATT_QB;
     for (long it = ith; it < n_blocks * n_head_kv; it += nth) {
         const int t0 = (int)(it / n_head_kv) * ATT_QB, kvh = (int)(it % n_head_kv);
         const int nt = n_tok - t0 < ATT_QB ? n_tok - t0 : ATT_QB;
-        if (block_is_run(j->batch, t0, nt)) {
+        if (nt == 1 && group >= ATT_LANES / 2) {
+            att_decode(c, j->il, j->batch, t0, kvh, ws);
+        } else if (block_is_run(j->batch, t0, nt)) {
             att_block(c, j->il, j->batch, t0, nt, kvh, ws);
         } else {
-            for (int k = 0; k < nt; k++) att_block(c, j->il, j->batch, t0 + k, 1, kvh, ws);
+            for (int k = 0; k < nt; k++) {
+                if (group >= ATT_LANES / 2)
+                    att_decode(c, j->il, j->batch, t0 + k, kvh, ws);
+                else
+                    att_block(c, j->il, j->batch, t0 + k, 1, kvh, ws);
+            }
         }
     }
 }
