@@ -80,23 +80,17 @@ typedef uint16_t v16h __attribute__((vector_size(32), aligned(2)));
 
 /* dst[0..15] = src[0..15] as floats, exact for every half (subnormals,
  * infinities, NaN) and branch-free so it stays in vector registers: the
- * exponent is rebiased by adding 112 << 23; inf/NaN get the rest of the
- * way to 255; a subnormal is built as 2^-14 * (1 + m/1024) and then has
- * 2^-14 subtracted, which is exact. Written through a pointer: a 64-byte
- * vector return value would change ABI between the clones. */
+ * half's exponent and mantissa, moved to the float's positions, read as a
+ * float 2^112 too small (a half subnormal lands on a float subnormal), so
+ * one exact multiply rebiases normals and subnormals alike; inf/NaN only
+ * need the exponent filled in (the multiply relies on subnormal inputs not
+ * being flushed to zero: the project never sets DAZ). Written through a pointer: a 64-byte vector
+ * return value would change ABI between the clones. */
 static inline void f16x16_to_f32(float *dst, const cm_f16 *src) {
     const v16i h = __builtin_convertvector(*(const v16h *)src, v16i);
-    const uint32_t exp_mask = 0x7c00u << 13;
-    v16i o = (h & 0x7fffu) << 13;
-    const v16i e = o & exp_mask;
-    o += (127u - 15u) << 23;
-    const v16i is_special = (v16i)(e == exp_mask), is_sub = (v16i)(e == 0);
-    o += is_special & ((128u - 16u) << 23);
-    o += is_sub & (1u << 23);
-    const v16f magic = (v16f)((v16i){0} + (113u << 23)); /* 2^-14 */
-    const v16i sub = (v16i)((v16f)o - magic);
-    o = (is_sub & sub) | (~is_sub & o);
-    V16(dst) = (v16f)(o | ((h & 0x8000u) << 16));
+    const v16f f = (v16f)((h & 0x7fffu) << 13) * 0x1p112f;
+    const v16i special = (v16i)((h & 0x7c00u) == 0x7c00u);
+    V16(dst) = (v16f)((v16i)f | (special & 0x7f800000u) | ((h & 0x8000u) << 16));
 }
 
 /* Rows 0..n-1 of a K/V tile (row i of the cache at k + i * stride) into f32:
@@ -344,6 +338,100 @@ static void att_decode(cm_ctx *c, int il, const cm_batch *b, int t, int kvh, flo
     }
 }
 
+
+/* Per-thread state of att_decode_range: the tile buffers, then for each KV
+ * head its lanes' acc (lanes x hd), qT (lanes x hd), max and sum. */
+static size_t decode_state_floats(const cm_hparams *hp) {
+    const size_t hd = (size_t)hp->head_dim, group = (size_t)(hp->n_head / hp->n_head_kv);
+    const size_t lanes = (group + ATT_LANES - 1) / ATT_LANES * ATT_LANES;
+    return 2 * (size_t)ATT_DTILE * hd + (size_t)ATT_DTILE * ATT_LANES + (size_t)hp->n_head_kv * lanes * (2 * hd + 2);
+}
+
+/* Decode attention of the one entry t over positions pa..pb-1 only, for
+ * every KV head: the tile loop is outermost, so a tile's K and V rows of all
+ * KV heads (adjacent in the cache) are read together, front to back, and each
+ * thread streams one contiguous stretch of the cache. Leaves each head's
+ * unnormalized partial state (max, sum, acc) in ws for att_decode_merge;
+ * with pb - pa covering everything, also writes the output when `finish`. */
+static void att_decode_range(cm_ctx *c, int il, const cm_batch *b, int t, int pa, int pb, float *ws, bool finish) {
+    const cm_hparams *hp = &c->model->hp;
+    const int hd = hp->head_dim, group = hp->n_head / hp->n_head_kv, n_kv = c->n_kv, n_q = c->n_q;
+    const int lanes = (group + ATT_LANES - 1) / ATT_LANES * ATT_LANES, chunks = lanes / ATT_LANES;
+    const size_t S = (size_t)lanes * (2 * (size_t)hd + 2);
+    const float scale = 1.0f / sqrtf((float)hd);
+    float *kf = ws, *vt = kf + (size_t)ATT_DTILE * hd, *sT = vt + (size_t)ATT_DTILE * hd;
+    float *st = sT + (size_t)ATT_DTILE * ATT_LANES;
+    for (int kvh = 0; kvh < hp->n_head_kv; kvh++) {
+        float *acc = st + (size_t)kvh * S, *qT = acc + (size_t)lanes * hd, *mx = qT + (size_t)lanes * hd;
+        float *sum = mx + lanes;
+        for (int l = 0; l < lanes; l++) {
+            const int ck = l / ATT_LANES, ln = l % ATT_LANES;
+            const float *q = l < group ? c->q + (size_t)t * n_q + (size_t)(kvh * group + l) * hd : NULL;
+            for (int d = 0; d < hd; d++) qT[((size_t)ck * hd + d) * ATT_LANES + ln] = q ? q[d] * scale : 0.0f;
+            mx[l] = -INFINITY;
+            sum[l] = 0.0f;
+        }
+        memset(acc, 0, (size_t)lanes * hd * sizeof *acc);
+    }
+    const size_t base = (size_t)b->seq_id[t] * (size_t)c->params.n_ctx;
+    const cm_f16 *kc = c->k_cache[il], *vc = c->v_cache[il];
+    for (int p0 = pa; p0 < pb; p0 += ATT_DTILE) {
+        const int n = pb - p0 < ATT_DTILE ? pb - p0 : ATT_DTILE;
+        for (int kvh = 0; kvh < hp->n_head_kv; kvh++) {
+            float *acc = st + (size_t)kvh * S, *qT = acc + (size_t)lanes * hd, *mx = qT + (size_t)lanes * hd;
+            float *sum = mx + lanes;
+            const size_t off = (base + (size_t)p0) * (size_t)n_kv + (size_t)kvh * hd;
+            tile_load(kf, vt, kc + off, vc + off, (size_t)n_kv, n, hd, false);
+            for (int ck = 0; ck < chunks; ck++) {
+                const int live = group - ck * ATT_LANES < ATT_LANES ? group - ck * ATT_LANES : ATT_LANES;
+                tile_decode8(sT, mx + ck * ATT_LANES, sum + ck * ATT_LANES, acc + (size_t)ck * ATT_LANES * hd,
+                             qT + (size_t)ck * hd * ATT_LANES, kf, vt, n, hd, live);
+            }
+        }
+    }
+    if (!finish) return;
+    for (int h = 0; h < hp->n_head; h++) {
+        const int kvh = h / group, l = h % group;
+        const float *acc = st + (size_t)kvh * S, *sum = acc + 2 * (size_t)lanes * hd + lanes;
+        float *o = c->att + (size_t)t * n_q + (size_t)h * hd;
+        const float inv = 1.0f / sum[l];
+        for (int d = 0; d < hd; d++) o[d] = acc[(size_t)l * hd + d] * inv;
+    }
+}
+
+/* Output heads h0..h1-1 of entry t from the partial states that threads
+ * 0..nth-1 left in their scratch: rescaled to the largest max of them all
+ * (a thread whose stretch was empty has max -inf and weight 0). */
+static void att_decode_merge(cm_ctx *c, int t, int h0, int h1, int nth) {
+    const cm_hparams *hp = &c->model->hp;
+    const int hd = hp->head_dim, group = hp->n_head / hp->n_head_kv;
+    const int lanes = (group + ATT_LANES - 1) / ATT_LANES * ATT_LANES;
+    const size_t S = (size_t)lanes * (2 * (size_t)hd + 2);
+    const size_t st0 = 2 * (size_t)ATT_DTILE * hd + (size_t)ATT_DTILE * ATT_LANES;
+    for (int h = h0; h < h1; h++) {
+        const int kvh = h / group, l = h % group;
+        float m = -INFINITY;
+        for (int i = 0; i < nth; i++) {
+            const float *acc = c->att_scratch + (size_t)i * (size_t)c->att_scratch_stride + st0 + (size_t)kvh * S;
+            const float mi = acc[2 * (size_t)lanes * hd + l];
+            m = mi > m ? mi : m;
+        }
+        float *o = c->att + (size_t)t * c->n_q + (size_t)h * hd;
+        float total = 0.0f;
+        memset(o, 0, (size_t)hd * sizeof *o);
+        for (int i = 0; i < nth; i++) {
+            const float *acc = c->att_scratch + (size_t)i * (size_t)c->att_scratch_stride + st0 + (size_t)kvh * S;
+            const float mi = acc[2 * (size_t)lanes * hd + l];
+            if (mi == -INFINITY) continue;
+            const float w = expf(mi - m);
+            total += w * acc[2 * (size_t)lanes * hd + lanes + l];
+            for (int d = 0; d < hd; d++) o[d] += w * acc[(size_t)l * hd + d];
+        }
+        const float inv = 1.0f / total;
+        for (int d = 0; d < hd; d++) o[d] *= inv;
+    }
+}
+
 typedef struct att_job {
     cm_ctx *c;
     int il;
@@ -458,6 +546,22 @@ static void att_worker(void *arg, int ith, int nth) {
      * give the last thread the longest rows. */
     float *ws = c->att_scratch + (size_t)ith * (size_t)c->att_scratch_stride;
     const int n_tok = j->batch->n_tokens, group = hp->n_head / n_head_kv;
+    if (n_tok == 1) {
+        /* One decoded token: the threads split its positions (whole decode
+         * tiles) instead of its KV heads, so each streams one contiguous
+         * stretch of the cache, then merge their partial softmax states. */
+        const int np = j->batch->pos[0] + 1;
+        long tb, te;
+        cm_split_range((np + ATT_DTILE - 1) / ATT_DTILE, ith, nth, &tb, &te);
+        const int pa = (int)tb * ATT_DTILE, pb = (int)te * ATT_DTILE < np ? (int)te * ATT_DTILE : np;
+        att_decode_range(c, j->il, j->batch, 0, pa, pb, ws, nth == 1);
+        if (nth == 1) return;
+        cm_pool_barrier(c->pool); /* every thread's partial state is written */
+        long hb, he;
+        cm_split_range(hp->n_head, ith, nth, &hb, &he);
+        att_decode_merge(c, 0, (int)hb, (int)he, nth);
+        return;
+    }
     const long n_blocks = (n_tok + ATT_QB - 1) / ATT_QB;
     for (long it = ith; it < n_blocks * n_head_kv; it += nth) {
         const int t0 = (int)(it / n_head_kv) * ATT_QB, kvh = (int)(it % n_head_kv);
@@ -480,7 +584,9 @@ static void att_worker(void *arg, int ith, int nth) {
 /* Floats of per-thread scratch att_worker needs. */
 size_t cm_attention_scratch_floats(const cm_hparams *hp) {
     size_t hd = (size_t)hp->head_dim, rmax = (size_t)ATT_QB * (size_t)(hp->n_head / hp->n_head_kv);
-    return 2 * CM_ATT_TILE * hd + hd + rmax * CM_ATT_TILE + 2 * rmax * hd + 2 * rmax + 16;
+    const size_t prompt = 2 * CM_ATT_TILE * hd + hd + rmax * CM_ATT_TILE + 2 * rmax * hd + 2 * rmax + 16;
+    const size_t decode = decode_state_floats(hp) + 16;
+    return prompt > decode ? prompt : decode;
 }
 
 void cm_attention(cm_ctx *c, int il, const cm_batch *batch) {
