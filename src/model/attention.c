@@ -32,7 +32,10 @@
  * prompt path would cost more than the scores themselves, so there the
  * query heads of a group are the vector lanes (eight per chunk, padded with
  * zero queries): K stays row-major, and the max, exp and sum of the online
- * softmax are lane-wise with no horizontal reductions. */
+ * softmax are lane-wise with no horizontal reductions. A batch of exactly
+ * one token (one sequence decoding) instead splits its positions over the
+ * threads, each taking every KV head of its stretch, and the threads' partial
+ * (max, sum, output) states are merged after a barrier. */
 #include <math.h>
 #include <stdbool.h>
 #include <stdint.h>
