@@ -608,6 +608,54 @@ TEST(long_context_tiles) {
     unlink(path);
 }
 
+/* Decode one token at a time (the path that splits a lone token's cache
+ * positions over the threads and takes a group's query heads as vector
+ * lanes) against the naive model, for groups of 8 and 4 query heads per KV
+ * head, on 1, 2 and 3 threads, past several attention tiles. */
+TEST(decode_one_token_at_a_time) {
+    static const int kv_heads[] = {1, 2};
+    for (int h = 0; h < 2; h++) {
+        cm_synth_params p = small("llama", CM_TYPE_F32);
+        p.n_layer = 1;
+        p.n_embd = 256;
+        p.n_head = 8;
+        p.n_head_kv = kv_heads[h];
+        p.n_ff = 128;
+        char path[512];
+        model_path(path, sizeof path, "decode1");
+        CHECK_OK(cm_synth_write(&p, path));
+        cm_model *m = NULL;
+        CHECK_OK(cm_model_load(path, NULL, &m));
+        cm_gguf *g = NULL;
+        CHECK_OK(cm_gguf_open(path, &g));
+        if (!m || !g) return;
+        naive n;
+        naive_load(&n, &p, g, true, false, false);
+        enum { T = 150 };
+        const int V = n.n_vocab;
+        int32_t toks[T];
+        for (int i = 0; i < T; i++) toks[i] = (i * 97 + 5) % V;
+        float *ref = malloc((size_t)T * V * 4), *got = malloc((size_t)T * V * 4);
+        naive_forward(&n, toks, T, ref);
+        for (int nt = 1; nt <= 3; nt++) {
+            cm_ctx_params cp = {.n_ctx = T, .n_seq_max = 1, .n_batch_max = 1, .n_threads = nt};
+            cm_ctx *c = NULL;
+            CHECK_OK(cm_ctx_create(m, &cp, &c));
+            for (int i = 0; i < T && c; i++) CHECK_OK(engine_all(c, 0, toks + i, 1, i, got + (size_t)i * V, V));
+            const double e = rms_err(got, ref, (size_t)T * V);
+            fprintf(stderr, "  %d query heads per KV head, %d threads: rms error %.1e\n", p.n_head / p.n_head_kv, nt,
+                    e);
+            CHECK(e <= 1e-3);
+            cm_ctx_destroy(c);
+        }
+        naive_free(&n);
+        free(ref), free(got);
+        cm_gguf_close(g);
+        cm_model_destroy(m);
+        unlink(path);
+    }
+}
+
 /* Greedy decoding through the KV cache equals recomputing the whole
  * sequence at every step. */
 TEST(greedy_cache_vs_recompute) {
@@ -931,6 +979,7 @@ int main(void) {
     RUN(q4_k_m_mix);
     RUN(rope_layout_and_llama3_scaling);
     RUN(long_context_tiles);
+    RUN(decode_one_token_at_a_time);
     RUN(greedy_cache_vs_recompute);
     RUN(interleaved_sequences_and_stages);
     RUN(batch_errors_leave_cache);
