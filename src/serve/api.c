@@ -234,6 +234,7 @@ int cm_api_parse(const char *body, size_t n, cm_api_kind kind, cm_api_req *q, cm
         q->model = model->valuestring;
     }
     if ((rc = get_bool(root, "stream", &q->stream, err))) return rc;
+    if ((rc = get_bool(root, "ignore_eos", &q->ignore_eos, err))) return rc;
     cJSON *so = field(root, "stream_options");
     if (so) {
         if (!cJSON_IsObject(so)) return BAD("stream_options", "'stream_options' must be an object, not %s", type_name(so));

@@ -39,6 +39,7 @@ typedef struct cm_api_req {
     double presence_penalty, frequency_penalty;
     bool has_seed;
     uint64_t seed;
+    bool ignore_eos;          /* an extension (as llama.cpp's server has) */
     const char *stop[CM_MAX_STOP];
     int n_stop;
     bool logprobs;

@@ -320,10 +320,10 @@ static void sample_slot(cm_sched *s, slot *sl, float *logits, double now) {
             for (int i = 0; i < sl->rec.n_top; i++) sl->rec.top_lp[i] -= lse;
         }
         sl->rec.text_off = sl->raw_off;
-        sl->has_rec = !(tok < pc->n_vocab && pc->eog[tok]);
+        sl->has_rec = !(tok < pc->n_vocab && pc->eog[tok] && !r->p.ignore_eos);
     }
     sl->last_tok = tok;
-    bool eog = tok < pc->n_vocab && pc->eog[tok];
+    bool eog = tok < pc->n_vocab && pc->eog[tok] && !r->p.ignore_eos;
     const char *emit;
     size_t n_emit;
     if (eog) {

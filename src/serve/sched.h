@@ -55,6 +55,7 @@ typedef struct cm_req_params {
     bool logprobs;     /* record each generated token's log-probability */
     int n_top_logprobs; /* and that many alternatives (0..CM_MAX_TOP_LOGPROBS) */
     double timeout_s;  /* from submission to the end; <= 0: none */
+    bool ignore_eos;   /* end-of-generation tokens do not end the request */
 } cm_req_params;
 
 /* One generated token, recorded when params.logprobs is set. text_off is the

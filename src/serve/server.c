@@ -425,6 +425,7 @@ static enum MHD_Result handle_generate(cm_server *s, struct MHD_Connection *c, s
     rp.logprobs = q.logprobs;
     rp.n_top_logprobs = q.top_logprobs;
     rp.timeout_s = s->p.timeout_s;
+    rp.ignore_eos = q.ignore_eos;
     r = cm_req_create(ids, n_ids, &rp);
     free(ids);
     ids = NULL;

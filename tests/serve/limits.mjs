@@ -43,9 +43,9 @@ await test('a full queue answers 429 with Retry-After', async () => {
 });
 
 await test('a request that runs out of time is 504; a stream gets an error event', async () => {
-  await assert.rejects(good.completions.create({ model, prompt: 'long', max_tokens: 16000, temperature: 0 }),
+  await assert.rejects(good.completions.create({ model, prompt: 'long', max_tokens: 16000, temperature: 0, ignore_eos: true }),
     (e) => e.status === 504 && e.error && e.error.code === 'timeout');
-  const stream = await good.completions.create({ model, prompt: 'long', max_tokens: 16000, temperature: 0, stream: true });
+  const stream = await good.completions.create({ model, prompt: 'long', max_tokens: 16000, temperature: 0, stream: true, ignore_eos: true });
   await assert.rejects((async () => { for await (const ch of stream) void ch; })(), (e) => /timed out/.test(e.message));
   await waitIdle(5000);
 });
