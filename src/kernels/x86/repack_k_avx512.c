@@ -160,117 +160,9 @@ static ALWAYS_INLINE void k4_bsum_pairs(const cm_block_q8_K *yb, int32_t out[8])
     _mm256_storeu_si256((__m256i *)out, _mm256_packs_epi32(s, s));
 }
 
-/* Rows of one 16-row group (tiles at `wg`) against T tokens. */
-static ALWAYS_INLINE void q4_K_group(const uint8_t *wg, int64_t nb, const uint8_t *act, size_t arb, const int T,
-                                     float *y, int64_t ys) {
-    const __m512i m4 = _mm512_set1_epi8(0x0f);
-    __m512 acc[8];
-    UNROLL
-    for (int t = 0; t < T; t++) acc[t] = _mm512_setzero_ps();
-    for (int64_t i = 0; i < nb; i++) {
-        const uint8_t *tl = wg + i * K4_TILE;
-        const __m512 dv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(tl + K4_D)));
-        const __m512 dmv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(tl + K4_DMIN)));
-        const __m512 dv16 = _mm512_mul_ps(dv, _mm512_set1_ps(1.0f / 16.0f));
-        /* min term first: acc -= dmin * dy * sum_j mn[j] * bsum32[j] */
-        {
-            __m512i mnv[4];
-            UNROLL
-            for (int k = 0; k < 4; k++)
-                mnv[k] = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(tl + K4_MN + 32 * k)));
-            UNROLL
-            for (int t = 0; t < T; t++) {
-                const cm_block_q8_K *yb = (const cm_block_q8_K *)(act + (size_t)t * arb) + i;
-                int32_t bp[8];
-                k4_bsum_pairs(yb, bp);
-                __m512i m = _mm512_dpwssd_epi32(_mm512_setzero_si512(), mnv[0], _mm512_set1_epi32(bp[0]));
-                m = _mm512_dpwssd_epi32(m, mnv[1], _mm512_set1_epi32(bp[1]));
-                m = _mm512_dpwssd_epi32(m, mnv[2], _mm512_set1_epi32(bp[4]));
-                m = _mm512_dpwssd_epi32(m, mnv[3], _mm512_set1_epi32(bp[5]));
-                acc[t] = _mm512_fnmadd_ps(_mm512_mul_ps(dmv, _mm512_set1_ps(yb->d)), _mm512_cvtepi32_ps(m), acc[t]);
-            }
-        }
-        /* per token, sum of d * sc[j] * dot(sub-block j) for this super-block */
-        __m512 f[8];
-        UNROLL
-        for (int t = 0; t < T; t++) f[t] = _mm512_setzero_ps();
-        UNROLL
-        for (int j = 0; j < 8; j++) {
-            /* sub-block j: the low (j even) or high nibbles of pair j / 2 */
-            const int p = j / 2;
-            const __m512 fs = _mm512_mul_ps(
-                j % 2 ? dv16 : dv,
-                _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(tl + K4_SC + j * RR)))));
-            __m512i W[8];
-            UNROLL
-            for (int g = 0; g < 8; g++) {
-                const __m512i x = _mm512_loadu_si512((const void *)(tl + K4_QS + (p * 8 + g) * 64));
-                W[g] = j % 2 ? _mm512_andnot_si512(m4, x) : _mm512_and_si512(x, m4);
-            }
-            UNROLL
-            for (int t = 0; t < T; t++) {
-                const cm_block_q8_K *yb = (const cm_block_q8_K *)(act + (size_t)t * arb) + i;
-                __m512i s0;
-                if (T >= 4) {
-                    /* the tokens' chains overlap: one chain each */
-                    const i32u *a = (const i32u *)(const void *)(yb->qs + 32 * j);
-                    s0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), W[0], _mm512_set1_epi32(a[0]));
-                    UNROLL
-                    for (int g = 1; g < 8; g++) s0 = _mm512_dpbusd_epi32(s0, W[g], _mm512_set1_epi32(a[g]));
-                } else {
-                    /* few tokens: two chains per token halve the latency;
-                     * here the copy to a local measured faster than
-                     * broadcasts from memory (decode is one token) */
-                    int32_t a[8];
-                    memcpy(a, yb->qs + 32 * j, 32);
-                    s0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), W[0], _mm512_set1_epi32(a[0]));
-                    __m512i s1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), W[1], _mm512_set1_epi32(a[1]));
-                    UNROLL
-                    for (int g = 2; g < 8; g += 2) {
-                        s0 = _mm512_dpbusd_epi32(s0, W[g], _mm512_set1_epi32(a[g]));
-                        s1 = _mm512_dpbusd_epi32(s1, W[g + 1], _mm512_set1_epi32(a[g + 1]));
-                    }
-                    s0 = _mm512_add_epi32(s0, s1);
-                }
-                f[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s0), fs, f[t]);
-            }
-        }
-        UNROLL
-        for (int t = 0; t < T; t++) {
-            const cm_block_q8_K *yb = (const cm_block_q8_K *)(act + (size_t)t * arb) + i;
-            acc[t] = _mm512_fmadd_ps(f[t], _mm512_set1_ps(yb->d), acc[t]);
-        }
-    }
-    UNROLL
-    for (int t = 0; t < T; t++) _mm512_storeu_ps(y + t * ys, acc[t]);
-}
-
+/* after the q5_K layout below: one kernel serves both formats */
 static void q4_K_matmul(const void *w, int64_t n_cols, int64_t r0, int64_t r1, const void *act, size_t arb,
-                        int64_t n_tokens, float *y, int64_t ys) {
-    const int64_t nb = n_cols / CM_QK_K;
-    const size_t group_bytes = (size_t)nb * K4_TILE;
-    const int64_t chunk = token_chunk(arb);
-    for (int64_t c0 = 0; c0 < n_tokens; c0 += chunk) {
-        const int64_t c1 = c0 + chunk < n_tokens ? c0 + chunk : n_tokens;
-        for (int64_t r = r0; r < r1; r += RR) {
-            const uint8_t *wg = (const uint8_t *)w + (size_t)(r / RR) * group_bytes;
-            for (int64_t t = c0; t < c1; t += 8) {
-                const uint8_t *a = (const uint8_t *)act + (size_t)t * arb;
-                float *yt = y + t * ys + r;
-                switch (c1 - t >= 8 ? 8 : (int)(c1 - t)) {
-                case 8: q4_K_group(wg, nb, a, arb, 8, yt, ys); break;
-                case 7: q4_K_group(wg, nb, a, arb, 7, yt, ys); break;
-                case 6: q4_K_group(wg, nb, a, arb, 6, yt, ys); break;
-                case 5: q4_K_group(wg, nb, a, arb, 5, yt, ys); break;
-                case 4: q4_K_group(wg, nb, a, arb, 4, yt, ys); break;
-                case 3: q4_K_group(wg, nb, a, arb, 3, yt, ys); break;
-                case 2: q4_K_group(wg, nb, a, arb, 2, yt, ys); break;
-                default: q4_K_group(wg, nb, a, arb, 1, yt, ys); break;
-                }
-            }
-        }
-    }
-}
+                        int64_t n_tokens, float *y, int64_t ys);
 
 static const cm_repack_ops q4_K_ops = {
     .type = CM_TYPE_Q4_K_R16,
@@ -542,22 +434,26 @@ static void q5_K_unpack_row(const void *w, int64_t n_cols, int64_t row, void *ds
     }
 }
 
-static ALWAYS_INLINE void q5_K_group(const uint8_t *wg, int64_t nb, const uint8_t *act, size_t arb, const int T,
-                                     float *y, int64_t ys) {
-    const __m512i m4 = _mm512_set1_epi8(0x0f);
+/* Rows of one 16-row group (tiles at `wg`) against T tokens, for q4_K
+ * (q5 == 0) or q5_K (q5 == 1: the same tile plus the 5th-bit planes). */
+static ALWAYS_INLINE void k45_group(const int q5, const uint8_t *wg, int64_t nb, const uint8_t *act, size_t arb,
+                                    const int T, float *y, int64_t ys) {
     const __m512i m10 = _mm512_set1_epi8(0x10);
+    const __m512i m4 = _mm512_set1_epi8(0x0f);
     __m512 acc[8];
     UNROLL
     for (int t = 0; t < T; t++) acc[t] = _mm512_setzero_ps();
     for (int64_t i = 0; i < nb; i++) {
-        const uint8_t *tl = wg + i * K5_TILE;
-        const __m512 dv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(tl + K5_D)));
-        const __m512 dmv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(tl + K5_DMIN)));
+        const uint8_t *tl = wg + i * (q5 ? K5_TILE : K4_TILE);
+        const __m512 dv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(tl + (q5 ? K5_D : K4_D))));
+        const __m512 dmv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(tl + (q5 ? K5_DMIN : K4_DMIN))));
+        const __m512 dv16 = _mm512_mul_ps(dv, _mm512_set1_ps(1.0f / 16.0f));
+        /* min term first: acc -= dmin * dy * sum_j mn[j] * bsum32[j] */
         {
             __m512i mnv[4];
             UNROLL
             for (int k = 0; k < 4; k++)
-                mnv[k] = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(tl + K5_MN + 32 * k)));
+                mnv[k] = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(tl + (q5 ? K5_MN : K4_MN) + 32 * k)));
             UNROLL
             for (int t = 0; t < T; t++) {
                 const cm_block_q8_K *yb = (const cm_block_q8_K *)(act + (size_t)t * arb) + i;
@@ -570,23 +466,30 @@ static ALWAYS_INLINE void q5_K_group(const uint8_t *wg, int64_t nb, const uint8_
                 acc[t] = _mm512_fnmadd_ps(_mm512_mul_ps(dmv, _mm512_set1_ps(yb->d)), _mm512_cvtepi32_ps(m), acc[t]);
             }
         }
+        /* per token, sum of d * sc[j] * dot(sub-block j) for this super-block */
         __m512 f[8];
         UNROLL
         for (int t = 0; t < T; t++) f[t] = _mm512_setzero_ps();
         UNROLL
         for (int j = 0; j < 8; j++) {
-            /* sub-block j: the low (j even) or high nibbles of pair j / 2,
-             * 5th bit = bit j of qh */
+            /* sub-block j: the low (j even) or high nibbles of pair j / 2 */
             const int p = j / 2;
             const __m512 fs = _mm512_mul_ps(
-                dv, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(tl + K5_SC + j * RR)))));
+                (j % 2 && !q5) ? dv16 : dv,
+                _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(tl + (q5 ? K5_SC : K4_SC) + j * RR)))));
             __m512i W[8];
             UNROLL
             for (int g = 0; g < 8; g++) {
-                const __m512i x = _mm512_loadu_si512((const void *)(tl + K5_QS + (p * 8 + g) * 64));
-                const __m512i qh = _mm512_loadu_si512((const void *)(tl + K5_QH + g * 64));
-                const __m512i hb = j <= 4 ? _mm512_slli_epi16(qh, 4 - j) : _mm512_srli_epi16(qh, j - 4);
-                W[g] = k6_merge(j % 2 ? _mm512_srli_epi16(x, 4) : x, _mm512_and_si512(hb, m10), m4);
+                const __m512i x = _mm512_loadu_si512((const void *)(tl + (q5 ? K5_QS : K4_QS) + (p * 8 + g) * 64));
+                if (q5) {
+                    /* 5th bit = bit j of qh, moved to bit 4 */
+                    const __m512i qh = _mm512_loadu_si512((const void *)(tl + K5_QH + g * 64));
+                    const __m512i hb = j <= 4 ? _mm512_slli_epi16(qh, 4 - j) : _mm512_srli_epi16(qh, j - 4);
+                    W[g] = k6_merge(j % 2 ? _mm512_srli_epi16(x, 4) : x, _mm512_and_si512(hb, m10), m4);
+                } else {
+                    /* high nibbles in place: 16 x the nibble, the 1/16 is in dv16 */
+                    W[g] = j % 2 ? _mm512_andnot_si512(m4, x) : _mm512_and_si512(x, m4);
+                }
             }
             UNROLL
             for (int t = 0; t < T; t++) {
@@ -626,10 +529,10 @@ static ALWAYS_INLINE void q5_K_group(const uint8_t *wg, int64_t nb, const uint8_
     for (int t = 0; t < T; t++) _mm512_storeu_ps(y + t * ys, acc[t]);
 }
 
-static void q5_K_matmul(const void *w, int64_t n_cols, int64_t r0, int64_t r1, const void *act, size_t arb,
-                        int64_t n_tokens, float *y, int64_t ys) {
+static ALWAYS_INLINE void k45_matmul(const int q5, const void *w, int64_t n_cols, int64_t r0, int64_t r1,
+                                     const void *act, size_t arb, int64_t n_tokens, float *y, int64_t ys) {
     const int64_t nb = n_cols / CM_QK_K;
-    const size_t group_bytes = (size_t)nb * K5_TILE;
+    const size_t group_bytes = (size_t)nb * (q5 ? K5_TILE : K4_TILE);
     const int64_t chunk = token_chunk(arb);
     for (int64_t c0 = 0; c0 < n_tokens; c0 += chunk) {
         const int64_t c1 = c0 + chunk < n_tokens ? c0 + chunk : n_tokens;
@@ -639,18 +542,28 @@ static void q5_K_matmul(const void *w, int64_t n_cols, int64_t r0, int64_t r1, c
                 const uint8_t *a = (const uint8_t *)act + (size_t)t * arb;
                 float *yt = y + t * ys + r;
                 switch (c1 - t >= 8 ? 8 : (int)(c1 - t)) {
-                case 8: q5_K_group(wg, nb, a, arb, 8, yt, ys); break;
-                case 7: q5_K_group(wg, nb, a, arb, 7, yt, ys); break;
-                case 6: q5_K_group(wg, nb, a, arb, 6, yt, ys); break;
-                case 5: q5_K_group(wg, nb, a, arb, 5, yt, ys); break;
-                case 4: q5_K_group(wg, nb, a, arb, 4, yt, ys); break;
-                case 3: q5_K_group(wg, nb, a, arb, 3, yt, ys); break;
-                case 2: q5_K_group(wg, nb, a, arb, 2, yt, ys); break;
-                default: q5_K_group(wg, nb, a, arb, 1, yt, ys); break;
+                case 8: k45_group(q5, wg, nb, a, arb, 8, yt, ys); break;
+                case 7: k45_group(q5, wg, nb, a, arb, 7, yt, ys); break;
+                case 6: k45_group(q5, wg, nb, a, arb, 6, yt, ys); break;
+                case 5: k45_group(q5, wg, nb, a, arb, 5, yt, ys); break;
+                case 4: k45_group(q5, wg, nb, a, arb, 4, yt, ys); break;
+                case 3: k45_group(q5, wg, nb, a, arb, 3, yt, ys); break;
+                case 2: k45_group(q5, wg, nb, a, arb, 2, yt, ys); break;
+                default: k45_group(q5, wg, nb, a, arb, 1, yt, ys); break;
                 }
             }
         }
     }
+}
+
+static void q4_K_matmul(const void *w, int64_t n_cols, int64_t r0, int64_t r1, const void *act, size_t arb,
+                        int64_t n_tokens, float *y, int64_t ys) {
+    k45_matmul(0, w, n_cols, r0, r1, act, arb, n_tokens, y, ys);
+}
+
+static void q5_K_matmul(const void *w, int64_t n_cols, int64_t r0, int64_t r1, const void *act, size_t arb,
+                        int64_t n_tokens, float *y, int64_t ys) {
+    k45_matmul(1, w, n_cols, r0, r1, act, arb, n_tokens, y, ys);
 }
 
 static const cm_repack_ops q5_K_ops = {
