@@ -68,6 +68,7 @@ struct cm_server {
     double t_start;
     long long created;
     atomic_bool draining;
+    atomic_int n_responding; /* requests whose response is not fully sent yet */
     pthread_mutex_t rng_mu;
     cm_rng rng;
 };
@@ -599,6 +600,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         cn = calloc(1, sizeof *cn);
         if (!cn) return MHD_NO;
         *con_cls = cn;
+        atomic_fetch_add(&s->n_responding, 1);
         if (!is_post) {
             if (!strcmp(method, "GET") || !strcmp(method, "HEAD")) return handle_get(s, c, url);
             if (!strcmp(method, "OPTIONS")) {
@@ -653,6 +655,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode toe) {
     struct conn *cn = *con_cls;
     if (!cn) return;
+    atomic_fetch_sub(&((cm_server *)cls)->n_responding, 1);
     cm_sbuf_free(&cn->body);
     free(cn);
     *con_cls = NULL;
@@ -779,9 +782,16 @@ void cm_server_stop(cm_server *s) {
      * open keep-alive connections are still served (with 503 for new work). */
     MHD_socket ls = MHD_quiesce_daemon(s->d);
     if (ls != MHD_INVALID_SOCKET) close(ls);
+    const double t0 = cm_now_s();
     cm_sched_drain(s->sched, s->p.grace_s);
-    /* Every request is now done; streams end and handlers return, so the
-     * connection threads can be joined. */
+    /* Every request is now done in the scheduler, but a response's last
+     * bytes (a stream's finish chunk and [DONE]) may still be on their way
+     * to the client: wait for MHD to report each one complete, within what
+     * is left of the grace period, before connections are closed. */
+    while (atomic_load(&s->n_responding) > 0 && cm_now_s() - t0 < s->p.grace_s) {
+        struct timespec ts = {0, 2000000};
+        nanosleep(&ts, NULL);
+    }
     MHD_stop_daemon(s->d);
     server_free(s);
 }
