@@ -106,48 +106,62 @@ static size_t q4_K_bytes(int64_t n_rows, int64_t n_cols) {
     return (size_t)(n_rows / RR) * (size_t)(n_cols / CM_QK_K) * K4_TILE;
 }
 
+/* Row r's part of one q4_K / q5_K tile from the file block's fields, and
+ * back: d and dmin, unpacked scales and mins, the 5th-bit planes (q5_K:
+ * qh != NULL, at K5_QH) and the quants at qs_at. The two layouts share
+ * every offset but the quants'. */
+static void k45_put(uint8_t *out, int r, const cm_f16 *d, const cm_f16 *dmin, const uint8_t scales[12],
+                    const uint8_t *qh, const uint8_t *qs, size_t qs_at) {
+    uint8_t sc[8], mn[8];
+    k4_scales_get(scales, sc, mn);
+    memcpy(out + K4_D + 2 * r, d, 2);
+    memcpy(out + K4_DMIN + 2 * r, dmin, 2);
+    for (int j = 0; j < 8; j++) out[K4_SC + j * RR + r] = sc[j];
+    for (int k = 0; k < 4; k++) {
+        out[K4_MN + k * 2 * RR + 2 * r] = mn[2 * k];
+        out[K4_MN + k * 2 * RR + 2 * r + 1] = mn[2 * k + 1];
+    }
+    if (qh)
+        for (int g = 0; g < 8; g++) memcpy(out + K4_MN + 8 * RR + (g * RR + r) * 4, qh + 4 * g, 4);
+    for (int p = 0; p < 4; p++)
+        for (int g = 0; g < 8; g++) memcpy(out + qs_at + ((p * 8 + g) * RR + r) * 4, qs + 32 * p + 4 * g, 4);
+}
+
+static void k45_get(const uint8_t *t, int r, cm_f16 *d, cm_f16 *dmin, uint8_t scales[12], uint8_t *qh, uint8_t *qs,
+                    size_t qs_at) {
+    uint8_t sc[8], mn[8];
+    memcpy(d, t + K4_D + 2 * r, 2);
+    memcpy(dmin, t + K4_DMIN + 2 * r, 2);
+    for (int j = 0; j < 8; j++) sc[j] = t[K4_SC + j * RR + r];
+    for (int k = 0; k < 4; k++) {
+        mn[2 * k] = t[K4_MN + k * 2 * RR + 2 * r];
+        mn[2 * k + 1] = t[K4_MN + k * 2 * RR + 2 * r + 1];
+    }
+    k4_scales_put(sc, mn, scales);
+    if (qh)
+        for (int g = 0; g < 8; g++) memcpy(qh + 4 * g, t + K4_MN + 8 * RR + (g * RR + r) * 4, 4);
+    for (int p = 0; p < 4; p++)
+        for (int g = 0; g < 8; g++) memcpy(qs + 32 * p + 4 * g, t + qs_at + ((p * 8 + g) * RR + r) * 4, 4);
+}
+
 static void q4_K_pack(const void *src, size_t src_row_bytes, int64_t n_rows, int64_t n_cols, void *dst) {
     const int64_t nb = n_cols / CM_QK_K;
     uint8_t *out = dst;
-    for (int64_t g0 = 0; g0 + RR <= n_rows; g0 += RR) {
-        for (int64_t i = 0; i < nb; i++, out += K4_TILE) {
+    for (int64_t g0 = 0; g0 + RR <= n_rows; g0 += RR)
+        for (int64_t i = 0; i < nb; i++, out += K4_TILE)
             for (int r = 0; r < RR; r++) {
                 const cm_block_q4_K *b =
                     (const cm_block_q4_K *)((const uint8_t *)src + (size_t)(g0 + r) * src_row_bytes) + i;
-                uint8_t sc[8], mn[8];
-                k4_scales_get(b->scales, sc, mn);
-                memcpy(out + K4_D + 2 * r, &b->d, 2);
-                memcpy(out + K4_DMIN + 2 * r, &b->dmin, 2);
-                for (int j = 0; j < 8; j++) out[K4_SC + j * RR + r] = sc[j];
-                for (int k = 0; k < 4; k++) {
-                    out[K4_MN + k * 2 * RR + 2 * r] = mn[2 * k];
-                    out[K4_MN + k * 2 * RR + 2 * r + 1] = mn[2 * k + 1];
-                }
-                for (int p = 0; p < 4; p++)
-                    for (int g = 0; g < 8; g++) memcpy(out + K4_QS + ((p * 8 + g) * RR + r) * 4, b->qs + 32 * p + 4 * g, 4);
+                k45_put(out, r, &b->d, &b->dmin, b->scales, NULL, b->qs, K4_QS);
             }
-        }
-    }
 }
 
 static void q4_K_unpack_row(const void *w, int64_t n_cols, int64_t row, void *dst_row) {
     const int64_t nb = n_cols / CM_QK_K;
     const uint8_t *t = (const uint8_t *)w + (size_t)(row / RR) * (size_t)nb * K4_TILE;
-    const int r = (int)(row % RR);
     cm_block_q4_K *b = dst_row;
-    for (int64_t i = 0; i < nb; i++, t += K4_TILE, b++) {
-        uint8_t sc[8], mn[8];
-        memcpy(&b->d, t + K4_D + 2 * r, 2);
-        memcpy(&b->dmin, t + K4_DMIN + 2 * r, 2);
-        for (int j = 0; j < 8; j++) sc[j] = t[K4_SC + j * RR + r];
-        for (int k = 0; k < 4; k++) {
-            mn[2 * k] = t[K4_MN + k * 2 * RR + 2 * r];
-            mn[2 * k + 1] = t[K4_MN + k * 2 * RR + 2 * r + 1];
-        }
-        k4_scales_put(sc, mn, b->scales);
-        for (int p = 0; p < 4; p++)
-            for (int g = 0; g < 8; g++) memcpy(b->qs + 32 * p + 4 * g, t + K4_QS + ((p * 8 + g) * RR + r) * 4, 4);
-    }
+    for (int64_t i = 0; i < nb; i++, t += K4_TILE, b++)
+        k45_get(t, (int)(row % RR), &b->d, &b->dmin, b->scales, NULL, b->qs, K4_QS);
 }
 
 /* (bsums[4k] + bsums[4k+1]) | (bsums[4k+2] + bsums[4k+3]) << 16 for k < 4:
@@ -383,6 +397,8 @@ static const cm_repack_ops q6_K_ops = {
 #define K5_QS (K5_QH + 32 * RR)
 #define K5_TILE (K5_QS + 128 * RR)
 static_assert(K5_TILE == 2880, "q5_K tile layout");
+static_assert(K5_D == K4_D && K5_DMIN == K4_DMIN && K5_SC == K4_SC && K5_MN == K4_MN && K5_QH == K4_MN + 8 * RR,
+              "q4_K and q5_K tiles share every offset but the quants' (k45_put, k45_get)");
 
 static size_t q5_K_bytes(int64_t n_rows, int64_t n_cols) {
     return (size_t)(n_rows / RR) * (size_t)(n_cols / CM_QK_K) * K5_TILE;
@@ -391,47 +407,21 @@ static size_t q5_K_bytes(int64_t n_rows, int64_t n_cols) {
 static void q5_K_pack(const void *src, size_t src_row_bytes, int64_t n_rows, int64_t n_cols, void *dst) {
     const int64_t nb = n_cols / CM_QK_K;
     uint8_t *out = dst;
-    for (int64_t g0 = 0; g0 + RR <= n_rows; g0 += RR) {
-        for (int64_t i = 0; i < nb; i++, out += K5_TILE) {
+    for (int64_t g0 = 0; g0 + RR <= n_rows; g0 += RR)
+        for (int64_t i = 0; i < nb; i++, out += K5_TILE)
             for (int r = 0; r < RR; r++) {
                 const cm_block_q5_K *b =
                     (const cm_block_q5_K *)((const uint8_t *)src + (size_t)(g0 + r) * src_row_bytes) + i;
-                uint8_t sc[8], mn[8];
-                k4_scales_get(b->scales, sc, mn);
-                memcpy(out + K5_D + 2 * r, &b->d, 2);
-                memcpy(out + K5_DMIN + 2 * r, &b->dmin, 2);
-                for (int j = 0; j < 8; j++) out[K5_SC + j * RR + r] = sc[j];
-                for (int k = 0; k < 4; k++) {
-                    out[K5_MN + k * 2 * RR + 2 * r] = mn[2 * k];
-                    out[K5_MN + k * 2 * RR + 2 * r + 1] = mn[2 * k + 1];
-                }
-                for (int g = 0; g < 8; g++) memcpy(out + K5_QH + (g * RR + r) * 4, b->qh + 4 * g, 4);
-                for (int p = 0; p < 4; p++)
-                    for (int g = 0; g < 8; g++) memcpy(out + K5_QS + ((p * 8 + g) * RR + r) * 4, b->qs + 32 * p + 4 * g, 4);
+                k45_put(out, r, &b->d, &b->dmin, b->scales, b->qh, b->qs, K5_QS);
             }
-        }
-    }
 }
 
 static void q5_K_unpack_row(const void *w, int64_t n_cols, int64_t row, void *dst_row) {
     const int64_t nb = n_cols / CM_QK_K;
     const uint8_t *t = (const uint8_t *)w + (size_t)(row / RR) * (size_t)nb * K5_TILE;
-    const int r = (int)(row % RR);
     cm_block_q5_K *b = dst_row;
-    for (int64_t i = 0; i < nb; i++, t += K5_TILE, b++) {
-        uint8_t sc[8], mn[8];
-        memcpy(&b->d, t + K5_D + 2 * r, 2);
-        memcpy(&b->dmin, t + K5_DMIN + 2 * r, 2);
-        for (int j = 0; j < 8; j++) sc[j] = t[K5_SC + j * RR + r];
-        for (int k = 0; k < 4; k++) {
-            mn[2 * k] = t[K5_MN + k * 2 * RR + 2 * r];
-            mn[2 * k + 1] = t[K5_MN + k * 2 * RR + 2 * r + 1];
-        }
-        k4_scales_put(sc, mn, b->scales);
-        for (int g = 0; g < 8; g++) memcpy(b->qh + 4 * g, t + K5_QH + (g * RR + r) * 4, 4);
-        for (int p = 0; p < 4; p++)
-            for (int g = 0; g < 8; g++) memcpy(b->qs + 32 * p + 4 * g, t + K5_QS + ((p * 8 + g) * RR + r) * 4, 4);
-    }
+    for (int64_t i = 0; i < nb; i++, t += K5_TILE, b++)
+        k45_get(t, (int)(row % RR), &b->d, &b->dmin, b->scales, b->qh, b->qs, K5_QS);
 }
 
 /* Rows of one 16-row group (tiles at `wg`) against T tokens, for q4_K
