@@ -401,7 +401,7 @@ int cmd_bench(int argc, char **argv) {
     for (int i = 0; i < o.n_depth; i++)
         if (o.depth[i] > max_d) max_d = o.depth[i];
     if (max_d > (1 << 24) - n_test) {
-        rc = cm_errorf(CM_EINVAL, "depth %d plus a test of %d tokens is too long a context", max_d, n_test);
+        rc = cm_errorf(CM_EINVAL, "depth %d plus a test of %d tokens is too long a context (use a smaller -d, -p or -n)", max_d, n_test);
         goto fail;
     }
     const int n_ctx = max_d + n_test;

@@ -484,7 +484,7 @@ static int engine_write_rep(cm_xfer *x, int peer, cm_xfer_mr *msrc, const cm_xfe
         }
         cm_xfer_completion c[64];
         int got = cm_xfer_cq_poll(cq, c, 64, 10000);
-        if (got <= 0) return got < 0 ? got : cm_errorf(CM_ETIMEDOUT, "no write completion in 10 s");
+        if (got <= 0) return got < 0 ? got : cm_errorf(CM_ETIMEDOUT, "no write completion in 10 s (is the --serve side still running?)");
         for (int i = 0; i < got; i++) {
             if (c[i].status) return c[i].status;
             done++;
@@ -503,7 +503,7 @@ static int engine_write_rep(cm_xfer *x, int peer, cm_xfer_mr *msrc, const cm_xfe
 static int raw_stream_rep(const char *host, int port, const char *buf, size_t bufsz, size_t total, double *gbit,
                           cpu_mark *cpu) {
     int fd = raw_dial(host, port);
-    if (fd < 0) return cm_errorf(CM_ECONN, "baseline: cannot connect to %s:%d", host, port);
+    if (fd < 0) return cm_errorf(CM_ECONN, "baseline: cannot connect to %s:%d (--baseline needs the server's PORT+1 reachable too)", host, port);
     char c32[64]; /* the command is the first RAW_CMD_BYTES: at most 2+13+1+10 digits here */
     snprintf(c32, sizeof c32, "S %-14zu %-14zu", total, bufsz);
     cpu_mark c0 = cpu_now();
@@ -695,7 +695,7 @@ static int run_client(const bench_opts *o) {
             fd = raw_dial(host, port + 1);
             snprintf(c32, sizeof c32, "P %-29d", warm + n);
             if (fd < 0 || full_io(fd, c32, RAW_CMD_BYTES, 1))
-                rc = cm_errorf(CM_ECONN, "baseline ping-pong: cannot connect to %s:%d", host, port + 1);
+                rc = cm_errorf(CM_ECONN, "baseline ping-pong: cannot connect to %s:%d (--baseline needs the server's PORT+1 reachable too)", host, port + 1);
         }
         /* i counts engine round trips, ri raw ones, warm-ups included */
         for (int i = 0, ri = 0; !rc && (i < warm + n || (fd >= 0 && ri < warm + n));) {
