@@ -5,9 +5,9 @@
  *   Every link of a peer is a pair: an authenticated TCP side channel and a
  *   reliable-datagram endpoint (FI_EP_RDM) of its own, with its own
  *   completion queue and a one-entry address vector holding the remote
- *   endpoint. The side channel runs the cell-key challenge-response of
- *   wire.h (the same HELLO/PROOF exchange as the tcp backend) before
- *   anything else; only then do the two sides create their endpoints, swap
+ *   endpoint. The side channel (sidechan.c, shared with the verbs backend)
+ *   runs the cell-key challenge-response of wire.h (the same HELLO/PROOF
+ *   exchange as the tcp backend) before anything else; only then do the two sides create their endpoints, swap
  *   endpoint addresses (fi_getname) over it, and insert each other. After
  *   that the side channel carries only heartbeats, and its EOF tells at once
  *   that the peer process died.
@@ -61,10 +61,8 @@
 #ifdef CM_HAVE_FABRIC
 #include <arpa/inet.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
 #include <sched.h>
@@ -88,6 +86,7 @@
 #include "xfer/backend.h"
 #include "xfer/sock.h"
 #include "xfer/fabric_proto.h"
+#include "xfer/sidechan.h"
 #include "xfer/wire.h"
 
 #define MAX_PEERS 256
@@ -195,6 +194,7 @@ typedef struct fab_backend {
     int listen_fd;
     char listen_addr[96];
     int wake[2];
+    cm_sidechan side;     /* how links are dialed, accepted and authenticated */
     fpeer peers[MAX_PEERS];
     flink *graveyard;
 } fab_backend;
@@ -205,81 +205,6 @@ static void peer_fail(fab_backend *b, int pid, int status, const char *why);
 
 static int fi_err(int status, const char *what, ssize_t ret) {
     return cm_errorf(status, "fabric: %s: %s", what, fi_strerror((int)-ret));
-}
-
-/* ---- side channel (plain sockets, deadlines) ---- */
-
-static int io_full(int fd, uint8_t *p, size_t n, int writing, uint64_t deadline) {
-    size_t done = 0;
-    while (done < n) {
-        ssize_t r = writing ? send(fd, p + done, n - done, MSG_DONTWAIT | MSG_NOSIGNAL)
-                            : recv(fd, p + done, n - done, MSG_DONTWAIT);
-        if (r > 0) {
-            done += (size_t)r;
-            continue;
-        }
-        if (r == 0) return cm_errorf(CM_ECONN, "connection closed by the peer during setup");
-        if (errno == EINTR) continue;
-        if (errno != EAGAIN && errno != EWOULDBLOCK) return cm_errorf(CM_ECONN, "%s", strerror(errno));
-        uint64_t now = cm_now_ns();
-        if (now >= deadline) return cm_errorf(CM_ETIMEDOUT, "connection setup timed out");
-        struct pollfd pf = {fd, writing ? POLLOUT : POLLIN, 0};
-        poll(&pf, 1, (int)((deadline - now) / 1000000ull) + 1);
-    }
-    return CM_OK;
-}
-
-/* The mutual challenge-response of wire.h on a fresh socket; role 1 dials,
- * role 2 accepts. On success *remote is the other side's hello. */
-static int authenticate(fab_backend *b, int fd, int role, int link, int n_links, uint64_t deadline,
-                        const char *addr, cm_wire_hello *remote) {
-    uint8_t mine[CM_WIRE_HELLO_BYTES], theirs[CM_WIRE_HELLO_BYTES], proof[CM_WIRE_PROOF_BYTES];
-    uint8_t mac[CM_WIRE_MAC_BYTES];
-    int rc;
-    cm_wire_hello me = {.role = role, .link = link, .sock = 0, .n_links = n_links, .n_socks = 1,
-                        .instance = cm_xfer_core_instance(b->x)};
-    randombytes_buf(me.nonce, sizeof me.nonce);
-    snprintf(me.name, sizeof me.name, "%s", cm_xfer_core_name(b->x));
-    if (role == 1) {
-        cm_wire_hello_encode(&me, mine);
-        if ((rc = io_full(fd, mine, sizeof mine, 1, deadline))) return rc;
-        if ((rc = io_full(fd, theirs, sizeof theirs, 0, deadline))) return rc;
-        if ((rc = cm_wire_hello_decode(theirs, remote))) return rc;
-        if (remote->role != 2 || remote->link != link)
-            return cm_errorf(CM_EFORMAT, "%s: unexpected hello from the peer", addr);
-        cm_wire_auth_mac(&b->cfg->key, 1, mine, theirs, mac);
-        cm_wire_proof_encode(0, mac, proof);
-        if ((rc = io_full(fd, proof, sizeof proof, 1, deadline))) return rc;
-        if ((rc = io_full(fd, proof, sizeof proof, 0, deadline)))
-            return rc == CM_ECONN ? cm_errorf(CM_EAUTH, "%s closed the connection during authentication", addr) : rc;
-        int verdict;
-        if ((rc = cm_wire_proof_decode(proof, &verdict, mac))) return rc;
-        if (verdict) return cm_errorf(CM_EAUTH, "%s refused our cell key (does it use the same --key-file?)", addr);
-        if (cm_wire_auth_verify(&b->cfg->key, 2, mine, theirs, mac))
-            return cm_errorf(CM_EAUTH, "%s does not hold our cell key", addr);
-        return CM_OK;
-    }
-    if ((rc = io_full(fd, theirs, sizeof theirs, 0, deadline))) return rc;
-    if ((rc = cm_wire_hello_decode(theirs, remote))) return rc;
-    if (remote->role != 1 || remote->n_socks != 1)
-        return cm_errorf(CM_EFORMAT, "%s: not a fabric client hello", addr);
-    me.link = remote->link;
-    me.n_links = remote->n_links;
-    cm_wire_hello_encode(&me, mine);
-    if ((rc = io_full(fd, mine, sizeof mine, 1, deadline))) return rc;
-    if ((rc = io_full(fd, proof, sizeof proof, 0, deadline))) return rc;
-    int verdict;
-    if ((rc = cm_wire_proof_decode(proof, &verdict, mac)) || verdict)
-        return rc ? rc : cm_errorf(CM_EFORMAT, "%s: bad proof", addr);
-    if (cm_wire_auth_verify(&b->cfg->key, 1, theirs, mine, mac)) {
-        cm_wire_proof_encode(1, NULL, proof);
-        io_full(fd, proof, sizeof proof, 1, deadline);
-        CM_LOGW("xfer: fabric connection from %s (%s) refused: it does not hold our cell key", addr, remote->name);
-        return cm_errorf(CM_EAUTH, "%s does not hold our cell key", addr);
-    }
-    cm_wire_auth_mac(&b->cfg->key, 2, theirs, mine, mac);
-    cm_wire_proof_encode(0, mac, proof);
-    return io_full(fd, proof, sizeof proof, 1, deadline);
 }
 
 /* ---- ops ---- */
@@ -493,8 +418,7 @@ static int link_exchange(fab_backend *b, flink *l, uint64_t deadline) {
     int r = fi_getname(&l->ep->fid, name, &len);
     if (r) return fi_err(CM_EIO, "fi_getname", r);
     cm_fabric_addr_encode(name, len, mine);
-    int rc = io_full(l->fd, mine, sizeof mine, 1, deadline);
-    if (!rc) rc = io_full(l->fd, theirs, sizeof theirs, 0, deadline);
+    int rc = cm_sidechan_swap(l->fd, mine, theirs, sizeof mine, deadline);
     if (rc) return rc;
     size_t rlen;
     if ((rc = cm_fabric_addr_decode(theirs, name, &rlen))) return rc;
@@ -675,14 +599,14 @@ static int link_drain(fab_backend *b, flink *l) {
 static void link_side_read(fab_backend *b, flink *l) {
     uint8_t buf[64];
     for (;;) {
-        ssize_t n = recv(l->fd, buf, sizeof buf, MSG_DONTWAIT);
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
-        if (n <= 0) {
-            link_fail(b, l, CM_EPEER, n == 0 ? "side channel closed by the peer" : strerror(errno));
+        size_t n;
+        int rc = cm_sidechan_read(l->fd, buf, sizeof buf, &n);
+        if (rc) {
+            link_fail(b, l, rc, cm_last_error(rc));
             return;
         }
-        for (ssize_t i = 0; i < n; i++) {
+        if (!n) return;
+        for (size_t i = 0; i < n; i++) {
             if (buf[i] == CM_FABRIC_SIDE_BYE) {
                 link_fail(b, l, CM_EPEER, "peer closed the connection");
                 return;
@@ -699,7 +623,6 @@ static void link_side_read(fab_backend *b, flink *l) {
 /* ---- progress thread ---- */
 
 static void tick(fab_backend *b, uint64_t now) {
-    const uint64_t timeout_ns = (uint64_t)b->cfg->peer_timeout_ms * 1000000ull;
     const uint64_t hb_ns = (uint64_t)b->cfg->heartbeat_ms * 1000000ull;
     for (int i = 0; i < MAX_PEERS; i++) {
         fpeer *p = &b->peers[i];
@@ -707,20 +630,16 @@ static void tick(fab_backend *b, uint64_t now) {
         for (int k = 0; k < CM_XFER_MAX_LINKS && p->active; k++) {
             flink *l = p->links[k];
             if (!l || l->state != L_READY) continue;
-            if (now - l->last_rx_ns > timeout_ns) {
-                char why[128];
-                snprintf(why, sizeof why, "nothing received for %d ms (peer dead or link cut)", b->cfg->peer_timeout_ms);
-                link_fail(b, l, CM_ETIMEDOUT, why);
-                break;
-            }
-            if (now - l->last_tx_ns >= hb_ns) {
+            int rc = cm_sidechan_check_silence(now, l->last_rx_ns, b->cfg->peer_timeout_ms);
+            if (!rc && now - l->last_tx_ns >= hb_ns) {
                 uint8_t hb = CM_FABRIC_SIDE_HEARTBEAT;
-                ssize_t w = send(l->fd, &hb, 1, MSG_DONTWAIT | MSG_NOSIGNAL);
-                if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
-                    link_fail(b, l, CM_EPEER, strerror(errno));
-                    break;
-                }
-                l->last_tx_ns = now;
+                size_t sent;
+                rc = cm_sidechan_post(l->fd, &hb, 1, &sent);
+                l->last_tx_ns = now; /* a full socket buffer is no failure: the next tick tries again */
+            }
+            if (rc) {
+                link_fail(b, l, rc, cm_last_error(rc));
+                break;
             }
         }
     }
@@ -825,60 +744,10 @@ static int link_attach(fab_backend *b, int pid, flink *l, const cm_wire_hello *r
     return CM_OK;
 }
 
-static void *accept_main(void *arg) {
-    fab_backend *b = arg;
-    while (!b->stop) {
-        struct pollfd pf = {b->listen_fd, POLLIN, 0};
-        if (poll(&pf, 1, 50) <= 0) continue;
-        struct sockaddr_storage ss;
-        socklen_t sl = sizeof ss;
-        int fd = accept(b->listen_fd, (struct sockaddr *)&ss, &sl);
-        if (fd < 0) continue;
-        char addr[64];
-        cm_sock_addr_string((struct sockaddr *)&ss, addr, sizeof addr);
-        fcntl(fd, F_SETFD, FD_CLOEXEC);
-        cm_sock_set_nonblock(fd);
-        int one = 1;
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        uint64_t deadline = cm_now_ns() + (uint64_t)b->cfg->peer_timeout_ms * 1000000ull;
-        cm_wire_hello r;
-        int rc = authenticate(b, fd, 2, 0, 0, deadline, addr, &r);
-        if (rc) {
-            if (rc != CM_EAUTH) CM_LOGW("xfer: fabric connection from %s dropped: %s", addr, cm_last_error(rc));
-            close(fd);
-            continue;
-        }
-        flink *l = link_new(b, fd, addr);
-        struct sockaddr_storage loc;
-        socklen_t ll = sizeof loc;
-        getsockname(fd, (struct sockaddr *)&loc, &ll);
-        rc = l ? link_open(b, l, (struct sockaddr *)&loc) : CM_ENOMEM;
-        if (!rc) rc = link_exchange(b, l, deadline);
-        int pid = -1;
-        if (!rc) rc = cm_xfer_core_peer_lookup(b->x, r.name, r.instance, &pid);
-        if (!rc) {
-            pthread_mutex_lock(&b->mu);
-            rc = link_attach(b, pid, l, &r, 0);
-            pthread_mutex_unlock(&b->mu);
-        }
-        if (rc) {
-            CM_LOGW("xfer: fabric connection from %s dropped: %s", addr, cm_last_error(rc));
-            if (l) link_free(l);
-            else close(fd);
-        }
-    }
-    return NULL;
-}
-
-static int dial_one(fab_backend *b, const char *addr, int link, int n_links, uint64_t deadline, cm_wire_hello *r,
-                    flink **out) {
-    int fd = -1;
-    int rc = cm_sock_connect(addr, deadline, &fd);
-    if (rc) return rc;
-    if ((rc = authenticate(b, fd, 1, link, n_links, deadline, addr, r))) {
-        close(fd);
-        return rc;
-    }
+/* sidechan's link_setup: an authenticated socket becomes a link with its
+ * endpoint open and addresses swapped. */
+static int link_setup(void *owner, int fd, const char *addr, uint64_t deadline, void **out) {
+    fab_backend *b = owner;
     flink *l = link_new(b, fd, addr);
     if (!l) {
         close(fd);
@@ -887,7 +756,7 @@ static int dial_one(fab_backend *b, const char *addr, int link, int n_links, uin
     struct sockaddr_storage loc;
     socklen_t ll = sizeof loc;
     getsockname(fd, (struct sockaddr *)&loc, &ll);
-    rc = link_open(b, l, (struct sockaddr *)&loc);
+    int rc = link_open(b, l, (struct sockaddr *)&loc);
     if (!rc) rc = link_exchange(b, l, deadline);
     if (rc) {
         link_free(l);
@@ -897,22 +766,28 @@ static int dial_one(fab_backend *b, const char *addr, int link, int n_links, uin
     return CM_OK;
 }
 
+static void link_free_unattached(void *link) { link_free(link); }
+
+static int link_attach_accepted(void *owner, int pid, void *link, const cm_wire_hello *r) {
+    fab_backend *b = owner;
+    pthread_mutex_lock(&b->mu);
+    int rc = link_attach(b, pid, link, r, 0);
+    pthread_mutex_unlock(&b->mu);
+    return rc;
+}
+
+static void *accept_main(void *arg) {
+    fab_backend *b = arg;
+    while (!b->stop) cm_sidechan_accept_one(&b->side, b->listen_fd, 50);
+    return NULL;
+}
+
 static int fab_connect(void *state, int pid, const char *const *addrs, int n_addrs, int timeout_ms) {
     fab_backend *b = state;
-    uint64_t deadline = cm_now_ns() + (uint64_t)(timeout_ms > 0 ? timeout_ms : 10000) * 1000000ull;
-    flink *links[CM_XFER_MAX_LINKS] = {0};
+    void *links[CM_XFER_MAX_LINKS];
     cm_wire_hello r[CM_XFER_MAX_LINKS];
-    int rc = CM_OK;
-    for (int i = 0; i < n_addrs && !rc; i++) {
-        rc = dial_one(b, addrs[i], i, n_addrs, deadline, &r[i], &links[i]);
-        if (!rc && i > 0 && r[i].instance != r[0].instance)
-            rc = cm_errorf(CM_EINVAL, "%s reaches another engine (%s) than %s", addrs[i], r[i].name, addrs[0]);
-    }
-    if (rc) {
-        for (int i = 0; i < n_addrs; i++)
-            if (links[i]) link_free(links[i]);
-        return rc;
-    }
+    int rc = cm_sidechan_connect(&b->side, addrs, n_addrs, timeout_ms, links, r);
+    if (rc) return rc;
     pthread_mutex_lock(&b->mu);
     if (b->peers[pid].active) peer_fail(b, pid, CM_EPEER, "replaced by a new connection");
     for (int i = 0; i < n_addrs; i++) {
@@ -1247,6 +1122,10 @@ static int fab_create(cm_xfer *x, const cm_xfer_config *cfg, void **state) {
     b->cfg = cfg;
     b->listen_fd = -1;
     b->wake[0] = b->wake[1] = -1;
+    b->side = (cm_sidechan){.backend = "fabric", .key = &cfg->key, .instance = cm_xfer_core_instance(x),
+                            .name = cm_xfer_core_name(x), .peer_timeout_ms = cfg->peer_timeout_ms, .x = x, .owner = b,
+                            .link_setup = link_setup, .link_free = link_free_unattached,
+                            .link_attach = link_attach_accepted};
     pthread_mutexattr_t ma;
     pthread_mutexattr_init(&ma);
     pthread_mutexattr_settype(&ma, PTHREAD_MUTEX_RECURSIVE);
@@ -1313,6 +1192,18 @@ fail:
     return rc;
 }
 
+/* Tells the peer on each of its up links that we are closing (best effort:
+ * it is dropped either way). */
+static void peer_bye(fab_backend *b, int pid) {
+    fpeer *p = &b->peers[pid];
+    for (int k = 0; p->active && k < CM_XFER_MAX_LINKS; k++)
+        if (p->links[k] && p->links[k]->state == L_READY) {
+            uint8_t bye = CM_FABRIC_SIDE_BYE;
+            size_t sent;
+            cm_sidechan_post(p->links[k]->fd, &bye, 1, &sent);
+        }
+}
+
 static void fab_destroy(void *state) {
     fab_backend *b = state;
     if (!b) return;
@@ -1326,13 +1217,7 @@ static void fab_destroy(void *state) {
     }
     pthread_mutex_lock(&b->mu);
     for (int i = 0; i < MAX_PEERS; i++) {
-        fpeer *p = &b->peers[i];
-        for (int k = 0; p->active && k < CM_XFER_MAX_LINKS; k++)
-            if (p->links[k] && p->links[k]->state == L_READY) {
-                uint8_t bye = CM_FABRIC_SIDE_BYE;
-                ssize_t w = send(p->links[k]->fd, &bye, 1, MSG_DONTWAIT | MSG_NOSIGNAL);
-                (void)w;
-            }
+        peer_bye(b, i);
         peer_fail(b, i, CM_ECLOSED, NULL);
     }
     while (b->graveyard) {
@@ -1361,13 +1246,7 @@ static int fab_listen_addr(void *state, char *buf, size_t cap) {
 static void fab_disconnect(void *state, int peer, int status) {
     fab_backend *b = state;
     pthread_mutex_lock(&b->mu);
-    fpeer *p = &b->peers[peer];
-    for (int k = 0; p->active && k < CM_XFER_MAX_LINKS; k++)
-        if (p->links[k] && p->links[k]->state == L_READY) {
-            uint8_t bye = CM_FABRIC_SIDE_BYE;
-            ssize_t w = send(p->links[k]->fd, &bye, 1, MSG_DONTWAIT | MSG_NOSIGNAL);
-            (void)w;
-        }
+    peer_bye(b, peer);
     peer_fail(b, peer, status, status == CM_ECLOSED ? "disconnected" : "dropped");
     pthread_mutex_unlock(&b->mu);
 }
