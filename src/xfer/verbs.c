@@ -9,10 +9,10 @@
  * Shape (mirrors fabric.c)
  *   Every link of a peer is a pair: an authenticated TCP side channel and a
  *   connected queue pair of its own, with its own completion queue (send
- *   and receive) and completion channel. The side channel runs the cell-key
- *   challenge-response of wire.h first; only then do the two sides create
- *   their queue pairs, post their receive buffers, and swap queue-pair info
- *   (verbs_proto.h) over it.
+ *   and receive) and completion channel. The side channel (sidechan.c,
+ *   shared with fabric) runs the cell-key challenge-response of wire.h
+ *   first; only then do the two sides create their queue pairs, post their
+ *   receive buffers, and swap queue-pair info (verbs_proto.h) over it.
  *
  *     dial/accept TCP -> HELLO/PROOF (cell key) -> QP created (INIT),
  *     receives posted -> QP info swapped -> RTR -> RTS -> 'R' swapped (both
@@ -76,10 +76,8 @@
 #ifdef CM_HAVE_VERBS
 #include <arpa/inet.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <infiniband/verbs.h>
 #include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
 #include <sched.h>
@@ -94,6 +92,7 @@
 #include "base/status.h"
 #include "base/time.h"
 #include "xfer/backend.h"
+#include "xfer/sidechan.h"
 #include "xfer/sock.h"
 #include "xfer/verbs_plan.h"
 #include "xfer/verbs_proto.h"
@@ -108,9 +107,6 @@
 #define UC_FRAME_BYTES 4096u /* what Apple's stack uses: 4 KiB frames */
 #define UC_RX_DEPTH 512
 #define HDR_SLOT 64 /* bytes per frame-header slot (one per send work request) */
-#ifndef MSG_NOSIGNAL
-#define MSG_NOSIGNAL 0 /* systems without it get SO_NOSIGPIPE on the socket instead */
-#endif
 #define SIDE_OUT_CAP 320
 #define MAX_GIDS 256
 #define WRID_RECV (1ull << 63)
@@ -215,6 +211,7 @@ typedef struct vb {
     int listen_fd;
     char listen_addr[96];
     int wake[2];
+    cm_sidechan side;      /* how links are dialed, accepted and authenticated */
     vpeer peers[MAX_PEERS];
     vlink *graveyard;
     struct pollfd pf[1 + 2 * MAX_PEERS * CM_XFER_MAX_LINKS];
@@ -396,76 +393,6 @@ out:
 
 /* ---- side channel ---- */
 
-static int io_full(int fd, uint8_t *p, size_t n, int writing, uint64_t deadline) {
-    size_t done = 0;
-    while (done < n) {
-        ssize_t r = writing ? send(fd, p + done, n - done, MSG_DONTWAIT | MSG_NOSIGNAL)
-                            : recv(fd, p + done, n - done, MSG_DONTWAIT);
-        if (r > 0) {
-            done += (size_t)r;
-            continue;
-        }
-        if (r == 0) return cm_errorf(CM_ECONN, "connection closed by the peer during setup");
-        if (errno == EINTR) continue;
-        if (errno != EAGAIN && errno != EWOULDBLOCK) return cm_errorf(CM_ECONN, "%s", strerror(errno));
-        uint64_t now = cm_now_ns();
-        if (now >= deadline) return cm_errorf(CM_ETIMEDOUT, "connection setup timed out");
-        struct pollfd pf = {fd, writing ? POLLOUT : POLLIN, 0};
-        poll(&pf, 1, (int)((deadline - now) / 1000000ull) + 1);
-    }
-    return CM_OK;
-}
-
-/* The mutual challenge-response of wire.h on a fresh socket; role 1 dials,
- * role 2 accepts. On success *remote is the other side's hello. */
-static int authenticate(vb *b, int fd, int role, int link, int n_links, uint64_t deadline, const char *addr,
-                        cm_wire_hello *remote) {
-    uint8_t mine[CM_WIRE_HELLO_BYTES], theirs[CM_WIRE_HELLO_BYTES], proof[CM_WIRE_PROOF_BYTES];
-    uint8_t mac[CM_WIRE_MAC_BYTES];
-    int rc, verdict;
-    cm_wire_hello me = {.role = role, .link = link, .sock = 0, .n_links = n_links, .n_socks = 1,
-                        .instance = cm_xfer_core_instance(b->x)};
-    randombytes_buf(me.nonce, sizeof me.nonce);
-    snprintf(me.name, sizeof me.name, "%s", cm_xfer_core_name(b->x));
-    if (role == 1) {
-        cm_wire_hello_encode(&me, mine);
-        if ((rc = io_full(fd, mine, sizeof mine, 1, deadline))) return rc;
-        if ((rc = io_full(fd, theirs, sizeof theirs, 0, deadline))) return rc;
-        if ((rc = cm_wire_hello_decode(theirs, remote))) return rc;
-        if (remote->role != 2 || remote->link != link)
-            return cm_errorf(CM_EFORMAT, "%s: unexpected hello from the peer", addr);
-        cm_wire_auth_mac(&b->cfg->key, 1, mine, theirs, mac);
-        cm_wire_proof_encode(0, mac, proof);
-        if ((rc = io_full(fd, proof, sizeof proof, 1, deadline))) return rc;
-        if ((rc = io_full(fd, proof, sizeof proof, 0, deadline)))
-            return rc == CM_ECONN ? cm_errorf(CM_EAUTH, "%s closed the connection during authentication", addr) : rc;
-        if ((rc = cm_wire_proof_decode(proof, &verdict, mac))) return rc;
-        if (verdict) return cm_errorf(CM_EAUTH, "%s refused our cell key (does it use the same --key-file?)", addr);
-        if (cm_wire_auth_verify(&b->cfg->key, 2, mine, theirs, mac))
-            return cm_errorf(CM_EAUTH, "%s does not hold our cell key", addr);
-        return CM_OK;
-    }
-    if ((rc = io_full(fd, theirs, sizeof theirs, 0, deadline))) return rc;
-    if ((rc = cm_wire_hello_decode(theirs, remote))) return rc;
-    if (remote->role != 1 || remote->n_socks != 1) return cm_errorf(CM_EFORMAT, "%s: not a verbs client hello", addr);
-    me.link = remote->link;
-    me.n_links = remote->n_links;
-    cm_wire_hello_encode(&me, mine);
-    if ((rc = io_full(fd, mine, sizeof mine, 1, deadline))) return rc;
-    if ((rc = io_full(fd, proof, sizeof proof, 0, deadline))) return rc;
-    if ((rc = cm_wire_proof_decode(proof, &verdict, mac)) || verdict)
-        return rc ? rc : cm_errorf(CM_EFORMAT, "%s: bad proof", addr);
-    if (cm_wire_auth_verify(&b->cfg->key, 1, theirs, mine, mac)) {
-        cm_wire_proof_encode(1, NULL, proof);
-        io_full(fd, proof, sizeof proof, 1, deadline);
-        CM_LOGW("xfer: verbs connection from %s (%s) refused: it does not hold our cell key", addr, remote->name);
-        return cm_errorf(CM_EAUTH, "%s does not hold our cell key", addr);
-    }
-    cm_wire_auth_mac(&b->cfg->key, 2, theirs, mine, mac);
-    cm_wire_proof_encode(0, mac, proof);
-    return io_full(fd, proof, sizeof proof, 1, deadline);
-}
-
 static void wake_thread(vb *b) {
     if (b->wake[1] < 0) return;
     char c = 1;
@@ -485,15 +412,15 @@ static int side_queue(vlink *l, int type, uint32_t value) {
 /* Writes what the kernel takes now; may fail the link. */
 static void side_flush(vb *b, vlink *l) {
     while (l->side_out_len && l->state != L_DEAD) {
-        ssize_t w = send(l->fd, l->side_out, l->side_out_len, MSG_DONTWAIT | MSG_NOSIGNAL);
-        if (w > 0) {
-            memmove(l->side_out, l->side_out + w, l->side_out_len - (size_t)w);
-            l->side_out_len -= (size_t)w;
-            continue;
+        size_t w;
+        int rc = cm_sidechan_post(l->fd, l->side_out, l->side_out_len, &w);
+        if (rc) {
+            link_fail(b, l, rc, cm_last_error(rc));
+            return;
         }
-        if (w < 0 && errno == EINTR) continue;
-        if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
-        link_fail(b, l, CM_EPEER, w < 0 ? strerror(errno) : "side channel closed");
+        if (!w) return; /* the kernel's buffer is full: the next tick goes on */
+        memmove(l->side_out, l->side_out + w, l->side_out_len - w);
+        l->side_out_len -= w;
     }
 }
 
@@ -699,8 +626,7 @@ static int link_connect_qp(vb *b, vlink *l, uint64_t deadline) {
     }
     uint8_t mine[CM_VERBS_QP_INFO_BYTES], theirs[CM_VERBS_QP_INFO_BYTES];
     cm_verbs_qp_info_encode(&me, mine);
-    int rc = io_full(l->fd, mine, sizeof mine, 1, deadline);
-    if (!rc) rc = io_full(l->fd, theirs, sizeof theirs, 0, deadline);
+    int rc = cm_sidechan_swap(l->fd, mine, theirs, sizeof mine, deadline);
     if (!rc) rc = cm_verbs_qp_info_decode(theirs, &l->remote);
     if (rc) return rc;
     cm_verbs_qp_info *r = &l->remote;
@@ -753,10 +679,9 @@ static int link_connect_qp(vb *b, vlink *l, uint64_t deadline) {
     }
     if ((e = ibv_modify_qp(l->qp, &a, mask))) return verr(CM_ECONN, "ibv_modify_qp to RTS", e);
 
-    uint8_t rec[CM_VERBS_SIDE_BYTES];
-    cm_verbs_side_encode(CM_VERBS_SIDE_READY, 0, rec);
-    if ((rc = io_full(l->fd, rec, sizeof rec, 1, deadline))) return rc;
-    if ((rc = io_full(l->fd, rec, sizeof rec, 0, deadline))) return rc;
+    uint8_t ready[CM_VERBS_SIDE_BYTES], rec[CM_VERBS_SIDE_BYTES];
+    cm_verbs_side_encode(CM_VERBS_SIDE_READY, 0, ready);
+    if ((rc = cm_sidechan_swap(l->fd, ready, rec, sizeof rec, deadline))) return rc;
     cm_verbs_side_rx srx = {0};
     size_t used;
     int type;
@@ -1010,21 +935,21 @@ static int link_drain_arm(vb *b, vlink *l) {
 static void link_side_read(vb *b, vlink *l) {
     uint8_t buf[256];
     for (;;) {
-        ssize_t n = recv(l->fd, buf, sizeof buf, MSG_DONTWAIT);
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
-        if (n <= 0) {
-            link_fail(b, l, CM_EPEER, n == 0 ? "side channel closed by the peer" : strerror(errno));
+        size_t n;
+        int rc = cm_sidechan_read(l->fd, buf, sizeof buf, &n);
+        if (rc) {
+            link_fail(b, l, rc, cm_last_error(rc));
             return;
         }
+        if (!n) return;
         uint64_t now = cm_now_ns();
         l->last_rx_ns = now;
         int credited = 0;
-        for (size_t pos = 0; pos < (size_t)n;) {
+        for (size_t pos = 0; pos < n;) {
             size_t used;
             int type;
             uint32_t v;
-            if (cm_verbs_side_feed(&l->side_rx, buf + pos, (size_t)n - pos, &used, &type, &v)) {
+            if (cm_verbs_side_feed(&l->side_rx, buf + pos, n - pos, &used, &type, &v)) {
                 link_fail(b, l, CM_EFORMAT, "garbage on the side channel");
                 return;
             }
@@ -1048,7 +973,7 @@ static void link_side_read(vb *b, vlink *l) {
             }
         }
         if (credited) {
-            int rc = link_pump(b, l);
+            rc = link_pump(b, l);
             if (rc) {
                 link_fail(b, l, CM_EPEER, cm_last_error(rc));
                 return;
@@ -1060,17 +985,15 @@ static void link_side_read(vb *b, vlink *l) {
 /* ---- progress thread ---- */
 
 static void tick(vb *b, uint64_t now) {
-    const uint64_t timeout_ns = (uint64_t)b->cfg->peer_timeout_ms * 1000000ull;
     const uint64_t hb_ns = (uint64_t)b->cfg->heartbeat_ms * 1000000ull;
     for (int i = 0; i < MAX_PEERS; i++) {
         vpeer *p = &b->peers[i];
         for (int k = 0; k < CM_XFER_MAX_LINKS && p->active; k++) {
             vlink *l = p->links[k];
             if (!l || l->state != L_READY) continue;
-            if (now - l->last_rx_ns > timeout_ns) {
-                char why[128];
-                snprintf(why, sizeof why, "nothing received for %d ms (peer dead or link cut)", b->cfg->peer_timeout_ms);
-                link_fail(b, l, CM_ETIMEDOUT, why);
+            int rc = cm_sidechan_check_silence(now, l->last_rx_ns, b->cfg->peer_timeout_ms);
+            if (rc) {
+                link_fail(b, l, rc, cm_last_error(rc));
                 break;
             }
             if (l->qpt == CM_VERBS_QPT_UC && cm_verbs_loss_check(&l->loss, l->rxs.next_seq, now)) {
@@ -1176,8 +1099,10 @@ static int link_attach(vb *b, int pid, vlink *l, const cm_wire_hello *r, int dia
     return CM_OK;
 }
 
-/* Authenticated socket -> connected link (not attached). */
-static int link_setup(vb *b, int fd, const char *addr, uint64_t deadline, vlink **out) {
+/* sidechan's link_setup: an authenticated socket becomes a connected link
+ * (not attached). */
+static int link_setup(void *owner, int fd, const char *addr, uint64_t deadline, void **out) {
+    vb *b = owner;
     vlink *l = link_new(b, fd, addr);
     if (!l) {
         close(fd);
@@ -1199,73 +1124,28 @@ static int link_setup(vb *b, int fd, const char *addr, uint64_t deadline, vlink 
     return CM_OK;
 }
 
-static void *accept_main(void *arg) {
-    vb *b = arg;
-    while (!b->stop) {
-        struct pollfd pf = {b->listen_fd, POLLIN, 0};
-        if (poll(&pf, 1, 50) <= 0) continue;
-        struct sockaddr_storage ss;
-        socklen_t sl = sizeof ss;
-        int fd = accept(b->listen_fd, (struct sockaddr *)&ss, &sl);
-        if (fd < 0) continue;
-        char addr[64];
-        cm_sock_addr_string((struct sockaddr *)&ss, addr, sizeof addr);
-        fcntl(fd, F_SETFD, FD_CLOEXEC);
-        cm_sock_set_nonblock(fd);
-        int one = 1;
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        uint64_t deadline = cm_now_ns() + (uint64_t)b->cfg->peer_timeout_ms * 1000000ull;
-        cm_wire_hello r;
-        int rc = authenticate(b, fd, 2, 0, 0, deadline, addr, &r);
-        if (rc) {
-            if (rc != CM_EAUTH) CM_LOGW("xfer: verbs connection from %s dropped: %s", addr, cm_last_error(rc));
-            close(fd);
-            continue;
-        }
-        vlink *l = NULL;
-        rc = link_setup(b, fd, addr, deadline, &l);
-        int pid = -1;
-        if (!rc) rc = cm_xfer_core_peer_lookup(b->x, r.name, r.instance, &pid);
-        if (!rc) {
-            pthread_mutex_lock(&b->mu);
-            rc = link_attach(b, pid, l, &r, 0);
-            pthread_mutex_unlock(&b->mu);
-        }
-        if (rc) {
-            CM_LOGW("xfer: verbs connection from %s dropped: %s", addr, cm_last_error(rc));
-            if (l) link_free(l);
-        }
-    }
-    return NULL;
+static void link_free_unattached(void *link) { link_free(link); }
+
+static int link_attach_accepted(void *owner, int pid, void *link, const cm_wire_hello *r) {
+    vb *b = owner;
+    pthread_mutex_lock(&b->mu);
+    int rc = link_attach(b, pid, link, r, 0);
+    pthread_mutex_unlock(&b->mu);
+    return rc;
 }
 
-static int dial_one(vb *b, const char *addr, int link, int n_links, uint64_t deadline, cm_wire_hello *r, vlink **out) {
-    int fd = -1;
-    int rc = cm_sock_connect(addr, deadline, &fd);
-    if (rc) return rc;
-    if ((rc = authenticate(b, fd, 1, link, n_links, deadline, addr, r))) {
-        close(fd);
-        return rc;
-    }
-    return link_setup(b, fd, addr, deadline, out);
+static void *accept_main(void *arg) {
+    vb *b = arg;
+    while (!b->stop) cm_sidechan_accept_one(&b->side, b->listen_fd, 50);
+    return NULL;
 }
 
 static int verbs_connect(void *state, int pid, const char *const *addrs, int n_addrs, int timeout_ms) {
     vb *b = state;
-    uint64_t deadline = cm_now_ns() + (uint64_t)(timeout_ms > 0 ? timeout_ms : 10000) * 1000000ull;
-    vlink *links[CM_XFER_MAX_LINKS] = {0};
+    void *links[CM_XFER_MAX_LINKS];
     cm_wire_hello r[CM_XFER_MAX_LINKS];
-    int rc = CM_OK;
-    for (int i = 0; i < n_addrs && !rc; i++) {
-        rc = dial_one(b, addrs[i], i, n_addrs, deadline, &r[i], &links[i]);
-        if (!rc && i > 0 && r[i].instance != r[0].instance)
-            rc = cm_errorf(CM_EINVAL, "%s reaches another engine (%s) than %s", addrs[i], r[i].name, addrs[0]);
-    }
-    if (rc) {
-        for (int i = 0; i < n_addrs; i++)
-            if (links[i]) link_free(links[i]);
-        return rc;
-    }
+    int rc = cm_sidechan_connect(&b->side, addrs, n_addrs, timeout_ms, links, r);
+    if (rc) return rc;
     pthread_mutex_lock(&b->mu);
     if (b->peers[pid].active) peer_fail(b, pid, CM_EPEER, "replaced by a new connection");
     for (int i = 0; i < n_addrs; i++) {
@@ -1464,6 +1344,10 @@ static int verbs_create(cm_xfer *x, const cm_xfer_config *cfg, void **state) {
     b->dev = d;
     b->listen_fd = -1;
     b->wake[0] = b->wake[1] = -1;
+    b->side = (cm_sidechan){.backend = "verbs", .key = &cfg->key, .instance = cm_xfer_core_instance(x),
+                            .name = cm_xfer_core_name(x), .peer_timeout_ms = cfg->peer_timeout_ms, .x = x, .owner = b,
+                            .link_setup = link_setup, .link_free = link_free_unattached,
+                            .link_attach = link_attach_accepted};
     pthread_mutexattr_t ma;
     pthread_mutexattr_init(&ma);
     pthread_mutexattr_settype(&ma, PTHREAD_MUTEX_RECURSIVE);
@@ -1516,6 +1400,19 @@ fail:
     return rc;
 }
 
+/* Tells the peer on each of its up links that we are closing (best effort:
+ * it is dropped either way). */
+static void peer_bye(vb *b, int pid) {
+    vpeer *p = &b->peers[pid];
+    for (int k = 0; p->active && k < CM_XFER_MAX_LINKS; k++)
+        if (p->links[k] && p->links[k]->state == L_READY) {
+            uint8_t bye[CM_VERBS_SIDE_BYTES];
+            size_t sent;
+            cm_verbs_side_encode(CM_VERBS_SIDE_BYE, 0, bye);
+            cm_sidechan_post(p->links[k]->fd, bye, sizeof bye, &sent);
+        }
+}
+
 static void verbs_destroy(void *state) {
     vb *b = state;
     if (!b) return;
@@ -1527,14 +1424,7 @@ static void verbs_destroy(void *state) {
     }
     pthread_mutex_lock(&b->mu);
     for (int i = 0; i < MAX_PEERS; i++) {
-        vpeer *p = &b->peers[i];
-        for (int k = 0; p->active && k < CM_XFER_MAX_LINKS; k++)
-            if (p->links[k] && p->links[k]->state == L_READY) {
-                uint8_t bye[CM_VERBS_SIDE_BYTES];
-                cm_verbs_side_encode(CM_VERBS_SIDE_BYE, 0, bye);
-                ssize_t w = send(p->links[k]->fd, bye, sizeof bye, MSG_DONTWAIT | MSG_NOSIGNAL);
-                (void)w;
-            }
+        peer_bye(b, i);
         peer_fail(b, i, CM_ECLOSED, NULL);
     }
     while (b->graveyard) {
@@ -1571,14 +1461,7 @@ static int verbs_listen_addr(void *state, char *buf, size_t cap) {
 static void verbs_disconnect(void *state, int peer, int status) {
     vb *b = state;
     pthread_mutex_lock(&b->mu);
-    vpeer *p = &b->peers[peer];
-    for (int k = 0; p->active && k < CM_XFER_MAX_LINKS; k++)
-        if (p->links[k] && p->links[k]->state == L_READY) {
-            uint8_t bye[CM_VERBS_SIDE_BYTES];
-            cm_verbs_side_encode(CM_VERBS_SIDE_BYE, 0, bye);
-            ssize_t w = send(p->links[k]->fd, bye, sizeof bye, MSG_DONTWAIT | MSG_NOSIGNAL);
-            (void)w;
-        }
+    peer_bye(b, peer);
     peer_fail(b, peer, status, status == CM_ECLOSED ? "disconnected" : "dropped");
     pthread_mutex_unlock(&b->mu);
 }
