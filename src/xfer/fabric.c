@@ -187,12 +187,10 @@ typedef struct fab_backend {
     int wait_fd;          /* cqs have FI_WAIT_FD */
     int mr_local;         /* FI_MR_LOCAL: local buffers need registration descriptors */
     fmr *mrs[MR_BUCKETS]; /* registered regions by address, for their descriptors */
-    pthread_t thread, accept_thread;
-    int thread_started, accept_started;
+    pthread_t thread;
+    int thread_started;
     volatile int stop;
     _Atomic int n_progress; /* application threads polling in fab_progress */
-    int listen_fd;
-    char listen_addr[96];
     int wake[2];
     cm_sidechan side;     /* how links are dialed, accepted and authenticated */
     fpeer peers[MAX_PEERS];
@@ -714,7 +712,9 @@ static void *progress_main(void *arg) {
 
 /* Adds an authenticated, exchanged link to its peer; reports the peer up
  * when it has all its links. Called with b->mu held. */
-static int link_attach(fab_backend *b, int pid, flink *l, const cm_wire_hello *r, int dialed) {
+static int link_attach(void *owner, int pid, void *link, const cm_wire_hello *r, int dialed) {
+    fab_backend *b = owner;
+    flink *l = link;
     fpeer *p = &b->peers[pid];
     if (p->active && p->instance != r->instance) peer_fail(b, pid, CM_EPEER, "peer restarted");
     if (!p->active) {
@@ -768,35 +768,11 @@ static int link_setup(void *owner, int fd, const char *addr, uint64_t deadline, 
 
 static void link_free_unattached(void *link) { link_free(link); }
 
-static int link_attach_accepted(void *owner, int pid, void *link, const cm_wire_hello *r) {
-    fab_backend *b = owner;
-    pthread_mutex_lock(&b->mu);
-    int rc = link_attach(b, pid, link, r, 0);
-    pthread_mutex_unlock(&b->mu);
-    return rc;
-}
-
-static void *accept_main(void *arg) {
-    fab_backend *b = arg;
-    while (!b->stop) cm_sidechan_accept_one(&b->side, b->listen_fd, 50);
-    return NULL;
-}
+static void peer_fail_cb(void *owner, int pid, int status, const char *why) { peer_fail(owner, pid, status, why); }
 
 static int fab_connect(void *state, int pid, const char *const *addrs, int n_addrs, int timeout_ms) {
     fab_backend *b = state;
-    void *links[CM_XFER_MAX_LINKS];
-    cm_wire_hello r[CM_XFER_MAX_LINKS];
-    int rc = cm_sidechan_connect(&b->side, addrs, n_addrs, timeout_ms, links, r);
-    if (rc) return rc;
-    pthread_mutex_lock(&b->mu);
-    if (b->peers[pid].active) peer_fail(b, pid, CM_EPEER, "replaced by a new connection");
-    for (int i = 0; i < n_addrs; i++) {
-        r[i].link = i;
-        r[i].n_links = n_addrs;
-        link_attach(b, pid, links[i], &r[i], 1);
-    }
-    pthread_mutex_unlock(&b->mu);
-    return CM_OK;
+    return cm_sidechan_connect(&b->side, pid, addrs, n_addrs, timeout_ms);
 }
 
 /* ---- data path ---- */
@@ -1111,21 +1087,16 @@ static int fab_probe(char *why, size_t cap) { return choose_provider(NULL, why, 
 
 static void fab_destroy(void *state);
 
-static int fab_listen(fab_backend *b, const char *spec) {
-    return cm_sock_listen(spec, 64, b->listen_addr, sizeof b->listen_addr, &b->listen_fd);
-}
-
 static int fab_create(cm_xfer *x, const cm_xfer_config *cfg, void **state) {
     fab_backend *b = calloc(1, sizeof *b);
     if (!b) return CM_ENOMEM;
     b->x = x;
     b->cfg = cfg;
-    b->listen_fd = -1;
     b->wake[0] = b->wake[1] = -1;
     b->side = (cm_sidechan){.backend = "fabric", .key = &cfg->key, .instance = cm_xfer_core_instance(x),
                             .name = cm_xfer_core_name(x), .peer_timeout_ms = cfg->peer_timeout_ms, .x = x, .owner = b,
-                            .link_setup = link_setup, .link_free = link_free_unattached,
-                            .link_attach = link_attach_accepted};
+                            .mu = &b->mu, .link_setup = link_setup, .link_free = link_free_unattached,
+                            .link_attach = link_attach, .peer_fail = peer_fail_cb};
     pthread_mutexattr_t ma;
     pthread_mutexattr_init(&ma);
     pthread_mutexattr_settype(&ma, PTHREAD_MUTEX_RECURSIVE);
@@ -1172,19 +1143,13 @@ static int fab_create(cm_xfer *x, const cm_xfer_config *cfg, void **state) {
     }
     cm_sock_set_nonblock(b->wake[0]);
     cm_sock_set_nonblock(b->wake[1]);
-    if (cfg->listen && (rc = fab_listen(b, cfg->listen))) goto fail;
+    if (cfg->listen && (rc = cm_sidechan_listen(&b->side, cfg->listen))) goto fail;
     if (pthread_create(&b->thread, NULL, progress_main, b)) {
         rc = cm_errorf(CM_EIO, "xfer: cannot start the fabric progress thread");
         goto fail;
     }
     b->thread_started = 1;
-    if (b->listen_fd >= 0) {
-        if (pthread_create(&b->accept_thread, NULL, accept_main, b)) {
-            rc = cm_errorf(CM_EIO, "xfer: cannot start the fabric accept thread");
-            goto fail;
-        }
-        b->accept_started = 1;
-    }
+    if ((rc = cm_sidechan_accept_start(&b->side))) goto fail;
     *state = b;
     return CM_OK;
 fail:
@@ -1208,7 +1173,7 @@ static void fab_destroy(void *state) {
     fab_backend *b = state;
     if (!b) return;
     b->stop = 1;
-    if (b->accept_started) pthread_join(b->accept_thread, NULL);
+    cm_sidechan_stop(&b->side); /* no new links from here on */
     if (b->thread_started) {
         char c = 1;
         ssize_t w = write(b->wake[1], &c, 1);
@@ -1229,7 +1194,6 @@ static void fab_destroy(void *state) {
     if (b->domain) fi_close(&b->domain->fid);
     if (b->fabric) fi_close(&b->fabric->fid);
     if (b->info) fi_freeinfo(b->info);
-    if (b->listen_fd >= 0) close(b->listen_fd);
     if (b->wake[0] >= 0) close(b->wake[0]);
     if (b->wake[1] >= 0) close(b->wake[1]);
     pthread_mutex_destroy(&b->mu);
@@ -1237,10 +1201,7 @@ static void fab_destroy(void *state) {
 }
 
 static int fab_listen_addr(void *state, char *buf, size_t cap) {
-    fab_backend *b = state;
-    if (b->listen_fd < 0) return cm_errorf(CM_ENOTFOUND, "xfer: no listener");
-    snprintf(buf, cap, "%s", b->listen_addr);
-    return CM_OK;
+    return cm_sidechan_listen_addr(&((fab_backend *)state)->side, buf, cap);
 }
 
 static void fab_disconnect(void *state, int peer, int status) {

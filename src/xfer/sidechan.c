@@ -21,6 +21,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <pthread.h>
 #include <sodium.h>
 #include <stdio.h>
 #include <string.h>
@@ -143,32 +144,43 @@ int cm_sidechan_dial(const cm_sidechan *sc, const char *addr, int link, int n_li
     return CM_OK;
 }
 
-int cm_sidechan_connect(const cm_sidechan *sc, const char *const *addrs, int n_addrs, int timeout_ms, void **links,
-                        cm_wire_hello *remote) {
+int cm_sidechan_connect(const cm_sidechan *sc, int pid, const char *const *addrs, int n_addrs, int timeout_ms) {
     uint64_t deadline = cm_now_ns() + (uint64_t)(timeout_ms > 0 ? timeout_ms : 10000) * 1000000ull;
-    int rc = CM_OK;
-    for (int i = 0; i < n_addrs; i++) links[i] = NULL;
+    void *links[CM_XFER_MAX_LINKS] = {0};
+    cm_wire_hello r[CM_XFER_MAX_LINKS];
+    int rc = n_addrs >= 1 && n_addrs <= CM_XFER_MAX_LINKS
+                 ? CM_OK
+                 : cm_errorf(CM_EINVAL, "xfer: %d addresses for one peer (1..%d)", n_addrs, CM_XFER_MAX_LINKS);
     for (int i = 0; i < n_addrs && !rc; i++) {
         int fd = -1;
-        rc = cm_sidechan_dial(sc, addrs[i], i, n_addrs, deadline, &fd, &remote[i]);
+        rc = cm_sidechan_dial(sc, addrs[i], i, n_addrs, deadline, &fd, &r[i]);
         if (!rc) rc = sc->link_setup(sc->owner, fd, addrs[i], deadline, &links[i]);
-        if (!rc && i > 0 && remote[i].instance != remote[0].instance)
-            rc = cm_errorf(CM_EINVAL, "%s reaches another engine (%s) than %s", addrs[i], remote[i].name, addrs[0]);
+        if (!rc && i > 0 && r[i].instance != r[0].instance)
+            rc = cm_errorf(CM_EINVAL, "%s reaches another engine (%s) than %s", addrs[i], r[i].name, addrs[0]);
     }
     if (rc) {
-        for (int i = 0; i < n_addrs; i++)
+        for (int i = 0; i < n_addrs && i < CM_XFER_MAX_LINKS; i++)
             if (links[i]) sc->link_free(links[i]);
         return rc;
     }
+    pthread_mutex_lock(sc->mu);
+    sc->peer_fail(sc->owner, pid, CM_EPEER, "replaced by a new connection");
+    for (int i = 0; i < n_addrs; i++) {
+        /* the link numbering is the dialer's: our own order of addresses */
+        r[i].link = i;
+        r[i].n_links = n_addrs;
+        sc->link_attach(sc->owner, pid, links[i], &r[i], 1);
+    }
+    pthread_mutex_unlock(sc->mu);
     return CM_OK;
 }
 
-void cm_sidechan_accept_one(const cm_sidechan *sc, int listen_fd, int wait_ms) {
-    struct pollfd pf = {listen_fd, POLLIN, 0};
+static void accept_one(cm_sidechan *sc, int wait_ms) {
+    struct pollfd pf = {sc->listen_fd, POLLIN, 0};
     if (poll(&pf, 1, wait_ms) <= 0) return;
     struct sockaddr_storage ss;
     socklen_t sl = sizeof ss;
-    int fd = accept(listen_fd, (struct sockaddr *)&ss, &sl);
+    int fd = accept(sc->listen_fd, (struct sockaddr *)&ss, &sl);
     if (fd < 0) return;
     char addr[64];
     cm_sock_addr_string((struct sockaddr *)&ss, addr, sizeof addr);
@@ -189,11 +201,52 @@ void cm_sidechan_accept_one(const cm_sidechan *sc, int listen_fd, int wait_ms) {
     rc = sc->link_setup(sc->owner, fd, addr, deadline, &link);
     int pid = -1;
     if (!rc) rc = cm_xfer_core_peer_lookup(sc->x, r.name, r.instance, &pid);
-    if (!rc) rc = sc->link_attach(sc->owner, pid, link, &r);
+    if (!rc) {
+        pthread_mutex_lock(sc->mu);
+        rc = sc->link_attach(sc->owner, pid, link, &r, 0);
+        pthread_mutex_unlock(sc->mu);
+    }
     if (rc) {
         CM_LOGW("xfer: %s connection from %s dropped: %s", sc->backend, addr, cm_last_error(rc));
         if (link) sc->link_free(link);
     }
+}
+
+static void *accept_main(void *arg) {
+    cm_sidechan *sc = arg;
+    while (!sc->stop) accept_one(sc, 50);
+    return NULL;
+}
+
+int cm_sidechan_listen(cm_sidechan *sc, const char *spec) {
+    int rc = cm_sock_listen(spec, 64, sc->listen_addr, sizeof sc->listen_addr, &sc->listen_fd);
+    if (!rc) sc->listening = 1;
+    return rc;
+}
+
+int cm_sidechan_listen_addr(const cm_sidechan *sc, char *buf, size_t cap) {
+    if (!sc->listening) return cm_errorf(CM_ENOTFOUND, "xfer: no listener");
+    snprintf(buf, cap, "%s", sc->listen_addr);
+    return CM_OK;
+}
+
+int cm_sidechan_accept_start(cm_sidechan *sc) {
+    if (!sc->listening) return CM_OK;
+    sc->stop = 0;
+    if (pthread_create(&sc->accept_thread, NULL, accept_main, sc))
+        return cm_errorf(CM_EIO, "xfer: cannot start the %s accept thread", sc->backend);
+    sc->accept_started = 1;
+    return CM_OK;
+}
+
+void cm_sidechan_stop(cm_sidechan *sc) {
+    if (sc->accept_started) {
+        sc->stop = 1;
+        pthread_join(sc->accept_thread, NULL);
+        sc->accept_started = 0;
+    }
+    if (sc->listening) close(sc->listen_fd);
+    sc->listening = 0;
 }
 
 int cm_sidechan_read(int fd, uint8_t *buf, size_t cap, size_t *n) {

@@ -15,12 +15,16 @@
 #ifndef CM_XFER_SIDECHAN_H
 #define CM_XFER_SIDECHAN_H
 
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #include "xfer/wire.h"
 #include "xfer/xfer.h"
 
+/* One per backend instance: who we are, how the backend makes and keeps
+ * links (callbacks), and the accept thread. Filled by the backend before
+ * any other call; only the accept thread's fields are the module's. */
 typedef struct cm_sidechan {
     const char *backend;     /* "fabric", "verbs": named in messages and logs */
     const cm_xfer_key *key;  /* the cell key both proofs are made with */
@@ -28,16 +32,26 @@ typedef struct cm_sidechan {
     const char *name;        /* ours, sent in our hello */
     int peer_timeout_ms;     /* bounds the setup of an accepted connection */
     cm_xfer *x;              /* for cm_xfer_core_peer_lookup (accepting side) */
+    pthread_mutex_t *mu;     /* the backend's lock: held around link_attach and peer_fail */
     void *owner;             /* the backend, handed to the callbacks */
     /* Turns an authenticated socket into a link of the backend, its own
      * records swapped over fd by deadline. Takes fd: on failure fd is
-     * closed and nothing is left. */
+     * closed and nothing is left. Called without *mu. */
     int (*link_setup)(void *owner, int fd, const char *addr, uint64_t deadline, void **link);
     /* Frees a link link_setup made that was never attached. */
     void (*link_free)(void *link);
-    /* Adds an accepted link to peer `pid` (takes the backend's lock
-     * itself). On failure the link is still the caller's. */
-    int (*link_attach)(void *owner, int pid, void *link, const cm_wire_hello *remote);
+    /* Adds a link to peer `pid`, as link remote->link of remote->n_links;
+     * `dialed` when we dialed it (then it cannot be refused). On failure
+     * the link is still the caller's. */
+    int (*link_attach)(void *owner, int pid, void *link, const cm_wire_hello *remote, int dialed);
+    /* Fails peer `pid` (nothing when it is not active). */
+    void (*peer_fail)(void *owner, int pid, int status, const char *why);
+    /* the listener and its accept thread (zero until cm_sidechan_listen) */
+    int listening, listen_fd;
+    char listen_addr[96];
+    pthread_t accept_thread;
+    int accept_started;
+    volatile int stop;
 } cm_sidechan;
 
 /* Sends / receives exactly n bytes by deadline. CM_ECONN when the peer
@@ -62,17 +76,26 @@ int cm_sidechan_auth(const cm_sidechan *sc, int fd, int role, int link, int n_li
 int cm_sidechan_dial(const cm_sidechan *sc, const char *addr, int link, int n_links, uint64_t deadline, int *fd_out,
                      cm_wire_hello *remote);
 
-/* Dials every address as one link each (timeout_ms for all, 10 s when <= 0)
- * and sets each up with sc->link_setup; all must reach the same engine.
- * On success links[i] and remote[i] hold link i; on failure nothing is left. */
-int cm_sidechan_connect(const cm_sidechan *sc, const char *const *addrs, int n_addrs, int timeout_ms, void **links,
-                        cm_wire_hello *remote);
+/* The backend's connect: dials every address (1..CM_XFER_MAX_LINKS) as one
+ * link each (timeout_ms for all, 10 s when <= 0), sets each up with
+ * link_setup, checks they all reach the same engine, then under *mu fails
+ * what peer `pid` had ("replaced by a new connection") and attaches the
+ * links to it. On failure nothing is left and the peer is untouched. */
+int cm_sidechan_connect(const cm_sidechan *sc, int pid, const char *const *addrs, int n_addrs, int timeout_ms);
 
-/* Waits up to wait_ms for a connection on listen_fd; authenticates it, sets
- * it up (link_setup), finds its peer and attaches it (link_attach), all
- * within peer_timeout_ms. A connection that fails any step is closed and
- * logged (a wrong key by cm_sidechan_auth); the listener keeps going. */
-void cm_sidechan_accept_one(const cm_sidechan *sc, int listen_fd, int wait_ms);
+/* Opens the listening socket on spec (HOST:PORT, as cm_sock_listen). */
+int cm_sidechan_listen(cm_sidechan *sc, const char *spec);
+/* The listener's actual address; CM_ENOTFOUND when there is none. */
+int cm_sidechan_listen_addr(const cm_sidechan *sc, char *buf, size_t cap);
+/* Starts the accept thread when listening (nothing otherwise): one
+ * connection at a time, each authenticated, set up (link_setup), matched to
+ * its peer and attached (link_attach, not dialed) within peer_timeout_ms. A
+ * connection that fails any step is closed and logged (a wrong key by
+ * cm_sidechan_auth). */
+int cm_sidechan_accept_start(cm_sidechan *sc);
+/* Stops and joins the accept thread and closes the listener (each only
+ * when there is one). */
+void cm_sidechan_stop(cm_sidechan *sc);
 
 /* Reads what the side channel of an up link holds into buf. CM_OK with
  * *n 0 when nothing is there now; CM_EPEER with the reason on EOF or error. */

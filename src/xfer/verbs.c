@@ -205,11 +205,9 @@ typedef struct vb {
     int gid_forced;        /* CELLM_VERBS_GID_INDEX, else -1 */
     uint32_t sq_depth, rx_depth, frame_bytes;
     vmr *mrs[MR_BUCKETS];
-    pthread_t thread, accept_thread;
-    int thread_started, accept_started;
+    pthread_t thread;
+    int thread_started;
     volatile int stop;
-    int listen_fd;
-    char listen_addr[96];
     int wake[2];
     cm_sidechan side;      /* how links are dialed, accepted and authenticated */
     vpeer peers[MAX_PEERS];
@@ -1072,7 +1070,9 @@ static void *progress_main(void *arg) {
 
 /* Adds a connected link to its peer; reports the peer up when it has all its
  * links. Called with b->mu held. */
-static int link_attach(vb *b, int pid, vlink *l, const cm_wire_hello *r, int dialed) {
+static int link_attach(void *owner, int pid, void *link, const cm_wire_hello *r, int dialed) {
+    vb *b = owner;
+    vlink *l = link;
     vpeer *p = &b->peers[pid];
     if (p->active && p->instance != r->instance) peer_fail(b, pid, CM_EPEER, "peer restarted");
     if (!p->active) {
@@ -1126,35 +1126,11 @@ static int link_setup(void *owner, int fd, const char *addr, uint64_t deadline, 
 
 static void link_free_unattached(void *link) { link_free(link); }
 
-static int link_attach_accepted(void *owner, int pid, void *link, const cm_wire_hello *r) {
-    vb *b = owner;
-    pthread_mutex_lock(&b->mu);
-    int rc = link_attach(b, pid, link, r, 0);
-    pthread_mutex_unlock(&b->mu);
-    return rc;
-}
-
-static void *accept_main(void *arg) {
-    vb *b = arg;
-    while (!b->stop) cm_sidechan_accept_one(&b->side, b->listen_fd, 50);
-    return NULL;
-}
+static void peer_fail_cb(void *owner, int pid, int status, const char *why) { peer_fail(owner, pid, status, why); }
 
 static int verbs_connect(void *state, int pid, const char *const *addrs, int n_addrs, int timeout_ms) {
     vb *b = state;
-    void *links[CM_XFER_MAX_LINKS];
-    cm_wire_hello r[CM_XFER_MAX_LINKS];
-    int rc = cm_sidechan_connect(&b->side, addrs, n_addrs, timeout_ms, links, r);
-    if (rc) return rc;
-    pthread_mutex_lock(&b->mu);
-    if (b->peers[pid].active) peer_fail(b, pid, CM_EPEER, "replaced by a new connection");
-    for (int i = 0; i < n_addrs; i++) {
-        r[i].link = i;
-        r[i].n_links = n_addrs;
-        link_attach(b, pid, links[i], &r[i], 1);
-    }
-    pthread_mutex_unlock(&b->mu);
-    return CM_OK;
+    return cm_sidechan_connect(&b->side, pid, addrs, n_addrs, timeout_ms);
 }
 
 /* ---- data path entries ---- */
@@ -1342,12 +1318,11 @@ static int verbs_create(cm_xfer *x, const cm_xfer_config *cfg, void **state) {
     b->x = x;
     b->cfg = cfg;
     b->dev = d;
-    b->listen_fd = -1;
     b->wake[0] = b->wake[1] = -1;
     b->side = (cm_sidechan){.backend = "verbs", .key = &cfg->key, .instance = cm_xfer_core_instance(x),
                             .name = cm_xfer_core_name(x), .peer_timeout_ms = cfg->peer_timeout_ms, .x = x, .owner = b,
-                            .link_setup = link_setup, .link_free = link_free_unattached,
-                            .link_attach = link_attach_accepted};
+                            .mu = &b->mu, .link_setup = link_setup, .link_free = link_free_unattached,
+                            .link_attach = link_attach, .peer_fail = peer_fail_cb};
     pthread_mutexattr_t ma;
     pthread_mutexattr_init(&ma);
     pthread_mutexattr_settype(&ma, PTHREAD_MUTEX_RECURSIVE);
@@ -1379,20 +1354,13 @@ static int verbs_create(cm_xfer *x, const cm_xfer_config *cfg, void **state) {
     }
     cm_sock_set_nonblock(b->wake[0]);
     cm_sock_set_nonblock(b->wake[1]);
-    if (cfg->listen && (rc = cm_sock_listen(cfg->listen, 64, b->listen_addr, sizeof b->listen_addr, &b->listen_fd)))
-        goto fail;
+    if (cfg->listen && (rc = cm_sidechan_listen(&b->side, cfg->listen))) goto fail;
     if (pthread_create(&b->thread, NULL, progress_main, b)) {
         rc = cm_errorf(CM_EIO, "xfer: cannot start the verbs progress thread");
         goto fail;
     }
     b->thread_started = 1;
-    if (b->listen_fd >= 0) {
-        if (pthread_create(&b->accept_thread, NULL, accept_main, b)) {
-            rc = cm_errorf(CM_EIO, "xfer: cannot start the verbs accept thread");
-            goto fail;
-        }
-        b->accept_started = 1;
-    }
+    if ((rc = cm_sidechan_accept_start(&b->side))) goto fail;
     *state = b;
     return CM_OK;
 fail:
@@ -1417,7 +1385,7 @@ static void verbs_destroy(void *state) {
     vb *b = state;
     if (!b) return;
     b->stop = 1;
-    if (b->accept_started) pthread_join(b->accept_thread, NULL);
+    cm_sidechan_stop(&b->side); /* no new links from here on */
     if (b->thread_started) {
         wake_thread(b);
         pthread_join(b->thread, NULL);
@@ -1444,7 +1412,6 @@ static void verbs_destroy(void *state) {
         }
     pthread_mutex_unlock(&b->mu);
     dev_close(&b->dev);
-    if (b->listen_fd >= 0) close(b->listen_fd);
     if (b->wake[0] >= 0) close(b->wake[0]);
     if (b->wake[1] >= 0) close(b->wake[1]);
     pthread_mutex_destroy(&b->mu);
@@ -1452,10 +1419,7 @@ static void verbs_destroy(void *state) {
 }
 
 static int verbs_listen_addr(void *state, char *buf, size_t cap) {
-    vb *b = state;
-    if (b->listen_fd < 0) return cm_errorf(CM_ENOTFOUND, "xfer: no listener");
-    snprintf(buf, cap, "%s", b->listen_addr);
-    return CM_OK;
+    return cm_sidechan_listen_addr(&((vb *)state)->side, buf, cap);
 }
 
 static void verbs_disconnect(void *state, int peer, int status) {
