@@ -184,28 +184,63 @@ static void matmul_worker(void *arg, int ith, int nth) {
         if (nth > 1) cm_pool_barrier(job->pool);
     }
     long r0, r1;
-    if (job->ops) {
-        cm_split_range((long)(job->n_rows / CM_REPACK_ROWS), ith, nth, &r0, &r1);
-        if (r1 > r0)
-            job->ops->matmul(job->w, job->n_cols, r0 * CM_REPACK_ROWS, r1 * CM_REPACK_ROWS, job->act,
-                             job->act_row_bytes, job->n_tokens, job->y, job->n_rows);
+    const int64_t step = job->ops ? CM_REPACK_ROWS : 1;
+    cm_split_range((long)(job->n_rows / step), ith, nth, &r0, &r1);
+    if (r1 > r0)
+        cm_matmul_rows(job->ops ? job->ops->type : job->w_type, job->w, job->w_row_bytes, job->n_rows, job->n_cols,
+                       job->act, job->act_row_bytes, job->n_tokens, job->y, r0 * step, r1 * step);
+}
+
+/* The weight type's traits, or those of the type a repacked layout was made
+ * from (then *ops is set). */
+static const cm_type_traits *weight_traits(int w_type, const cm_repack_ops **ops) {
+    *ops = cm_type_traits_get(w_type) ? NULL : cm_repack_ops_of(w_type);
+    return cm_type_traits_get(*ops ? (*ops)->src_type : w_type);
+}
+
+int cm_matmul_act_type(int w_type) {
+    const cm_repack_ops *ops;
+    const cm_type_traits *wt = weight_traits(w_type, &ops);
+    assert(wt && wt->vec_dot);
+    return wt->vec_dot_type;
+}
+
+void cm_matmul_act_convert(int w_type, const float *x, int64_t n, void *act) {
+    const cm_type_traits *vt = cm_type_traits_get(cm_matmul_act_type(w_type));
+    assert(n % vt->block_elems == 0);
+    vt->from_float(x, act, n);
+}
+
+int64_t cm_matmul_row_step(int w_type) {
+    const cm_repack_ops *ops;
+    (void)weight_traits(w_type, &ops);
+    return ops ? CM_REPACK_ROWS : 1;
+}
+
+void cm_matmul_rows(int w_type, const void *w, size_t w_row_bytes, int64_t n_rows, int64_t n_cols, const void *act,
+                    size_t act_row_bytes, int64_t n_tokens, float *y, int64_t r0, int64_t r1) {
+    const cm_repack_ops *ops;
+    const cm_type_traits *wt = weight_traits(w_type, &ops);
+    const uint8_t *wb = w, *ab = act;
+    if (ops) {
+        assert(r0 % CM_REPACK_ROWS == 0 && r1 % CM_REPACK_ROWS == 0);
+        ops->matmul(w, n_cols, r0, r1, act, act_row_bytes, n_tokens, y, n_rows);
         return;
     }
-    cm_split_range((long)job->n_rows, ith, nth, &r0, &r1);
 #ifdef CM_CALL_X86
     /* Many tokens at once: the blocked kernel reuses each repacked panel of
      * weight rows for every token (it declines shapes it does not handle). */
-    if (job->scratch && cm_gemm_x86(job->w_type, job->w, job->w_row_bytes, r0, r1, job->n_cols, job->act,
-                                    job->act_row_bytes, job->n_tokens, job->y, job->n_rows))
+    if (wt->vec_dot_type != CM_TYPE_F32 &&
+        cm_gemm_x86(w_type, w, w_row_bytes, r0, r1, n_cols, act, act_row_bytes, n_tokens, y, n_rows))
         return;
 #endif
-    const int n = (int)job->n_cols;
-    for (long rb = r0; rb < r1; rb += ROW_BLOCK) {
-        const long re = rb + ROW_BLOCK < r1 ? rb + ROW_BLOCK : r1;
-        for (int64_t t = 0; t < job->n_tokens; t++) {
-            const uint8_t *a = job->act + (size_t)t * job->act_row_bytes;
-            float *yt = job->y + t * job->n_rows;
-            for (long r = rb; r < re; r++) job->wt->vec_dot(n, &yt[r], job->w + (size_t)r * job->w_row_bytes, a);
+    const int n = (int)n_cols;
+    for (int64_t rb = r0; rb < r1; rb += ROW_BLOCK) {
+        const int64_t re = rb + ROW_BLOCK < r1 ? rb + ROW_BLOCK : r1;
+        for (int64_t t = 0; t < n_tokens; t++) {
+            const uint8_t *a = ab + (size_t)t * act_row_bytes;
+            float *yt = y + t * n_rows;
+            for (int64_t r = rb; r < re; r++) wt->vec_dot(n, &yt[r], wb + (size_t)r * w_row_bytes, a);
         }
     }
 }
@@ -215,8 +250,8 @@ void cm_matmul(cm_pool *pool, int w_type, const void *w, size_t w_row_bytes, int
     /* A repacked weight: rows are not w_row_bytes apart any more, the
      * layout's kernel walks the whole matrix; activations as for the source
      * type. */
-    const cm_repack_ops *ops = cm_type_traits_get(w_type) ? NULL : cm_repack_ops_of(w_type);
-    const cm_type_traits *wt = cm_type_traits_get(ops ? ops->src_type : w_type);
+    const cm_repack_ops *ops;
+    const cm_type_traits *wt = weight_traits(w_type, &ops);
     assert(wt && wt->vec_dot && "cm_matmul: weight type has no dot product");
     assert(n_cols % wt->block_elems == 0 && n_cols <= 0x7fffffff);
     assert(ops || w_row_bytes >= row_bytes(wt, n_cols));

@@ -57,4 +57,25 @@ size_t cm_matmul_scratch_bytes(int w_type, int64_t n_cols, int64_t n_tokens);
 void cm_matmul(cm_pool *pool, int w_type, const void *w, size_t w_row_bytes, int64_t n_rows, int64_t n_cols,
                const float *x, int64_t n_tokens, float *y, void *scratch);
 
+/* The two halves of cm_matmul, for callers that run their own pool jobs (the
+ * decode path fuses several matmuls and the element-wise work between them
+ * into one job, and hands out rows to threads as they become free).
+ *
+ * cm_matmul_act_type: the type x is converted to for W (CM_TYPE_F32: none,
+ * the rows of x are the activations as they are). cm_matmul_act_convert
+ * converts n floats (a multiple of that type's block) to it; converting a
+ * row piecewise, block-aligned, gives the same bytes as converting it whole.
+ * cm_matmul_row_step: row ranges handed to cm_matmul_rows must start and end
+ * on multiples of it (16 for a repacked layout, else 1).
+ * cm_matmul_rows: y[t * n_rows + r] for r in [r0, r1) and every token, on
+ * the calling thread; activation row t at act + t * act_row_bytes (act_row_bytes
+ * = cm_matmul_scratch_bytes(w_type, n_cols, 1), or n_cols floats when the
+ * activation type is f32). The results do not depend on how the rows are
+ * split: a row's value is the same whichever range computes it. */
+int cm_matmul_act_type(int w_type);
+void cm_matmul_act_convert(int w_type, const float *x, int64_t n, void *act);
+int64_t cm_matmul_row_step(int w_type);
+void cm_matmul_rows(int w_type, const void *w, size_t w_row_bytes, int64_t n_rows, int64_t n_cols, const void *act,
+                    size_t act_row_bytes, int64_t n_tokens, float *y, int64_t r0, int64_t r1);
+
 #endif

@@ -110,6 +110,20 @@ int cm_ctx_create(cm_model *m, const cm_ctx_params *params, cm_ctx **out) {
     int nth = cm_pool_n_threads(c->pool);
     c->att_scratch_stride = (int)cm_attention_scratch_floats(hp);
     if (!(c->att_scratch = zalloc((size_t)nth * (size_t)c->att_scratch_stride * sizeof(float), sb))) goto fail;
+
+    /* fused decode path: per thread, the normed rows and 3 activation slots,
+     * each for CM_DECODE_FUSED_TOKENS tokens; an activation row is at most
+     * 4 bytes a column (f32) wide */
+    const char *fused = getenv("CELLM_DECODE_FUSED");
+    if (hp->n_expert == 0 && nl > 0 && !(fused && strcmp(fused, "off") == 0)) {
+        const size_t wide = ne > (size_t)c->n_q ? ne : (size_t)c->n_q;
+        const size_t floats = ((size_t)CM_DECODE_FUSED_TOKENS * ne * sizeof(float) + 63) / 64 * 64;
+        c->dec_slot0 = floats;
+        c->dec_slot_bytes = ((size_t)CM_DECODE_FUSED_TOKENS * wide * sizeof(float) + 63) / 64 * 64;
+        c->dec_stride = floats + 3 * c->dec_slot_bytes;
+        if (!(c->dec_scratch = zalloc((size_t)nth * c->dec_stride, sb))) goto fail;
+        if (!(c->x_next = zalloc(nb * ne * sizeof(float), sb))) goto fail;
+    }
     *out = c;
     return CM_OK;
 fail:
@@ -125,7 +139,7 @@ void cm_ctx_destroy(cm_ctx *c) {
     }
     free(c->k_cache);
     free(c->v_cache);
-    void *bufs[] = {c->seq_len, c->next_pos, c->x, c->xb, c->xo, c->q, c->k, c->v, c->att, c->hb, c->hb2, c->rope_cs,
+    void *bufs[] = {c->seq_len, c->next_pos, c->x, c->x_next, c->dec_scratch, c->xb, c->xo, c->q, c->k, c->v, c->att, c->hb, c->hb2, c->rope_cs,
                     c->mm_scratch, c->logits, c->logit_row, c->router, c->sel, c->sel_w, c->exp_count,
                     c->exp_tok, c->exp_w, c->gx, c->gy, c->att_scratch};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);

@@ -66,7 +66,7 @@ static inline float exp_clamped(float x) {
 
 /* g[i] = silu(g[i]) * u[i]: the SwiGLU gate, a large share of the
  * element-wise work of a prompt (n_ff values per token and layer). */
-FWD_CLONES static void swiglu(float *restrict g, const float *restrict u, long n) {
+FWD_CLONES void cm_swiglu(float *restrict g, const float *restrict u, long n) {
     for (long i = 0; i < n; i++) g[i] = g[i] / (1.0f + exp_clamped(-g[i])) * u[i];
 }
 
@@ -199,7 +199,7 @@ static void ew_worker(void *arg, int ith, int nth) {
         if (j->phase == EW_ADD)
             for (long i = b; i < e; i++) c->x[i] += c->xo[i];
         else
-            swiglu(c->hb + b, c->hb2 + b, e - b);
+            cm_swiglu(c->hb + b, c->hb2 + b, e - b);
         return;
     }
     cm_split_range(j->b->n_tokens, ith, nth, &b, &e);
@@ -253,7 +253,13 @@ int cm_stage_forward(cm_ctx *c, const cm_batch *b, const float *hidden_in, float
     else
         memcpy(c->x, hidden_in, (size_t)n * ne * sizeof(float));
     for (int t = 0; t < n; t++) cm_rope_angles(hp, m->rope_freq, b->pos[t], c->rope_cs + (size_t)t * hp->rope_dim);
-    for (int il = 0; il < c->n_layer_stage; il++) layer_forward(c, il, b);
+    const bool fused = cm_decode_fused_fits(c, b);
+    for (int il = 0; il < c->n_layer_stage; il++) {
+        if (fused)
+            cm_layer_forward_fused(c, il, b);
+        else
+            layer_forward(c, il, b);
+    }
     if (c->n_layer_stage > 0) ew(c, b, NULL, 0, EW_ADD, NULL, (size_t)n * (size_t)ne); /* the last FFN's residual */
 
     for (int i = 0; i < c->params.n_batch_max; i++) c->logit_row[i] = -1;

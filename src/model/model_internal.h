@@ -82,6 +82,7 @@ struct cm_ctx {
     int32_t *next_pos;         /* (n_seq_max) validation scratch */
     /* scratch, all sized for n_batch_max tokens */
     float *x;                  /* (n_batch, n_embd) residual stream */
+    float *x_next;             /* (n_batch, n_embd) the fused decode path's next residual, swapped with x */
     float *xb;                 /* (n_batch, n_embd) normed input */
     float *xo;                 /* (n_batch, n_embd) layer output before residual add */
     float *q;                  /* (n_batch, n_q) */
@@ -105,8 +106,19 @@ struct cm_ctx {
     /* attention: per-thread tile scratch */
     float *att_scratch;        /* (n_threads, att_scratch_stride) */
     int att_scratch_stride;
+    /* fused decode path (forward_decode.c): per thread, CM_DECODE_FUSED_TOKENS
+     * rows of floats, then 3 activation slots; NULL when the path is off */
+    uint8_t *dec_scratch;
+    size_t dec_stride, dec_slot0, dec_slot_bytes;
     uint64_t kv_bytes, scratch_bytes;
 };
+
+/* forward_decode.c: a dense layer for batches of up to this many tokens in
+ * three pool jobs (CELLM_DECODE_FUSED=off in the environment at context
+ * creation keeps the general path, for comparisons). */
+#define CM_DECODE_FUSED_TOKENS 8
+bool cm_decode_fused_fits(const cm_ctx *c, const cm_batch *b);
+void cm_layer_forward_fused(cm_ctx *c, int il, const cm_batch *b);
 
 /* Positions per attention tile: the score buffer of one thread. */
 #define CM_ATT_TILE 128
@@ -131,5 +143,7 @@ size_t cm_attention_scratch_floats(const cm_hparams *hp);
 
 /* forward.c helpers used by others */
 void cm_rmsnorm(float *y, const float *x, const float *w, int n, float eps);
+/* g[i] = silu(g[i]) * u[i] for i < n. */
+void cm_swiglu(float *restrict g, const float *restrict u, long n);
 
 #endif

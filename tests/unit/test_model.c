@@ -656,6 +656,67 @@ TEST(decode_one_token_at_a_time) {
     }
 }
 
+/* The fused decode path (batches of up to 8 tokens: three pool jobs a layer,
+ * rows handed out in chunks) gives bit for bit the logits of the general
+ * path, which CELLM_DECODE_FUSED=off keeps: a 6-token prompt, then 4 single
+ * tokens, over 2 and 3 threads. Matrices are wide enough to make several
+ * chunks each; the types cover f32 and f16 activations, q8_0 and q8_K
+ * ones, the q4_K/q6_K mix (and the repacked layouts where the CPU has them),
+ * qwen2's biases and qwen3's head norms with n_head * head_dim != n_embd. */
+TEST(decode_fused_matches_general) {
+    static const struct {
+        const char *arch;
+        int type, mix;
+    } cases[] = {
+        {"llama", CM_TYPE_F32, 0},        {"llama", CM_TYPE_F16, 0},
+        {"llama", CM_TYPE_Q8_0, 0},       {"llama", CM_TYPE_Q4_0, 0},
+        {"llama", 0, CM_SYNTH_MIX_Q4_K_M}, {"qwen2", CM_TYPE_Q8_0, 0},
+        {"qwen3", CM_TYPE_Q4_K, 0},
+    };
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        cm_synth_params p = small(cases[ci].arch, cases[ci].mix ? CM_TYPE_Q4_K : cases[ci].type);
+        p.mix = cases[ci].mix;
+        p.n_embd = 1024;
+        p.n_head = 8;
+        p.n_head_kv = 2;
+        p.n_ff = 2816;
+        p.head_dim = !strcmp(cases[ci].arch, "qwen3") ? 160 : 0;
+        char path[512];
+        model_path(path, sizeof path, "fused");
+        CHECK_OK(cm_synth_write(&p, path));
+        cm_model *m = NULL;
+        CHECK_OK(cm_model_load(path, NULL, &m));
+        if (!m) return;
+        enum { P = 6, D = 4, T = P + D };
+        const int V = p.n_vocab;
+        int32_t toks[T];
+        for (int i = 0; i < T; i++) toks[i] = (i * 37 + 11) % V;
+        float *want = malloc((size_t)T * V * 4), *got = malloc((size_t)T * V * 4);
+        for (int nt = 2; nt <= 3; nt++) {
+            for (int fused = 0; fused < 2; fused++) {
+                if (!fused) setenv("CELLM_DECODE_FUSED", "off", 1);
+                cm_ctx_params cp = {.n_ctx = T, .n_seq_max = 1, .n_batch_max = P, .n_threads = nt};
+                cm_ctx *c = NULL;
+                CHECK_OK(cm_ctx_create(m, &cp, &c));
+                unsetenv("CELLM_DECODE_FUSED");
+                float *out = fused ? got : want;
+                if (c) CHECK_OK(engine_all(c, 0, toks, P, 0, out, V));
+                for (int i = P; i < T && c; i++) CHECK_OK(engine_all(c, 0, toks + i, 1, i, out + (size_t)i * V, V));
+                cm_ctx_destroy(c);
+            }
+            size_t diff = 0;
+            for (size_t i = 0; i < (size_t)T * V; i++) diff += memcmp(&got[i], &want[i], sizeof(float)) != 0;
+            if (diff)
+                fprintf(stderr, "  %s type %d mix %d, %d threads: %zu of %d logits differ\n", cases[ci].arch,
+                        cases[ci].type, cases[ci].mix, nt, diff, T * V);
+            CHECK(diff == 0);
+        }
+        free(want), free(got);
+        cm_model_destroy(m);
+        unlink(path);
+    }
+}
+
 /* Greedy decoding through the KV cache equals recomputing the whole
  * sequence at every step. */
 TEST(greedy_cache_vs_recompute) {
@@ -980,6 +1041,7 @@ int main(void) {
     RUN(rope_layout_and_llama3_scaling);
     RUN(long_context_tiles);
     RUN(decode_one_token_at_a_time);
+    RUN(decode_fused_matches_general);
     RUN(greedy_cache_vs_recompute);
     RUN(interleaved_sequences_and_stages);
     RUN(batch_errors_leave_cache);
