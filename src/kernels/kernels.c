@@ -165,7 +165,17 @@ typedef struct matmul_job {
     const uint8_t *act; /* n_tokens x n_cols in vt, rows act_row_bytes apart */
     uint8_t *scratch;   /* == act when x must be converted first, else NULL */
     size_t act_row_bytes;
+    _Alignas(64) atomic_long next_chunk; /* a few tokens: the next chunk of rows to take */
 } matmul_job;
+
+/* Up to this many tokens, threads take rows in chunks as they become free
+ * (the weights are the whole cost, and a thread the host slows down takes
+ * fewer); above, each takes one contiguous range, which the blocked kernels
+ * tile best. */
+#define DYNAMIC_TOKENS 8
+/* Weight bytes per chunk: taking one (an atomic add) is noise next to
+ * streaming them, and a 1B model's smallest matrices still make a few. */
+#define CHUNK_BYTES (96 * 1024)
 
 static void matmul_worker(void *arg, int ith, int nth) {
     const matmul_job *job = arg;
@@ -183,12 +193,24 @@ static void matmul_worker(void *arg, int ith, int nth) {
         }
         if (nth > 1) cm_pool_barrier(job->pool);
     }
+    const int type = job->ops ? job->ops->type : job->w_type;
+    if (job->n_tokens <= DYNAMIC_TOKENS && nth > 1) {
+        matmul_job *mj = (matmul_job *)job;
+        const int64_t rows = cm_matmul_chunk_rows(type, job->n_cols, 1);
+        const int64_t nc = (job->n_rows + rows - 1) / rows;
+        for (long k; (k = atomic_fetch_add_explicit(&mj->next_chunk, 1, memory_order_relaxed)) < nc;) {
+            const int64_t r0 = k * rows, r1 = r0 + rows < job->n_rows ? r0 + rows : job->n_rows;
+            cm_matmul_rows(type, job->w, job->w_row_bytes, job->n_rows, job->n_cols, job->act, job->act_row_bytes,
+                           job->n_tokens, job->y, r0, r1);
+        }
+        return;
+    }
     long r0, r1;
     const int64_t step = job->ops ? CM_REPACK_ROWS : 1;
     cm_split_range((long)(job->n_rows / step), ith, nth, &r0, &r1);
     if (r1 > r0)
-        cm_matmul_rows(job->ops ? job->ops->type : job->w_type, job->w, job->w_row_bytes, job->n_rows, job->n_cols,
-                       job->act, job->act_row_bytes, job->n_tokens, job->y, r0 * step, r1 * step);
+        cm_matmul_rows(type, job->w, job->w_row_bytes, job->n_rows, job->n_cols, job->act, job->act_row_bytes,
+                       job->n_tokens, job->y, r0 * step, r1 * step);
 }
 
 /* The weight type's traits, or those of the type a repacked layout was made
@@ -215,6 +237,24 @@ int64_t cm_matmul_row_step(int w_type) {
     const cm_repack_ops *ops;
     (void)weight_traits(w_type, &ops);
     return ops ? CM_REPACK_ROWS : 1;
+}
+
+static int64_t gcd64(int64_t a, int64_t b) {
+    while (b) {
+        const int64_t t = a % b;
+        a = b, b = t;
+    }
+    return a;
+}
+
+int64_t cm_matmul_chunk_rows(int w_type, int64_t n_cols, int64_t align) {
+    const cm_repack_ops *ops;
+    const cm_type_traits *wt = weight_traits(w_type, &ops);
+    const int64_t step = ops ? CM_REPACK_ROWS : 1;
+    const int64_t unit = step / gcd64(step, align) * align;
+    const size_t per_row = ops ? ops->bytes(CM_REPACK_ROWS, n_cols) / CM_REPACK_ROWS : row_bytes(wt, n_cols);
+    const int64_t rows = (int64_t)(CHUNK_BYTES / (per_row ? per_row : 1)) / unit * unit;
+    return rows < unit ? unit : rows;
 }
 
 void cm_matmul_rows(int w_type, const void *w, size_t w_row_bytes, int64_t n_rows, int64_t n_cols, const void *act,

@@ -18,9 +18,9 @@
  *
  * Chunks come from one atomic counter per phase, so a thread that a busy
  * host slows down takes fewer of them and both finish together. A chunk is
- * about CHUNK_BYTES of weights, a whole number of the layout's row step
- * (16 rows repacked) and, for gate/up, of Wdown's activation block, so that
- * a chunk's SwiGLU output converts on its own.
+ * cm_matmul_chunk_rows long (about 96 KiB of weights, whole row steps of
+ * a repacked layout) and, for gate/up, whole blocks of Wdown's activations,
+ * so that a chunk's SwiGLU output converts on its own.
  *
  * Invariants: every thread reads all of x but writes only its own slice of
  * the sum, and into the other buffer (c->x_next), swapped in after the job:
@@ -36,11 +36,6 @@
 #include "kernels/kernels.h"
 #include "model/model_internal.h"
 
-/* Weight bytes per chunk: large enough that taking a chunk (one atomic add)
- * is noise, small enough that a 1B model's smallest matrices still split
- * into a few chunks per thread. */
-#define CHUNK_BYTES (96 * 1024)
-
 typedef struct counter {
     _Alignas(64) atomic_long next;
 } counter;
@@ -53,23 +48,7 @@ typedef struct dec_job {
     counter ctr[3];
 } dec_job;
 
-static int64_t gcd64(int64_t a, int64_t b) {
-    while (b) {
-        int64_t t = a % b;
-        a = b, b = t;
-    }
-    return a;
-}
-
-static int64_t lcm64(int64_t a, int64_t b) { return a / gcd64(a, b) * b; }
-
-/* Rows per chunk of w: a multiple of `step`. */
-static int64_t chunk_rows(const cm_weight *w, int64_t step) {
-    const int64_t row_bytes = (int64_t)(w->mat_bytes / (size_t)w->n_rows);
-    int64_t r = CHUNK_BYTES / (row_bytes > 0 ? row_bytes : 1);
-    r = r / step * step;
-    return r < step ? step : r;
-}
+static int64_t chunk_rows(const cm_weight *w) { return cm_matmul_chunk_rows(w->type, w->n_cols, 1); }
 
 static int64_t n_chunks(int64_t n_rows, int64_t rows) { return (n_rows + rows - 1) / rows; }
 
@@ -122,7 +101,7 @@ static const void *activations(const cm_weight *w, const float *f, int n, uint8_
 
 /* Rows of w in chunks from ctr until none is left. */
 static void rows_dynamic(const cm_weight *w, const void *act, size_t arb, int n, float *y, atomic_long *ctr) {
-    const int64_t rows = chunk_rows(w, cm_matmul_row_step(w->type)), nc = n_chunks(w->n_rows, rows);
+    const int64_t rows = chunk_rows(w), nc = n_chunks(w->n_rows, rows);
     for (long k; (k = atomic_fetch_add_explicit(ctr, 1, memory_order_relaxed)) < nc;) {
         const int64_t r0 = k * rows, r1 = r0 + rows < w->n_rows ? r0 + rows : w->n_rows;
         cm_matmul_rows(w->type, w->data, w->row_bytes, w->n_rows, w->n_cols, act, arb, n, y, r0, r1);
@@ -151,7 +130,7 @@ static void job_qkv(void *arg, int ith, int nth) {
             act[m] = act[same], arb[m] = arb[same];
         else
             act[m] = activations(ws[m], h, n, thread_slot(c, ith, m), &arb[m]);
-        rows[m] = chunk_rows(ws[m], cm_matmul_row_step(ws[m]->type));
+        rows[m] = chunk_rows(ws[m]);
         first[m + 1] = first[m] + n_chunks(ws[m]->n_rows, rows[m]);
     }
     /* one counter over the chunks of all three matrices */
@@ -186,9 +165,11 @@ static void job_out_ffn(void *arg, int ith, int nth) {
     const int d_at = cm_matmul_act_type(d->type);
     const cm_type_traits *dvt = cm_type_traits_get(d_at);
     const int64_t ff = g->n_rows;
-    int64_t step = lcm64(cm_matmul_row_step(g->type), cm_matmul_row_step(u->type));
-    if (d_at != CM_TYPE_F32) step = lcm64(step, dvt->block_elems);
-    const int64_t rows = chunk_rows(g, step), nc = n_chunks(ff, rows);
+    /* chunks of whole row steps of both matrices and whole blocks of Wdown's
+     * activations (all powers of two, so the larger serves) */
+    int64_t align = cm_matmul_row_step(u->type);
+    if (d_at != CM_TYPE_F32 && dvt->block_elems > align) align = dvt->block_elems;
+    const int64_t rows = cm_matmul_chunk_rows(g->type, g->n_cols, align), nc = n_chunks(ff, rows);
     uint8_t *dact = c->mm_scratch;
     for (long k; (k = atomic_fetch_add_explicit(&j->ctr[1].next, 1, memory_order_relaxed)) < nc;) {
         const int64_t r0 = k * rows, r1 = r0 + rows < ff ? r0 + rows : ff;
