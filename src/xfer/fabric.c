@@ -89,7 +89,7 @@
 #include "xfer/sidechan.h"
 #include "xfer/wire.h"
 
-#define MAX_PEERS 256
+#define MAX_PEERS CM_SIDECHAN_MAX_PEERS
 #define RX_BUFS 32
 #define TICK_MS 1
 #define CQ_BATCH 32
@@ -97,7 +97,8 @@
 #define TXACC (FI_SEND | FI_READ | FI_WRITE)
 
 enum { CTX_RX = 1, CTX_TX };
-enum { L_NEW = 0, L_READY, L_DEAD };
+/* link states: sidechan.h's */
+enum { L_NEW = CM_SIDECHAN_NEW, L_READY = CM_SIDECHAN_READY, L_DEAD = CM_SIDECHAN_DEAD };
 enum { FAB_RX_RECV = 1, FAB_RX_DISCARD, FAB_RX_HEAP };
 
 struct flink;
@@ -129,11 +130,8 @@ typedef struct parked_rx {
 } parked_rx;
 
 typedef struct flink {
+    cm_sidechan_link base;  /* first: sidechan.c hands links back as &base */
     struct fab_backend *b;
-    int state;
-    int peer, index;
-    int fd;                 /* side channel */
-    char addr[64];
     struct fid_ep *ep;
     struct fid_cq *cq;
     struct fid_av *av;
@@ -150,20 +148,9 @@ typedef struct flink {
     uint8_t *rx_dst;
     size_t rx_cap, rx_total, rx_got;
     void *rx_token;
-    uint64_t last_rx_ns, last_tx_ns;
-    uint64_t bytes_sent, bytes_received;
     ftrack *tracks;
     struct flink *next;     /* b->graveyard */
 } flink;
-
-typedef struct fpeer {
-    int active, up;
-    int n_links, n_ready;
-    unsigned next_link;
-    uint64_t instance;
-    char name[CM_XFER_NAME_MAX];
-    flink *links[CM_XFER_MAX_LINKS];
-} fpeer;
 
 typedef struct fmr {
     struct fid_mr *mr;
@@ -192,12 +179,9 @@ typedef struct fab_backend {
     volatile int stop;
     _Atomic int n_progress; /* application threads polling in fab_progress */
     int wake[2];
-    cm_sidechan side;     /* how links are dialed, accepted and authenticated */
-    fpeer peers[MAX_PEERS];
+    cm_sidechan side;     /* the side channel, the peers and their links */
     flink *graveyard;
 } fab_backend;
-
-static void peer_fail(fab_backend *b, int pid, int status, const char *why);
 
 /* ---- errors ---- */
 
@@ -263,13 +247,24 @@ static int rx_post(flink *l, int i) {
     return r ? fi_err(CM_EIO, "fi_recv", r) : CM_OK;
 }
 
-/* Marks a link dead: fails what it holds; the progress thread closes it. */
-static void link_kill(fab_backend *b, flink *l, int status) {
-    if (l->state == L_DEAD) return;
-    l->state = L_DEAD;
+static void wake_thread(void *owner) {
+    fab_backend *b = owner;
+    if (b->wake[1] < 0) return;
+    char c = 1;
+    ssize_t w = write(b->wake[1], &c, 1);
+    (void)w;
+}
+
+/* sidechan's link_kill: marks a link dead and fails what it holds; the
+ * progress thread closes it. */
+static void link_kill(void *owner, cm_sidechan_link *base, int status) {
+    fab_backend *b = owner;
+    flink *l = (flink *)base;
+    if (l->base.state == L_DEAD) return;
+    l->base.state = L_DEAD;
     if (l->rx_active) {
         if (l->rx_kind == FAB_RX_RECV || l->rx_kind == FAB_RX_DISCARD)
-            cm_xfer_core_recv_end(b->x, l->rx_token, l->peer, status, 0);
+            cm_xfer_core_recv_end(b->x, l->rx_token, l->base.peer, status, 0);
         else if (l->rx_kind == FAB_RX_HEAP)
             free(l->rx_dst);
         l->rx_active = 0;
@@ -285,11 +280,7 @@ static void link_kill(fab_backend *b, flink *l, int status) {
     }
     l->next = b->graveyard;
     b->graveyard = l;
-    if (b->wake[1] >= 0) {
-        char c = 1;
-        ssize_t w = write(b->wake[1], &c, 1);
-        (void)w;
-    }
+    wake_thread(b);
 }
 
 /* Only the progress thread (or destroy, after it stopped) calls this. */
@@ -305,40 +296,9 @@ static void link_free(flink *l) {
         free(t->hdrs);
         free(t);
     }
-    if (l->fd >= 0) close(l->fd);
+    if (l->base.fd >= 0) close(l->base.fd);
     free(l->rxmem);
     free(l);
-}
-
-static void peer_fail(fab_backend *b, int pid, int status, const char *why) {
-    fpeer *p = &b->peers[pid];
-    if (!p->active) return;
-    p->active = 0;
-    int was_up = p->up;
-    p->up = 0;
-    /* The core hears first: whoever sees a failed completion below finds
-     * the peer already down. */
-    if (was_up)
-        cm_xfer_core_peer_down(b->x, pid, status, why);
-    else if (why)
-        CM_LOGW("xfer: fabric peer %d (%s) failed while connecting: %s", pid, p->name, why);
-    for (int i = 0; i < CM_XFER_MAX_LINKS; i++) {
-        flink *l = p->links[i];
-        p->links[i] = NULL;
-        if (l) link_kill(b, l, status);
-    }
-    p->n_ready = 0;
-}
-
-static void link_fail(fab_backend *b, flink *l, int status, const char *why) {
-    if (l->state == L_DEAD) return;
-    if (l->peer >= 0 && b->peers[l->peer].active) {
-        char msg[512];
-        snprintf(msg, sizeof msg, "%s: %s", l->addr, why);
-        peer_fail(b, l->peer, status, msg);
-    } else {
-        link_kill(b, l, status);
-    }
 }
 
 /* Creates the endpoint of a link, its cq and av, and posts its receive
@@ -416,13 +376,13 @@ static int link_exchange(fab_backend *b, flink *l, uint64_t deadline) {
     int r = fi_getname(&l->ep->fid, name, &len);
     if (r) return fi_err(CM_EIO, "fi_getname", r);
     cm_fabric_addr_encode(name, len, mine);
-    int rc = cm_sidechan_swap(l->fd, mine, theirs, sizeof mine, deadline);
+    int rc = cm_sidechan_swap(l->base.fd, mine, theirs, sizeof mine, deadline);
     if (rc) return rc;
     size_t rlen;
     if ((rc = cm_fabric_addr_decode(theirs, name, &rlen))) return rc;
     (void)b;
     if (fi_av_insert(l->av, name, 1, &l->remote, 0, NULL) != 1)
-        return cm_errorf(CM_ECONN, "fabric: %s: the peer's endpoint address is not usable here", l->addr);
+        return cm_errorf(CM_ECONN, "fabric: %s: the peer's endpoint address is not usable here", l->base.addr);
     return CM_OK;
 }
 
@@ -430,11 +390,11 @@ static flink *link_new(fab_backend *b, int fd, const char *addr) {
     flink *l = calloc(1, sizeof *l);
     if (!l) return NULL;
     l->b = b;
-    l->fd = fd;
-    l->peer = -1;
+    l->base.fd = fd;
+    l->base.peer = -1;
     l->cq_fd = -1;
-    l->last_rx_ns = l->last_tx_ns = cm_now_ns();
-    snprintf(l->addr, sizeof l->addr, "%s", addr);
+    l->base.last_rx_ns = l->base.last_tx_ns = cm_now_ns();
+    snprintf(l->base.addr, sizeof l->base.addr, "%s", addr);
     return l;
 }
 
@@ -449,7 +409,7 @@ static int on_fragment(fab_backend *b, flink *l, const uint8_t *buf, size_t len)
         size_t cap = 0;
         l->rx_total = f.total;
         l->rx_got = 0;
-        rc = cm_xfer_core_recv_begin(b->x, l->peer, &l->rx_dst, &cap, &l->rx_token);
+        rc = cm_xfer_core_recv_begin(b->x, l->base.peer, &l->rx_dst, &cap, &l->rx_token);
         if (rc == CM_OK) {
             l->rx_kind = f.total > cap ? FAB_RX_DISCARD : FAB_RX_RECV;
         } else {
@@ -464,8 +424,8 @@ static int on_fragment(fab_backend *b, flink *l, const uint8_t *buf, size_t len)
     if (l->rx_got < l->rx_total) return CM_OK;
     l->rx_active = 0;
     switch (l->rx_kind) {
-    case FAB_RX_RECV: cm_xfer_core_recv_end(b->x, l->rx_token, l->peer, CM_OK, l->rx_total); break;
-    case FAB_RX_DISCARD: cm_xfer_core_recv_end(b->x, l->rx_token, l->peer, CM_ERANGE, 0); break;
+    case FAB_RX_RECV: cm_xfer_core_recv_end(b->x, l->rx_token, l->base.peer, CM_OK, l->rx_total); break;
+    case FAB_RX_DISCARD: cm_xfer_core_recv_end(b->x, l->rx_token, l->base.peer, CM_ERANGE, 0); break;
     default: {
         /* The application may have posted a recv while the fragments of
          * this message were arriving: hand it over now rather than park it
@@ -473,14 +433,14 @@ static int on_fragment(fab_backend *b, flink *l, const uint8_t *buf, size_t len)
         uint8_t *dst;
         size_t cap;
         void *token;
-        if (cm_xfer_core_recv_begin(b->x, l->peer, &dst, &cap, &token) == CM_OK) {
+        if (cm_xfer_core_recv_begin(b->x, l->base.peer, &dst, &cap, &token) == CM_OK) {
             int fits = l->rx_total <= cap;
             if (fits && l->rx_total) memcpy(dst, l->rx_dst, l->rx_total);
             free(l->rx_dst);
-            cm_xfer_core_recv_end(b->x, token, l->peer, fits ? CM_OK : CM_ERANGE, fits ? l->rx_total : 0);
+            cm_xfer_core_recv_end(b->x, token, l->base.peer, fits ? CM_OK : CM_ERANGE, fits ? l->rx_total : 0);
             return CM_OK;
         }
-        rc = cm_xfer_core_recv_unexpected(b->x, l->peer, l->rx_dst, l->rx_total);
+        rc = cm_xfer_core_recv_unexpected(b->x, l->base.peer, l->rx_dst, l->rx_total);
         if (rc) free(l->rx_dst);
         return rc;
     }
@@ -496,8 +456,8 @@ static int on_completion(fab_backend *b, flink *l, const struct fi_cq_data_entry
     if ((e->flags & FI_REMOTE_CQ_DATA) && (e->flags & (FI_REMOTE_WRITE | FI_RMA))) {
         if (b->have_source && src != l->remote && src != FI_ADDR_NOTAVAIL)
             return cm_errorf(CM_EFORMAT, "remote write from an unknown source");
-        l->last_rx_ns = cm_now_ns();
-        cm_xfer_core_write_landed(b->x, l->peer, (uint32_t)e->data);
+        l->base.last_rx_ns = cm_now_ns();
+        cm_xfer_core_write_landed(b->x, l->base.peer, (uint32_t)e->data);
         if (c && c->type == CTX_RX) return rx_post(l, c->idx); /* FI_RX_CQ_DATA mode used a buffer */
         return CM_OK;
     }
@@ -507,8 +467,8 @@ static int on_completion(fab_backend *b, flink *l, const struct fi_cq_data_entry
             CM_LOGW("xfer: fabric: dropped a message from a source that is not this link's peer");
             return rx_post(l, c->idx);
         }
-        l->last_rx_ns = cm_now_ns();
-        l->bytes_received += e->len;
+        l->base.last_rx_ns = cm_now_ns();
+        l->base.bytes_received += e->len;
         const uint8_t *buf = rx_buf(l, c->idx);
         /* Buffers are matched in order, but a large fragment (a rendezvous
          * inside the provider) may complete after later small ones: park
@@ -521,8 +481,8 @@ static int on_completion(fab_backend *b, flink *l, const struct fi_cq_data_entry
             return CM_OK;
         }
         int rc = on_fragment(b, l, buf, e->len);
-        if (!rc && l->state != L_DEAD) rc = rx_post(l, c->idx);
-        for (int i = 0; !rc && i < l->n_parked && l->state != L_DEAD;) {
+        if (!rc && l->base.state != L_DEAD) rc = rx_post(l, c->idx);
+        for (int i = 0; !rc && i < l->n_parked && l->base.state != L_DEAD;) {
             if (l->parked[i].seq != l->rx_seq) {
                 i++;
                 continue;
@@ -530,7 +490,7 @@ static int on_completion(fab_backend *b, flink *l, const struct fi_cq_data_entry
             parked_rx pr = l->parked[i];
             l->parked[i] = l->parked[--l->n_parked];
             rc = on_fragment(b, l, rx_buf(l, pr.idx), pr.len);
-            if (!rc && l->state != L_DEAD) rc = rx_post(l, pr.idx);
+            if (!rc && l->base.state != L_DEAD) rc = rx_post(l, pr.idx);
             i = 0;
         }
         return rc;
@@ -542,7 +502,7 @@ static int on_completion(fab_backend *b, flink *l, const struct fi_cq_data_entry
         rc = post_last_segment(b, l, t);
         if (rc) t->status = rc, t->pending_last = 0;
     }
-    if (rc) link_fail(b, l, CM_EPEER, cm_last_error(rc));
+    if (rc) cm_sidechan_link_fail(&b->side, &l->base, CM_EPEER, cm_last_error(rc));
     track_settle(b, l, t);
     return CM_OK;
 }
@@ -553,7 +513,7 @@ static int link_drain(fab_backend *b, flink *l) {
     struct fi_cq_data_entry e[CQ_BATCH];
     fi_addr_t src[CQ_BATCH];
     int total = 0;
-    while (l->state != L_DEAD) {
+    while (l->base.state != L_DEAD) {
         ssize_t n = b->have_source ? fi_cq_readfrom(l->cq, e, CQ_BATCH, src) : fi_cq_read(l->cq, e, CQ_BATCH);
         if (n == -FI_EAGAIN) break;
         if (n == -FI_EAVAIL) {
@@ -565,7 +525,7 @@ static int link_drain(fab_backend *b, flink *l) {
                      fi_strerror(err.err));
             /* The peer goes down first, so whoever sees the failed
              * completion also sees the peer down. */
-            link_fail(b, l, CM_EPEER, why);
+            cm_sidechan_link_fail(&b->side, &l->base, CM_EPEER, why);
             if (c && c->type == CTX_TX) {
                 ftrack *t = c->track;
                 t->outstanding--;
@@ -576,15 +536,15 @@ static int link_drain(fab_backend *b, flink *l) {
             break;
         }
         if (n < 0) {
-            link_fail(b, l, CM_EPEER, fi_strerror((int)-n));
+            cm_sidechan_link_fail(&b->side, &l->base, CM_EPEER, fi_strerror((int)-n));
             break;
         }
-        for (ssize_t i = 0; i < n && l->state != L_DEAD; i++) {
+        for (ssize_t i = 0; i < n && l->base.state != L_DEAD; i++) {
             int rc = on_completion(b, l, &e[i], b->have_source ? src[i] : FI_ADDR_NOTAVAIL);
             if (rc) {
                 char why[400];
                 snprintf(why, sizeof why, "bad message from peer: %s", cm_last_error(rc));
-                link_fail(b, l, rc == CM_EFORMAT ? CM_EFORMAT : CM_EPEER, why);
+                cm_sidechan_link_fail(&b->side, &l->base, rc == CM_EFORMAT ? CM_EFORMAT : CM_EPEER, why);
             }
         }
         total += (int)n;
@@ -598,23 +558,23 @@ static void link_side_read(fab_backend *b, flink *l) {
     uint8_t buf[64];
     for (;;) {
         size_t n;
-        int rc = cm_sidechan_read(l->fd, buf, sizeof buf, &n);
+        int rc = cm_sidechan_read(l->base.fd, buf, sizeof buf, &n);
         if (rc) {
-            link_fail(b, l, rc, cm_last_error(rc));
+            cm_sidechan_link_fail(&b->side, &l->base, rc, cm_last_error(rc));
             return;
         }
         if (!n) return;
         for (size_t i = 0; i < n; i++) {
             if (buf[i] == CM_FABRIC_SIDE_BYE) {
-                link_fail(b, l, CM_EPEER, "peer closed the connection");
+                cm_sidechan_link_fail(&b->side, &l->base, CM_EPEER, "peer closed the connection");
                 return;
             }
             if (buf[i] != CM_FABRIC_SIDE_HEARTBEAT) {
-                link_fail(b, l, CM_EFORMAT, "garbage on the side channel");
+                cm_sidechan_link_fail(&b->side, &l->base, CM_EFORMAT, "garbage on the side channel");
                 return;
             }
         }
-        l->last_rx_ns = cm_now_ns();
+        l->base.last_rx_ns = cm_now_ns();
     }
 }
 
@@ -623,20 +583,20 @@ static void link_side_read(fab_backend *b, flink *l) {
 static void tick(fab_backend *b, uint64_t now) {
     const uint64_t hb_ns = (uint64_t)b->cfg->heartbeat_ms * 1000000ull;
     for (int i = 0; i < MAX_PEERS; i++) {
-        fpeer *p = &b->peers[i];
+        cm_sidechan_peer *p = &b->side.peers[i];
         if (!p->active) continue;
         for (int k = 0; k < CM_XFER_MAX_LINKS && p->active; k++) {
-            flink *l = p->links[k];
-            if (!l || l->state != L_READY) continue;
-            int rc = cm_sidechan_check_silence(now, l->last_rx_ns, b->cfg->peer_timeout_ms);
-            if (!rc && now - l->last_tx_ns >= hb_ns) {
+            flink *l = (flink *)p->links[k];
+            if (!l || l->base.state != L_READY) continue;
+            int rc = cm_sidechan_check_silence(now, l->base.last_rx_ns, b->cfg->peer_timeout_ms);
+            if (!rc && now - l->base.last_tx_ns >= hb_ns) {
                 uint8_t hb = CM_FABRIC_SIDE_HEARTBEAT;
                 size_t sent;
-                rc = cm_sidechan_post(l->fd, &hb, 1, &sent);
-                l->last_tx_ns = now; /* a full socket buffer is no failure: the next tick tries again */
+                rc = cm_sidechan_post(l->base.fd, &hb, 1, &sent);
+                l->base.last_tx_ns = now; /* a full socket buffer is no failure: the next tick tries again */
             }
             if (rc) {
-                link_fail(b, l, rc, cm_last_error(rc));
+                cm_sidechan_link_fail(&b->side, &l->base, rc, cm_last_error(rc));
                 break;
             }
         }
@@ -661,15 +621,15 @@ static void *progress_main(void *arg) {
         struct fid *cqs[MAX_PEERS];
         int n_cq = 0;
         for (int i = 0; i < MAX_PEERS; i++) {
-            fpeer *p = &b->peers[i];
+            cm_sidechan_peer *p = &b->side.peers[i];
             if (!p->active) continue;
             for (int k = 0; k < CM_XFER_MAX_LINKS; k++) {
-                flink *l = p->links[k];
-                if (!l || l->state == L_DEAD) continue;
+                flink *l = (flink *)p->links[k];
+                if (!l || l->base.state == L_DEAD) continue;
                 busy += link_drain(b, l);
                 if (!p->active) break;
-                if (l->state == L_DEAD || n + 2 > (int)(sizeof pf / sizeof pf[0])) continue;
-                pf[n] = (struct pollfd){l->fd, POLLIN, 0};
+                if (l->base.state == L_DEAD || n + 2 > (int)(sizeof pf / sizeof pf[0])) continue;
+                pf[n] = (struct pollfd){l->base.fd, POLLIN, 0};
                 who[n++] = l;
                 if (l->cq_fd >= 0) {
                     pf[n] = (struct pollfd){l->cq_fd, POLLIN, 0};
@@ -702,7 +662,7 @@ static void *progress_main(void *arg) {
             }
         }
         for (int i = 1; i < n; i++)
-            if (who[i] && pf[i].revents && who[i]->state != L_DEAD) link_side_read(b, who[i]);
+            if (who[i] && pf[i].revents && who[i]->base.state != L_DEAD) link_side_read(b, who[i]);
         pthread_mutex_unlock(&b->mu);
     }
     return NULL;
@@ -710,43 +670,9 @@ static void *progress_main(void *arg) {
 
 /* ---- connection setup ---- */
 
-/* Adds an authenticated, exchanged link to its peer; reports the peer up
- * when it has all its links. Called with b->mu held. */
-static int link_attach(void *owner, int pid, void *link, const cm_wire_hello *r, int dialed) {
-    fab_backend *b = owner;
-    flink *l = link;
-    fpeer *p = &b->peers[pid];
-    if (p->active && p->instance != r->instance) peer_fail(b, pid, CM_EPEER, "peer restarted");
-    if (!p->active) {
-        memset(p->links, 0, sizeof p->links);
-        p->active = 1;
-        p->up = 0;
-        p->n_links = r->n_links;
-        p->n_ready = 0;
-        p->instance = r->instance;
-        snprintf(p->name, sizeof p->name, "%s", r->name);
-    }
-    if (r->link < 0 || r->link >= p->n_links || p->links[r->link] || p->n_links != r->n_links) {
-        if (!dialed) return cm_errorf(CM_EFORMAT, "link does not fit the peer's announced links");
-    }
-    l->peer = pid;
-    l->index = r->link;
-    l->state = L_READY;
-    l->last_rx_ns = l->last_tx_ns = cm_now_ns();
-    p->links[r->link] = l;
-    if (++p->n_ready == p->n_links) {
-        p->up = 1;
-        cm_xfer_core_peer_up(b->x, pid, p->name, p->instance);
-    }
-    char c = 1;
-    ssize_t w = write(b->wake[1], &c, 1);
-    (void)w;
-    return CM_OK;
-}
-
 /* sidechan's link_setup: an authenticated socket becomes a link with its
  * endpoint open and addresses swapped. */
-static int link_setup(void *owner, int fd, const char *addr, uint64_t deadline, void **out) {
+static int link_setup(void *owner, int fd, const char *addr, uint64_t deadline, cm_sidechan_link **out) {
     fab_backend *b = owner;
     flink *l = link_new(b, fd, addr);
     if (!l) {
@@ -762,13 +688,11 @@ static int link_setup(void *owner, int fd, const char *addr, uint64_t deadline, 
         link_free(l);
         return rc;
     }
-    *out = l;
+    *out = &l->base;
     return CM_OK;
 }
 
-static void link_free_unattached(void *link) { link_free(link); }
-
-static void peer_fail_cb(void *owner, int pid, int status, const char *why) { peer_fail(owner, pid, status, why); }
+static void link_free_base(cm_sidechan_link *base) { link_free((flink *)base); }
 
 static int fab_connect(void *state, int pid, const char *const *addrs, int n_addrs, int timeout_ms) {
     fab_backend *b = state;
@@ -777,21 +701,15 @@ static int fab_connect(void *state, int pid, const char *const *addrs, int n_add
 
 /* ---- data path ---- */
 
+/* A READY link of an up peer: `which`, or with which < 0 the next one
+ * round-robin. Whole writes go round-robin: the imm-carrying last segment
+ * may only follow its own write's segments on the same endpoint (see the
+ * top of the file). */
 static int peer_link(fab_backend *b, int pid, int which, flink **out) {
-    if (pid < 0 || pid >= MAX_PEERS || !b->peers[pid].up) return cm_errorf(CM_EPEER, "xfer: peer %d is down", pid);
-    fpeer *p = &b->peers[pid];
-    flink *l = NULL;
-    if (which >= 0) {
-        l = p->links[which];
-    } else {
-        /* Whole writes go round-robin over the links: the imm-carrying
-         * last segment may only follow its own write's segments on the
-         * same endpoint (see the top of the file). */
-        l = p->links[p->next_link++ % p->n_links];
-    }
-    if (!l || l->state != L_READY) return cm_errorf(CM_EPEER, "xfer: peer %d is down", pid);
-    *out = l;
-    return CM_OK;
+    cm_sidechan_link *base;
+    int rc = cm_sidechan_pick(&b->side, pid, which, &base);
+    if (!rc) *out = (flink *)base;
+    return rc;
 }
 
 /* Retries a post while the provider's queue is full, draining this link's
@@ -803,7 +721,7 @@ static int peer_link(fab_backend *b, int pid, int which, flink **out) {
             r = (call);                                                                  \
             if (r != -FI_EAGAIN) break;                                                  \
             link_drain(b, (l));                                                          \
-            if ((l)->state == L_DEAD || cm_now_ns() > until_) break;                     \
+            if ((l)->base.state == L_DEAD || cm_now_ns() > until_) break;                \
         }                                                                                \
     } while (0)
 
@@ -836,9 +754,9 @@ static int post_segment(fab_backend *b, flink *l, ftrack *t, int i, int last) {
     POST_RETRY(l, fi_writemsg(l->ep, &m, flags));
     if (r) {
         t->outstanding--;
-        return l->state == L_DEAD ? CM_EPEER : fi_err(CM_EPEER, "fi_writemsg", r);
+        return l->base.state == L_DEAD ? CM_EPEER : fi_err(CM_EPEER, "fi_writemsg", r);
     }
-    l->bytes_sent += s->bytes;
+    l->base.bytes_sent += s->bytes;
     return CM_OK;
 }
 
@@ -867,7 +785,7 @@ static int fab_write(void *state, cm_xfer_op *op) {
         int e = post_segment(b, l, t, i, 0);
         if (e) t->status = e;
     }
-    if (!t->status && l->state != L_DEAD) {
+    if (!t->status && l->base.state != L_DEAD) {
         if (b->ordered || t->outstanding == 0) {
             int e = post_segment(b, l, t, op->n_segs - 1, 1);
             if (e) t->status = e;
@@ -875,12 +793,12 @@ static int fab_write(void *state, cm_xfer_op *op) {
             t->pending_last = 1;
         }
     }
-    if (t->status && l->state != L_DEAD) {
+    if (t->status && l->base.state != L_DEAD) {
         /* peer down first (it completes the op), so the failed completion
          * is never seen with the peer still up */
         t->pending_last = 0;
         int st = t->status;
-        link_fail(b, l, st, cm_last_error(st));
+        cm_sidechan_link_fail(&b->side, &l->base, st, cm_last_error(st));
     }
     track_settle(b, l, t);
 out:
@@ -911,7 +829,7 @@ static int fab_send(void *state, cm_xfer_op *op) {
         if (e) t->hdr_mr = NULL, t->status = fi_err(CM_EIO, "fi_mr_reg (headers)", e);
         else descs[0] = fi_mr_desc(t->hdr_mr);
     }
-    for (int i = 0; i < n_frags && !t->status && l->state != L_DEAD; i++) {
+    for (int i = 0; i < n_frags && !t->status && l->base.state != L_DEAD; i++) {
         uint32_t off = (uint32_t)i * CM_FABRIC_FRAG_BYTES;
         uint32_t len = s->bytes - off < CM_FABRIC_FRAG_BYTES ? s->bytes - off : CM_FABRIC_FRAG_BYTES;
         uint8_t *h = t->hdrs + (size_t)i * CM_FABRIC_FRAG_HDR;
@@ -922,14 +840,14 @@ static int fab_send(void *state, cm_xfer_op *op) {
         POST_RETRY(l, fi_sendv(l->ep, iov, b->mr_local ? descs : NULL, len ? 2 : 1, l->remote, &t->ctx[i].fi));
         if (r) {
             t->outstanding--;
-            t->status = l->state == L_DEAD ? CM_EPEER : fi_err(CM_EPEER, "fi_sendv", r);
+            t->status = l->base.state == L_DEAD ? CM_EPEER : fi_err(CM_EPEER, "fi_sendv", r);
         } else {
-            l->bytes_sent += len;
+            l->base.bytes_sent += len;
         }
     }
-    if (t->status && l->state != L_DEAD) {
+    if (t->status && l->base.state != L_DEAD) {
         int st = t->status;
-        link_fail(b, l, st, cm_last_error(st)); /* the message stream is broken */
+        cm_sidechan_link_fail(&b->side, &l->base, st, cm_last_error(st)); /* the message stream is broken */
     }
     track_settle(b, l, t);
 out:
@@ -943,7 +861,7 @@ static int fab_progress(void *state, int peer, int timeout_us) {
     atomic_fetch_add(&b->n_progress, 1);
     do {
         pthread_mutex_lock(&b->mu);
-        fpeer *p = &b->peers[peer];
+        cm_sidechan_peer *p = &b->side.peers[peer];
         if (!p->up) {
             pthread_mutex_unlock(&b->mu);
             atomic_fetch_sub(&b->n_progress, 1);
@@ -953,10 +871,10 @@ static int fab_progress(void *state, int peer, int timeout_us) {
         struct pollfd pf[CM_XFER_MAX_LINKS];
         struct fid *cqs[CM_XFER_MAX_LINKS];
         for (int i = 0; i < p->n_links && p->up; i++) {
-            flink *l = p->links[i];
-            if (!l || l->state != L_READY) continue;
+            flink *l = (flink *)p->links[i];
+            if (!l || l->base.state != L_READY) continue;
             got += link_drain(b, l);
-            if (l->state == L_READY && l->cq_fd >= 0) {
+            if (l->base.state == L_READY && l->cq_fd >= 0) {
                 pf[n_fd] = (struct pollfd){l->cq_fd, POLLIN, 0};
                 cqs[n_fd++] = &l->cq->fid;
             }
@@ -1095,8 +1013,8 @@ static int fab_create(cm_xfer *x, const cm_xfer_config *cfg, void **state) {
     b->wake[0] = b->wake[1] = -1;
     b->side = (cm_sidechan){.backend = "fabric", .key = &cfg->key, .instance = cm_xfer_core_instance(x),
                             .name = cm_xfer_core_name(x), .peer_timeout_ms = cfg->peer_timeout_ms, .x = x, .owner = b,
-                            .mu = &b->mu, .link_setup = link_setup, .link_free = link_free_unattached,
-                            .link_attach = link_attach, .peer_fail = peer_fail_cb};
+                            .mu = &b->mu, .bye = {CM_FABRIC_SIDE_BYE}, .bye_bytes = 1, .link_setup = link_setup,
+                            .link_free = link_free_base, .link_kill = link_kill, .wake = wake_thread};
     pthread_mutexattr_t ma;
     pthread_mutexattr_init(&ma);
     pthread_mutexattr_settype(&ma, PTHREAD_MUTEX_RECURSIVE);
@@ -1157,18 +1075,6 @@ fail:
     return rc;
 }
 
-/* Tells the peer on each of its up links that we are closing (best effort:
- * it is dropped either way). */
-static void peer_bye(fab_backend *b, int pid) {
-    fpeer *p = &b->peers[pid];
-    for (int k = 0; p->active && k < CM_XFER_MAX_LINKS; k++)
-        if (p->links[k] && p->links[k]->state == L_READY) {
-            uint8_t bye = CM_FABRIC_SIDE_BYE;
-            size_t sent;
-            cm_sidechan_post(p->links[k]->fd, &bye, 1, &sent);
-        }
-}
-
 static void fab_destroy(void *state) {
     fab_backend *b = state;
     if (!b) return;
@@ -1181,10 +1087,7 @@ static void fab_destroy(void *state) {
         pthread_join(b->thread, NULL);
     }
     pthread_mutex_lock(&b->mu);
-    for (int i = 0; i < MAX_PEERS; i++) {
-        peer_bye(b, i);
-        peer_fail(b, i, CM_ECLOSED, NULL);
-    }
+    cm_sidechan_close_peers(&b->side);
     while (b->graveyard) {
         flink *l = b->graveyard;
         b->graveyard = l->next;
@@ -1205,28 +1108,11 @@ static int fab_listen_addr(void *state, char *buf, size_t cap) {
 }
 
 static void fab_disconnect(void *state, int peer, int status) {
-    fab_backend *b = state;
-    pthread_mutex_lock(&b->mu);
-    peer_bye(b, peer);
-    peer_fail(b, peer, status, status == CM_ECLOSED ? "disconnected" : "dropped");
-    pthread_mutex_unlock(&b->mu);
+    cm_sidechan_disconnect(&((fab_backend *)state)->side, peer, status);
 }
 
 static int fab_peer_links(void *state, int peer, cm_xfer_link_stats *out, int max, int *n) {
-    fab_backend *b = state;
-    pthread_mutex_lock(&b->mu);
-    fpeer *p = &b->peers[peer];
-    *n = p->active ? p->n_links : 0;
-    for (int i = 0; i < *n && i < max; i++) {
-        memset(&out[i], 0, sizeof out[i]);
-        flink *l = p->links[i];
-        if (!l) continue;
-        snprintf(out[i].addr, sizeof out[i].addr, "%s", l->addr);
-        out[i].bytes_sent = l->bytes_sent;
-        out[i].bytes_received = l->bytes_received;
-    }
-    pthread_mutex_unlock(&b->mu);
-    return CM_OK;
+    return cm_sidechan_peer_links(&((fab_backend *)state)->side, peer, out, max, n);
 }
 
 const cm_xfer_backend_ops cm_xfer_fabric_ops = {

@@ -1,7 +1,8 @@
 /* sidechan.c - the authenticated TCP side channel of the fabric and verbs
- * backends (see sidechan.h): deadline-bounded socket I/O, the cell-key
- * HELLO/PROOF exchange, dialing and accepting links, and reading an up
- * link's side channel.
+ * backends and the peers their links make (see sidechan.h):
+ * deadline-bounded socket I/O, the cell-key HELLO/PROOF exchange, dialing
+ * and accepting links, attaching them to peers, failing peers, and reading
+ * an up link's side channel.
  *
  * The handshake is byte for byte the one these backends always spoke, so
  * engines built before this module was split out still interoperate:
@@ -144,9 +145,40 @@ int cm_sidechan_dial(const cm_sidechan *sc, const char *addr, int link, int n_li
     return CM_OK;
 }
 
-int cm_sidechan_connect(const cm_sidechan *sc, int pid, const char *const *addrs, int n_addrs, int timeout_ms) {
+/* Adds a set-up link to peer pid as link r->link of r->n_links; reports the
+ * peer up when it has all its links. A dialed link is never refused (the
+ * numbering is ours); an accepted one must fit what the peer announced.
+ * On failure the link is still the caller's. Under *mu. */
+static int attach(cm_sidechan *sc, int pid, cm_sidechan_link *l, const cm_wire_hello *r, int dialed) {
+    cm_sidechan_peer *p = &sc->peers[pid];
+    if (p->active && p->instance != r->instance) cm_sidechan_peer_fail(sc, pid, CM_EPEER, "peer restarted");
+    if (!p->active) {
+        memset(p->links, 0, sizeof p->links);
+        p->active = 1;
+        p->up = 0;
+        p->n_links = r->n_links;
+        p->n_ready = 0;
+        p->instance = r->instance;
+        snprintf(p->name, sizeof p->name, "%s", r->name);
+    }
+    if (!dialed && (r->link < 0 || r->link >= p->n_links || p->links[r->link] || p->n_links != r->n_links))
+        return cm_errorf(CM_EFORMAT, "link does not fit the peer's announced links");
+    l->peer = pid;
+    l->index = r->link;
+    l->state = CM_SIDECHAN_READY;
+    l->last_rx_ns = l->last_tx_ns = cm_now_ns();
+    p->links[r->link] = l;
+    if (++p->n_ready == p->n_links) {
+        p->up = 1;
+        cm_xfer_core_peer_up(sc->x, pid, p->name, p->instance);
+    }
+    sc->wake(sc->owner);
+    return CM_OK;
+}
+
+int cm_sidechan_connect(cm_sidechan *sc, int pid, const char *const *addrs, int n_addrs, int timeout_ms) {
     uint64_t deadline = cm_now_ns() + (uint64_t)(timeout_ms > 0 ? timeout_ms : 10000) * 1000000ull;
-    void *links[CM_XFER_MAX_LINKS] = {0};
+    cm_sidechan_link *links[CM_XFER_MAX_LINKS] = {0};
     cm_wire_hello r[CM_XFER_MAX_LINKS];
     int rc = n_addrs >= 1 && n_addrs <= CM_XFER_MAX_LINKS
                  ? CM_OK
@@ -164,12 +196,12 @@ int cm_sidechan_connect(const cm_sidechan *sc, int pid, const char *const *addrs
         return rc;
     }
     pthread_mutex_lock(sc->mu);
-    sc->peer_fail(sc->owner, pid, CM_EPEER, "replaced by a new connection");
+    cm_sidechan_peer_fail(sc, pid, CM_EPEER, "replaced by a new connection");
     for (int i = 0; i < n_addrs; i++) {
         /* the link numbering is the dialer's: our own order of addresses */
         r[i].link = i;
         r[i].n_links = n_addrs;
-        sc->link_attach(sc->owner, pid, links[i], &r[i], 1);
+        attach(sc, pid, links[i], &r[i], 1);
     }
     pthread_mutex_unlock(sc->mu);
     return CM_OK;
@@ -197,13 +229,14 @@ static void accept_one(cm_sidechan *sc, int wait_ms) {
         close(fd);
         return;
     }
-    void *link = NULL;
+    cm_sidechan_link *link = NULL;
     rc = sc->link_setup(sc->owner, fd, addr, deadline, &link);
     int pid = -1;
     if (!rc) rc = cm_xfer_core_peer_lookup(sc->x, r.name, r.instance, &pid);
+    if (!rc && (pid < 0 || pid >= CM_SIDECHAN_MAX_PEERS)) rc = cm_errorf(CM_EINVAL, "xfer: peer id %d out of range", pid);
     if (!rc) {
         pthread_mutex_lock(sc->mu);
-        rc = sc->link_attach(sc->owner, pid, link, &r, 0);
+        rc = attach(sc, pid, link, &r, 0);
         pthread_mutex_unlock(sc->mu);
     }
     if (rc) {
@@ -247,6 +280,86 @@ void cm_sidechan_stop(cm_sidechan *sc) {
     }
     if (sc->listening) close(sc->listen_fd);
     sc->listening = 0;
+}
+
+void cm_sidechan_peer_fail(cm_sidechan *sc, int pid, int status, const char *why) {
+    cm_sidechan_peer *p = &sc->peers[pid];
+    if (!p->active) return;
+    p->active = 0;
+    int was_up = p->up;
+    p->up = 0;
+    /* The core hears first: whoever sees a failed completion while the
+     * links are killed below finds the peer already down. */
+    if (was_up)
+        cm_xfer_core_peer_down(sc->x, pid, status, why);
+    else if (why)
+        CM_LOGW("xfer: %s peer %d (%s) failed while connecting: %s", sc->backend, pid, p->name, why);
+    for (int i = 0; i < CM_XFER_MAX_LINKS; i++) {
+        cm_sidechan_link *l = p->links[i];
+        p->links[i] = NULL;
+        if (l) sc->link_kill(sc->owner, l, status);
+    }
+    p->n_ready = 0;
+}
+
+void cm_sidechan_link_fail(cm_sidechan *sc, cm_sidechan_link *l, int status, const char *why) {
+    if (l->state == CM_SIDECHAN_DEAD) return;
+    if (l->peer >= 0 && sc->peers[l->peer].active) {
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s: %s", l->addr, why);
+        cm_sidechan_peer_fail(sc, l->peer, status, msg);
+    } else {
+        sc->link_kill(sc->owner, l, status);
+    }
+}
+
+int cm_sidechan_pick(cm_sidechan *sc, int pid, int which, cm_sidechan_link **out) {
+    if (pid < 0 || pid >= CM_SIDECHAN_MAX_PEERS || !sc->peers[pid].up)
+        return cm_errorf(CM_EPEER, "xfer: peer %d is down", pid);
+    cm_sidechan_peer *p = &sc->peers[pid];
+    cm_sidechan_link *l = which >= 0 ? p->links[which] : p->links[p->next_link++ % (unsigned)p->n_links];
+    if (!l || l->state != CM_SIDECHAN_READY) return cm_errorf(CM_EPEER, "xfer: peer %d is down", pid);
+    *out = l;
+    return CM_OK;
+}
+
+/* Best effort: the peer is dropped whether or not the goodbye gets out. */
+static void say_bye(cm_sidechan *sc, const cm_sidechan_peer *p) {
+    for (int k = 0; p->active && k < CM_XFER_MAX_LINKS; k++)
+        if (p->links[k] && p->links[k]->state == CM_SIDECHAN_READY) {
+            size_t sent;
+            cm_sidechan_post(p->links[k]->fd, sc->bye, sc->bye_bytes, &sent);
+        }
+}
+
+void cm_sidechan_disconnect(cm_sidechan *sc, int pid, int status) {
+    pthread_mutex_lock(sc->mu);
+    say_bye(sc, &sc->peers[pid]);
+    cm_sidechan_peer_fail(sc, pid, status, status == CM_ECLOSED ? "disconnected" : "dropped");
+    pthread_mutex_unlock(sc->mu);
+}
+
+void cm_sidechan_close_peers(cm_sidechan *sc) {
+    for (int i = 0; i < CM_SIDECHAN_MAX_PEERS; i++) {
+        say_bye(sc, &sc->peers[i]);
+        cm_sidechan_peer_fail(sc, i, CM_ECLOSED, NULL);
+    }
+}
+
+int cm_sidechan_peer_links(cm_sidechan *sc, int pid, cm_xfer_link_stats *out, int max, int *n) {
+    pthread_mutex_lock(sc->mu);
+    const cm_sidechan_peer *p = &sc->peers[pid];
+    *n = p->active ? p->n_links : 0;
+    for (int i = 0; i < *n && i < max; i++) {
+        memset(&out[i], 0, sizeof out[i]);
+        const cm_sidechan_link *l = p->links[i];
+        if (!l) continue;
+        snprintf(out[i].addr, sizeof out[i].addr, "%s", l->addr);
+        out[i].bytes_sent = l->bytes_sent;
+        out[i].bytes_received = l->bytes_received;
+    }
+    pthread_mutex_unlock(sc->mu);
+    return CM_OK;
 }
 
 int cm_sidechan_read(int fd, uint8_t *buf, size_t cap, size_t *n) {

@@ -98,7 +98,7 @@
 #include "xfer/verbs_proto.h"
 #include "xfer/wire.h"
 
-#define MAX_PEERS 256
+#define MAX_PEERS CM_SIDECHAN_MAX_PEERS
 #define TICK_MS 1
 #define CQ_BATCH 32
 #define SQ_DEPTH 256
@@ -111,7 +111,8 @@
 #define MAX_GIDS 256
 #define WRID_RECV (1ull << 63)
 
-enum { L_NEW = 0, L_READY, L_DEAD };
+/* link states: sidechan.h's */
+enum { L_NEW = CM_SIDECHAN_NEW, L_READY = CM_SIDECHAN_READY, L_DEAD = CM_SIDECHAN_DEAD };
 enum { RX_RECV = 1, RX_DISCARD, RX_HEAP };
 
 /* One op in a link's FIFO. */
@@ -126,11 +127,8 @@ typedef struct vjob {
 } vjob;
 
 typedef struct vlink {
+    cm_sidechan_link base; /* first: sidechan.c hands links back as &base */
     struct vb *b;
-    int state;
-    int peer, index;
-    int fd; /* side channel */
-    char addr[64];
     int qpt; /* CM_VERBS_QPT_* */
     struct ibv_comp_channel *ch;
     struct ibv_cq *cq;
@@ -161,19 +159,8 @@ typedef struct vlink {
     cm_verbs_side_rx side_rx;
     uint8_t side_out[SIDE_OUT_CAP];
     size_t side_out_len;
-    uint64_t last_rx_ns, last_tx_ns;
-    uint64_t bytes_sent, bytes_received;
     struct vlink *next; /* b->graveyard */
 } vlink;
-
-typedef struct vpeer {
-    int active, up;
-    int n_links, n_ready;
-    unsigned next_link;
-    uint64_t instance;
-    char name[CM_XFER_NAME_MAX];
-    vlink *links[CM_XFER_MAX_LINKS];
-} vpeer;
 
 typedef struct vmr {
     struct ibv_mr *mr;
@@ -209,15 +196,12 @@ typedef struct vb {
     int thread_started;
     volatile int stop;
     int wake[2];
-    cm_sidechan side;      /* how links are dialed, accepted and authenticated */
-    vpeer peers[MAX_PEERS];
+    cm_sidechan side;      /* the side channel, the peers and their links */
     vlink *graveyard;
     struct pollfd pf[1 + 2 * MAX_PEERS * CM_XFER_MAX_LINKS];
     vlink *who[1 + 2 * MAX_PEERS * CM_XFER_MAX_LINKS];
 } vb;
 
-static void peer_fail(vb *b, int pid, int status, const char *why);
-static void link_fail(vb *b, vlink *l, int status, const char *why);
 static int link_pump(vb *b, vlink *l);
 
 /* ---- device ---- */
@@ -391,7 +375,8 @@ out:
 
 /* ---- side channel ---- */
 
-static void wake_thread(vb *b) {
+static void wake_thread(void *owner) {
+    vb *b = owner;
     if (b->wake[1] < 0) return;
     char c = 1;
     ssize_t w = write(b->wake[1], &c, 1);
@@ -409,11 +394,11 @@ static int side_queue(vlink *l, int type, uint32_t value) {
 
 /* Writes what the kernel takes now; may fail the link. */
 static void side_flush(vb *b, vlink *l) {
-    while (l->side_out_len && l->state != L_DEAD) {
+    while (l->side_out_len && l->base.state != L_DEAD) {
         size_t w;
-        int rc = cm_sidechan_post(l->fd, l->side_out, l->side_out_len, &w);
+        int rc = cm_sidechan_post(l->base.fd, l->side_out, l->side_out_len, &w);
         if (rc) {
-            link_fail(b, l, rc, cm_last_error(rc));
+            cm_sidechan_link_fail(&b->side, &l->base, rc, cm_last_error(rc));
             return;
         }
         if (!w) return; /* the kernel's buffer is full: the next tick goes on */
@@ -444,11 +429,13 @@ static int rx_post(vlink *l, uint32_t i) {
     return e ? cm_errorf(CM_EIO, "verbs: ibv_post_recv: %s", strerror(e)) : CM_OK;
 }
 
-/* Marks a link dead: stops the QP, fails what it holds; the progress thread
- * frees it. */
-static void link_kill(vb *b, vlink *l, int status) {
-    if (l->state == L_DEAD) return;
-    l->state = L_DEAD;
+/* sidechan's link_kill: marks a link dead, stops the QP, fails what it
+ * holds; the progress thread frees it. */
+static void link_kill(void *owner, cm_sidechan_link *base, int status) {
+    vb *b = owner;
+    vlink *l = (vlink *)base;
+    if (l->base.state == L_DEAD) return;
+    l->base.state = L_DEAD;
     if (l->qp) {
         /* the error state flushes outstanding work requests: the NIC stops
          * reading sources before their ops are reported failed below */
@@ -457,7 +444,7 @@ static void link_kill(vb *b, vlink *l, int status) {
     }
     if (l->rx_active) {
         if (l->rx_kind == RX_RECV || l->rx_kind == RX_DISCARD)
-            cm_xfer_core_recv_end(b->x, l->rx_token, l->peer, status, 0);
+            cm_xfer_core_recv_end(b->x, l->rx_token, l->base.peer, status, 0);
         else
             free(l->rx_dst);
         l->rx_active = 0;
@@ -495,56 +482,25 @@ static void link_free(vlink *l) {
         free(j);
     }
     if (l->rx_active && l->rx_kind == RX_HEAP) free(l->rx_dst);
-    if (l->fd >= 0) close(l->fd);
+    if (l->base.fd >= 0) close(l->base.fd);
     free(l->rxmem);
     free(l->hdrs);
     free(l->ring);
     free(l);
 }
 
-static void peer_fail(vb *b, int pid, int status, const char *why) {
-    vpeer *p = &b->peers[pid];
-    if (!p->active) return;
-    p->active = 0;
-    int was_up = p->up;
-    p->up = 0;
-    /* The core hears first: whoever sees a failed completion below finds
-     * the peer already down. */
-    if (was_up)
-        cm_xfer_core_peer_down(b->x, pid, status, why);
-    else if (why)
-        CM_LOGW("xfer: verbs peer %d (%s) failed while connecting: %s", pid, p->name, why);
-    for (int i = 0; i < CM_XFER_MAX_LINKS; i++) {
-        vlink *l = p->links[i];
-        p->links[i] = NULL;
-        if (l) link_kill(b, l, status);
-    }
-    p->n_ready = 0;
-}
-
-static void link_fail(vb *b, vlink *l, int status, const char *why) {
-    if (l->state == L_DEAD) return;
-    if (l->peer >= 0 && b->peers[l->peer].active) {
-        char msg[512];
-        snprintf(msg, sizeof msg, "%s: %s", l->addr, why);
-        peer_fail(b, l->peer, status, msg);
-    } else {
-        link_kill(b, l, status);
-    }
-}
-
 static vlink *link_new(vb *b, int fd, const char *addr) {
     vlink *l = calloc(1, sizeof *l);
     if (!l) return NULL;
     l->b = b;
-    l->fd = fd;
-    l->peer = -1;
-    l->last_rx_ns = l->last_tx_ns = cm_now_ns();
+    l->base.fd = fd;
+    l->base.peer = -1;
+    l->base.last_rx_ns = l->base.last_tx_ns = cm_now_ns();
 #ifdef SO_NOSIGPIPE
     int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_NOSIGPIPE, &one, sizeof one);
 #endif
-    snprintf(l->addr, sizeof l->addr, "%s", addr);
+    snprintf(l->base.addr, sizeof l->base.addr, "%s", addr);
     return l;
 }
 
@@ -624,19 +580,19 @@ static int link_connect_qp(vb *b, vlink *l, uint64_t deadline) {
     }
     uint8_t mine[CM_VERBS_QP_INFO_BYTES], theirs[CM_VERBS_QP_INFO_BYTES];
     cm_verbs_qp_info_encode(&me, mine);
-    int rc = cm_sidechan_swap(l->fd, mine, theirs, sizeof mine, deadline);
+    int rc = cm_sidechan_swap(l->base.fd, mine, theirs, sizeof mine, deadline);
     if (!rc) rc = cm_verbs_qp_info_decode(theirs, &l->remote);
     if (rc) return rc;
     cm_verbs_qp_info *r = &l->remote;
     if (r->qp_type != l->qpt)
         return cm_errorf(CM_EUNSUPPORTED, "verbs: %s uses %s queue pairs, this engine %s (CELLM_VERBS_QP=uc on both "
                                           "ends makes them agree)",
-                         l->addr, r->qp_type == CM_VERBS_QPT_RC ? "RC" : "UC", l->qpt == CM_VERBS_QPT_RC ? "RC" : "UC");
+                         l->base.addr, r->qp_type == CM_VERBS_QPT_RC ? "RC" : "UC", l->qpt == CM_VERBS_QPT_RC ? "RC" : "UC");
     static const uint8_t zero[16];
     l->global = b->ethernet || r->lid == 0 || b->dev.pa.lid == 0;
     if (l->global && (l->gid_index < 0 || !memcmp(r->gid, zero, 16)))
         return cm_errorf(CM_EUNSUPPORTED, "verbs: %s: no GID to address the peer with (is_global needs both ends' GIDs)",
-                         l->addr);
+                         l->base.addr);
 
     struct ibv_qp_attr a = {0};
     a.qp_state = IBV_QPS_RTR;
@@ -679,13 +635,13 @@ static int link_connect_qp(vb *b, vlink *l, uint64_t deadline) {
 
     uint8_t ready[CM_VERBS_SIDE_BYTES], rec[CM_VERBS_SIDE_BYTES];
     cm_verbs_side_encode(CM_VERBS_SIDE_READY, 0, ready);
-    if ((rc = cm_sidechan_swap(l->fd, ready, rec, sizeof rec, deadline))) return rc;
+    if ((rc = cm_sidechan_swap(l->base.fd, ready, rec, sizeof rec, deadline))) return rc;
     cm_verbs_side_rx srx = {0};
     size_t used;
     int type;
     uint32_t v;
     if ((rc = cm_verbs_side_feed(&srx, rec, sizeof rec, &used, &type, &v))) return rc;
-    if (type != CM_VERBS_SIDE_READY) return cm_errorf(CM_EFORMAT, "verbs: %s: no ready record after the QP info", l->addr);
+    if (type != CM_VERBS_SIDE_READY) return cm_errorf(CM_EFORMAT, "verbs: %s: no ready record after the QP info", l->base.addr);
     cm_verbs_fc_init(&l->fc, l->sq_cap, r->rx_depth);
     cm_verbs_owed_init(&l->owed, l->rx_depth);
     if (ibv_req_notify_cq(l->cq, 0)) return cm_errorf(CM_EIO, "verbs: ibv_req_notify_cq failed");
@@ -749,14 +705,14 @@ static int post_wr(vb *b, vlink *l, vjob *j, const cm_verbs_wr_plan *w) {
     l->ring_head++;
     cm_verbs_fc_posted(&l->fc, w->credit);
     if (w->opcode == CM_VERBS_WR_SEND) l->frames_sent++;
-    l->bytes_sent += w->bytes;
+    l->base.bytes_sent += w->bytes;
     return CM_OK;
 }
 
 /* Posts what the queues and credits allow, in FIFO order. An error means
  * the link must fail (the caller does it). */
 static int link_pump(vb *b, vlink *l) {
-    while (l->state == L_READY && l->post_cur) {
+    while (l->base.state == L_READY && l->post_cur) {
         vjob *j = l->post_cur;
         cm_verbs_cursor c = j->cur; /* committed only once posted */
         cm_verbs_wr_plan w;
@@ -795,21 +751,21 @@ static int on_frame(vb *b, vlink *l, const uint8_t *buf, size_t len) {
     int first, done;
     if ((rc = cm_verbs_rx_frame(&l->rxs, &f, &first, &done))) return rc;
     const uint8_t *payload = buf + CM_VERBS_FRAME_HDR_BYTES;
-    l->bytes_received += f.payload_bytes;
+    l->base.bytes_received += f.payload_bytes;
     if (f.type == CM_VERBS_FRAME_WRITE) {
         if (l->qpt == CM_VERBS_QPT_RC) return cm_errorf(CM_EFORMAT, "verbs: a framed write on an RC link");
         uint8_t *dst;
-        rc = cm_xfer_core_region_target(b->x, l->peer, f.region_or_total, f.offset, f.payload_bytes, &dst);
+        rc = cm_xfer_core_region_target(b->x, l->base.peer, f.region_or_total, f.offset, f.payload_bytes, &dst);
         if (rc) return rc == CM_ENOMEM ? rc : CM_EFORMAT;
         if (f.payload_bytes) memcpy(dst, payload, f.payload_bytes);
         cm_xfer_core_region_release(b->x, f.region_or_total);
-        if (done) cm_xfer_core_write_landed(b->x, l->peer, f.imm);
+        if (done) cm_xfer_core_write_landed(b->x, l->base.peer, f.imm);
         return CM_OK;
     }
     if (first) {
         size_t cap = 0;
         l->rx_total = f.region_or_total;
-        if (cm_xfer_core_recv_begin(b->x, l->peer, &l->rx_dst, &cap, &l->rx_token) == CM_OK) {
+        if (cm_xfer_core_recv_begin(b->x, l->base.peer, &l->rx_dst, &cap, &l->rx_token) == CM_OK) {
             l->rx_kind = l->rx_total > cap ? RX_DISCARD : RX_RECV;
         } else {
             l->rx_dst = malloc(l->rx_total ? l->rx_total : 1);
@@ -822,23 +778,23 @@ static int on_frame(vb *b, vlink *l, const uint8_t *buf, size_t len) {
     if (!done) return CM_OK;
     l->rx_active = 0;
     if (l->rx_kind == RX_RECV) {
-        cm_xfer_core_recv_end(b->x, l->rx_token, l->peer, CM_OK, l->rx_total);
+        cm_xfer_core_recv_end(b->x, l->rx_token, l->base.peer, CM_OK, l->rx_total);
     } else if (l->rx_kind == RX_DISCARD) {
-        cm_xfer_core_recv_end(b->x, l->rx_token, l->peer, CM_ERANGE, 0);
+        cm_xfer_core_recv_end(b->x, l->rx_token, l->base.peer, CM_ERANGE, 0);
     } else {
         /* A recv posted while the fragments arrived takes it now rather than
          * leaving it parked as unexpected beside a waiting recv. */
         uint8_t *dst;
         size_t cap;
         void *token;
-        if (cm_xfer_core_recv_begin(b->x, l->peer, &dst, &cap, &token) == CM_OK) {
+        if (cm_xfer_core_recv_begin(b->x, l->base.peer, &dst, &cap, &token) == CM_OK) {
             int fits = l->rx_total <= cap;
             if (fits && l->rx_total) memcpy(dst, l->rx_dst, l->rx_total);
             free(l->rx_dst);
-            cm_xfer_core_recv_end(b->x, token, l->peer, fits ? CM_OK : CM_ERANGE, fits ? l->rx_total : 0);
+            cm_xfer_core_recv_end(b->x, token, l->base.peer, fits ? CM_OK : CM_ERANGE, fits ? l->rx_total : 0);
             return CM_OK;
         }
-        rc = cm_xfer_core_recv_unexpected(b->x, l->peer, l->rx_dst, l->rx_total);
+        rc = cm_xfer_core_recv_unexpected(b->x, l->base.peer, l->rx_dst, l->rx_total);
         if (rc) free(l->rx_dst);
         return rc;
     }
@@ -857,20 +813,20 @@ static int on_wc(vb *b, vlink *l, const struct ibv_wc *wc) {
         uint64_t idx = wc->wr_id & ~WRID_RECV;
         if (idx >= l->rx_depth) return cm_errorf(CM_EIO, "verbs: receive completion for unknown buffer %llu",
                                                  (unsigned long long)idx);
-        l->last_rx_ns = cm_now_ns();
+        l->base.last_rx_ns = cm_now_ns();
         int rc = CM_OK;
         if (wc->opcode == IBV_WC_RECV_RDMA_WITH_IMM) {
             if (l->qpt != CM_VERBS_QPT_RC || !(wc->wc_flags & IBV_WC_WITH_IMM))
                 return cm_errorf(CM_EFORMAT, "verbs: unexpected write with immediate");
-            l->bytes_received += wc->byte_len;
-            cm_xfer_core_write_landed(b->x, l->peer, cm_verbs_imm_from_wire(wc->imm_data));
+            l->base.bytes_received += wc->byte_len;
+            cm_xfer_core_write_landed(b->x, l->base.peer, cm_verbs_imm_from_wire(wc->imm_data));
         } else if (wc->opcode == IBV_WC_RECV) {
             if (wc->wc_flags & IBV_WC_WITH_IMM) return cm_errorf(CM_EFORMAT, "verbs: a send with immediate data");
             rc = on_frame(b, l, rx_buf(l, (uint32_t)idx), wc->byte_len);
         } else {
             return cm_errorf(CM_EFORMAT, "verbs: receive completion with opcode %d", (int)wc->opcode);
         }
-        if (rc || l->state == L_DEAD) return rc;
+        if (rc || l->base.state == L_DEAD) return rc;
         if ((rc = rx_post(l, (uint32_t)idx))) return rc;
         credits_owed(b, l, 1);
         return CM_OK;
@@ -893,26 +849,26 @@ static int on_wc(vb *b, vlink *l, const struct ibv_wc *wc) {
 static int link_drain(vb *b, vlink *l) {
     struct ibv_wc wc[CQ_BATCH];
     int total = 0;
-    while (l->state == L_READY) {
+    while (l->base.state == L_READY) {
         int n = ibv_poll_cq(l->cq, CQ_BATCH, wc);
         if (n < 0) {
-            link_fail(b, l, CM_EPEER, "ibv_poll_cq failed");
+            cm_sidechan_link_fail(&b->side, &l->base, CM_EPEER, "ibv_poll_cq failed");
             break;
         }
-        for (int i = 0; i < n && l->state == L_READY; i++) {
+        for (int i = 0; i < n && l->base.state == L_READY; i++) {
             int rc = on_wc(b, l, &wc[i]);
             if (rc) {
                 char why[400];
                 snprintf(why, sizeof why, "%s", cm_last_error(rc));
-                link_fail(b, l, rc == CM_EFORMAT ? CM_EFORMAT : CM_EPEER, why);
+                cm_sidechan_link_fail(&b->side, &l->base, rc == CM_EFORMAT ? CM_EFORMAT : CM_EPEER, why);
             }
         }
         total += n;
         if (n < CQ_BATCH) break;
     }
-    if (total && l->state == L_READY) {
+    if (total && l->base.state == L_READY) {
         int rc = link_pump(b, l);
-        if (rc) link_fail(b, l, CM_EPEER, cm_last_error(rc));
+        if (rc) cm_sidechan_link_fail(&b->side, &l->base, CM_EPEER, cm_last_error(rc));
     }
     return total;
 }
@@ -921,9 +877,9 @@ static int link_drain(vb *b, vlink *l) {
  * that arrived between the two would otherwise raise no event. */
 static int link_drain_arm(vb *b, vlink *l) {
     int got = link_drain(b, l);
-    if (l->state != L_READY) return got;
+    if (l->base.state != L_READY) return got;
     if (ibv_req_notify_cq(l->cq, 0)) {
-        link_fail(b, l, CM_EPEER, "ibv_req_notify_cq failed");
+        cm_sidechan_link_fail(&b->side, &l->base, CM_EPEER, "ibv_req_notify_cq failed");
         return got;
     }
     return got + link_drain(b, l);
@@ -934,21 +890,21 @@ static void link_side_read(vb *b, vlink *l) {
     uint8_t buf[256];
     for (;;) {
         size_t n;
-        int rc = cm_sidechan_read(l->fd, buf, sizeof buf, &n);
+        int rc = cm_sidechan_read(l->base.fd, buf, sizeof buf, &n);
         if (rc) {
-            link_fail(b, l, rc, cm_last_error(rc));
+            cm_sidechan_link_fail(&b->side, &l->base, rc, cm_last_error(rc));
             return;
         }
         if (!n) return;
         uint64_t now = cm_now_ns();
-        l->last_rx_ns = now;
+        l->base.last_rx_ns = now;
         int credited = 0;
         for (size_t pos = 0; pos < n;) {
             size_t used;
             int type;
             uint32_t v;
             if (cm_verbs_side_feed(&l->side_rx, buf + pos, n - pos, &used, &type, &v)) {
-                link_fail(b, l, CM_EFORMAT, "garbage on the side channel");
+                cm_sidechan_link_fail(&b->side, &l->base, CM_EFORMAT, "garbage on the side channel");
                 return;
             }
             pos += used;
@@ -958,22 +914,22 @@ static void link_side_read(vb *b, vlink *l) {
                                          (uint64_t)b->cfg->peer_timeout_ms * 1000000ull / 2);
             } else if (type == CM_VERBS_SIDE_CREDIT) {
                 if (cm_verbs_fc_credit_add(&l->fc, v)) {
-                    link_fail(b, l, CM_EFORMAT, cm_last_error(CM_EFORMAT));
+                    cm_sidechan_link_fail(&b->side, &l->base, CM_EFORMAT, cm_last_error(CM_EFORMAT));
                     return;
                 }
                 credited = 1;
             } else if (type == CM_VERBS_SIDE_BYE) {
-                link_fail(b, l, CM_EPEER, "peer closed the connection");
+                cm_sidechan_link_fail(&b->side, &l->base, CM_EPEER, "peer closed the connection");
                 return;
             } else if (type == CM_VERBS_SIDE_READY) {
-                link_fail(b, l, CM_EFORMAT, "a second ready record on the side channel");
+                cm_sidechan_link_fail(&b->side, &l->base, CM_EFORMAT, "a second ready record on the side channel");
                 return;
             }
         }
         if (credited) {
             rc = link_pump(b, l);
             if (rc) {
-                link_fail(b, l, CM_EPEER, cm_last_error(rc));
+                cm_sidechan_link_fail(&b->side, &l->base, CM_EPEER, cm_last_error(rc));
                 return;
             }
         }
@@ -985,21 +941,21 @@ static void link_side_read(vb *b, vlink *l) {
 static void tick(vb *b, uint64_t now) {
     const uint64_t hb_ns = (uint64_t)b->cfg->heartbeat_ms * 1000000ull;
     for (int i = 0; i < MAX_PEERS; i++) {
-        vpeer *p = &b->peers[i];
+        cm_sidechan_peer *p = &b->side.peers[i];
         for (int k = 0; k < CM_XFER_MAX_LINKS && p->active; k++) {
-            vlink *l = p->links[k];
-            if (!l || l->state != L_READY) continue;
-            int rc = cm_sidechan_check_silence(now, l->last_rx_ns, b->cfg->peer_timeout_ms);
+            vlink *l = (vlink *)p->links[k];
+            if (!l || l->base.state != L_READY) continue;
+            int rc = cm_sidechan_check_silence(now, l->base.last_rx_ns, b->cfg->peer_timeout_ms);
             if (rc) {
-                link_fail(b, l, rc, cm_last_error(rc));
+                cm_sidechan_link_fail(&b->side, &l->base, rc, cm_last_error(rc));
                 break;
             }
             if (l->qpt == CM_VERBS_QPT_UC && cm_verbs_loss_check(&l->loss, l->rxs.next_seq, now)) {
-                link_fail(b, l, CM_EPEER, cm_last_error(CM_EPEER));
+                cm_sidechan_link_fail(&b->side, &l->base, CM_EPEER, cm_last_error(CM_EPEER));
                 break;
             }
-            if (now - l->last_tx_ns >= hb_ns && side_queue(l, CM_VERBS_SIDE_HEARTBEAT, l->frames_sent))
-                l->last_tx_ns = now;
+            if (now - l->base.last_tx_ns >= hb_ns && side_queue(l, CM_VERBS_SIDE_HEARTBEAT, l->frames_sent))
+                l->base.last_tx_ns = now;
             uint32_t owed = cm_verbs_owed_take(&l->owed);
             if (owed && !side_queue(l, CM_VERBS_SIDE_CREDIT, owed)) l->owed.owed += owed;
             side_flush(b, l);
@@ -1021,13 +977,13 @@ static void *progress_main(void *arg) {
         b->pf[n] = (struct pollfd){b->wake[0], POLLIN, 0};
         b->who[n++] = NULL;
         for (int i = 0; i < MAX_PEERS; i++) {
-            vpeer *p = &b->peers[i];
+            cm_sidechan_peer *p = &b->side.peers[i];
             for (int k = 0; k < CM_XFER_MAX_LINKS && p->active; k++) {
-                vlink *l = p->links[k];
-                if (!l || l->state != L_READY) continue;
+                vlink *l = (vlink *)p->links[k];
+                if (!l || l->base.state != L_READY) continue;
                 busy += link_drain_arm(b, l);
-                if (l->state != L_READY) continue;
-                b->pf[n] = (struct pollfd){l->fd, POLLIN, 0};
+                if (l->base.state != L_READY) continue;
+                b->pf[n] = (struct pollfd){l->base.fd, POLLIN, 0};
                 b->who[n++] = l;
                 b->pf[n] = (struct pollfd){l->ch->fd, POLLIN, 0};
                 b->who[n++] = l;
@@ -1051,8 +1007,8 @@ static void *progress_main(void *arg) {
         }
         for (int i = 1; i < n; i++) {
             vlink *l = b->who[i];
-            if (!b->pf[i].revents || l->state != L_READY) continue;
-            if (b->pf[i].fd == l->fd) {
+            if (!b->pf[i].revents || l->base.state != L_READY) continue;
+            if (b->pf[i].fd == l->base.fd) {
                 link_side_read(b, l);
             } else {
                 struct ibv_cq *cq;
@@ -1068,40 +1024,9 @@ static void *progress_main(void *arg) {
 
 /* ---- connection setup ---- */
 
-/* Adds a connected link to its peer; reports the peer up when it has all its
- * links. Called with b->mu held. */
-static int link_attach(void *owner, int pid, void *link, const cm_wire_hello *r, int dialed) {
-    vb *b = owner;
-    vlink *l = link;
-    vpeer *p = &b->peers[pid];
-    if (p->active && p->instance != r->instance) peer_fail(b, pid, CM_EPEER, "peer restarted");
-    if (!p->active) {
-        memset(p->links, 0, sizeof p->links);
-        p->active = 1;
-        p->up = 0;
-        p->n_links = r->n_links;
-        p->n_ready = 0;
-        p->instance = r->instance;
-        snprintf(p->name, sizeof p->name, "%s", r->name);
-    }
-    if (!dialed && (r->link < 0 || r->link >= p->n_links || p->links[r->link] || p->n_links != r->n_links))
-        return cm_errorf(CM_EFORMAT, "link does not fit the peer's announced links");
-    l->peer = pid;
-    l->index = r->link;
-    l->state = L_READY;
-    l->last_rx_ns = l->last_tx_ns = cm_now_ns();
-    p->links[r->link] = l;
-    if (++p->n_ready == p->n_links) {
-        p->up = 1;
-        cm_xfer_core_peer_up(b->x, pid, p->name, p->instance);
-    }
-    wake_thread(b);
-    return CM_OK;
-}
-
 /* sidechan's link_setup: an authenticated socket becomes a connected link
  * (not attached). */
-static int link_setup(void *owner, int fd, const char *addr, uint64_t deadline, void **out) {
+static int link_setup(void *owner, int fd, const char *addr, uint64_t deadline, cm_sidechan_link **out) {
     vb *b = owner;
     vlink *l = link_new(b, fd, addr);
     if (!l) {
@@ -1120,13 +1045,11 @@ static int link_setup(void *owner, int fd, const char *addr, uint64_t deadline, 
         link_free(l);
         return rc;
     }
-    *out = l;
+    *out = &l->base;
     return CM_OK;
 }
 
-static void link_free_unattached(void *link) { link_free(link); }
-
-static void peer_fail_cb(void *owner, int pid, int status, const char *why) { peer_fail(owner, pid, status, why); }
+static void link_free_base(cm_sidechan_link *base) { link_free((vlink *)base); }
 
 static int verbs_connect(void *state, int pid, const char *const *addrs, int n_addrs, int timeout_ms) {
     vb *b = state;
@@ -1135,15 +1058,13 @@ static int verbs_connect(void *state, int pid, const char *const *addrs, int n_a
 
 /* ---- data path entries ---- */
 
+/* Whole writes round-robin over the links (an RC write's immediate must
+ * follow its own segments on the same QP); messages on link 0 (order). */
 static int peer_link(vb *b, int pid, int which, vlink **out) {
-    if (pid < 0 || pid >= MAX_PEERS || !b->peers[pid].up) return cm_errorf(CM_EPEER, "xfer: peer %d is down", pid);
-    vpeer *p = &b->peers[pid];
-    /* whole writes round-robin over the links (an RC write's immediate must
-     * follow its own segments on the same QP); messages on link 0 (order) */
-    vlink *l = which >= 0 ? p->links[which] : p->links[p->next_link++ % (unsigned)p->n_links];
-    if (!l || l->state != L_READY) return cm_errorf(CM_EPEER, "xfer: peer %d is down", pid);
-    *out = l;
-    return CM_OK;
+    cm_sidechan_link *base;
+    int rc = cm_sidechan_pick(&b->side, pid, which, &base);
+    if (!rc) *out = (vlink *)base;
+    return rc;
 }
 
 /* Takes an op into link l's FIFO and posts what fits. */
@@ -1172,7 +1093,7 @@ static int enqueue(vb *b, vlink *l, cm_xfer_op *op, int kind) {
     if (!l->post_cur) l->post_cur = j;
     /* taken from here: a failure completes the op through link_fail */
     rc = link_pump(b, l);
-    if (rc) link_fail(b, l, CM_EPEER, cm_last_error(rc));
+    if (rc) cm_sidechan_link_fail(&b->side, &l->base, CM_EPEER, cm_last_error(rc));
     return CM_OK;
 }
 
@@ -1227,13 +1148,13 @@ static int verbs_progress(void *state, int peer, int timeout_us) {
     int got = 0;
     do {
         pthread_mutex_lock(&b->mu);
-        vpeer *p = &b->peers[peer];
+        cm_sidechan_peer *p = &b->side.peers[peer];
         if (!p->up) {
             pthread_mutex_unlock(&b->mu);
             return CM_EUNSUPPORTED;
         }
         for (int i = 0; i < p->n_links && p->up; i++)
-            if (p->links[i] && p->links[i]->state == L_READY) got += link_drain(b, p->links[i]);
+            if (p->links[i] && p->links[i]->state == L_READY) got += link_drain(b, (vlink *)p->links[i]);
         pthread_mutex_unlock(&b->mu);
         if (!got) sched_yield();
     } while (!got && cm_now_ns() - start < span);
@@ -1321,8 +1242,9 @@ static int verbs_create(cm_xfer *x, const cm_xfer_config *cfg, void **state) {
     b->wake[0] = b->wake[1] = -1;
     b->side = (cm_sidechan){.backend = "verbs", .key = &cfg->key, .instance = cm_xfer_core_instance(x),
                             .name = cm_xfer_core_name(x), .peer_timeout_ms = cfg->peer_timeout_ms, .x = x, .owner = b,
-                            .mu = &b->mu, .link_setup = link_setup, .link_free = link_free_unattached,
-                            .link_attach = link_attach, .peer_fail = peer_fail_cb};
+                            .mu = &b->mu, .bye_bytes = CM_VERBS_SIDE_BYTES, .link_setup = link_setup,
+                            .link_free = link_free_base, .link_kill = link_kill, .wake = wake_thread};
+    cm_verbs_side_encode(CM_VERBS_SIDE_BYE, 0, b->side.bye);
     pthread_mutexattr_t ma;
     pthread_mutexattr_init(&ma);
     pthread_mutexattr_settype(&ma, PTHREAD_MUTEX_RECURSIVE);
@@ -1368,19 +1290,6 @@ fail:
     return rc;
 }
 
-/* Tells the peer on each of its up links that we are closing (best effort:
- * it is dropped either way). */
-static void peer_bye(vb *b, int pid) {
-    vpeer *p = &b->peers[pid];
-    for (int k = 0; p->active && k < CM_XFER_MAX_LINKS; k++)
-        if (p->links[k] && p->links[k]->state == L_READY) {
-            uint8_t bye[CM_VERBS_SIDE_BYTES];
-            size_t sent;
-            cm_verbs_side_encode(CM_VERBS_SIDE_BYE, 0, bye);
-            cm_sidechan_post(p->links[k]->fd, bye, sizeof bye, &sent);
-        }
-}
-
 static void verbs_destroy(void *state) {
     vb *b = state;
     if (!b) return;
@@ -1391,10 +1300,7 @@ static void verbs_destroy(void *state) {
         pthread_join(b->thread, NULL);
     }
     pthread_mutex_lock(&b->mu);
-    for (int i = 0; i < MAX_PEERS; i++) {
-        peer_bye(b, i);
-        peer_fail(b, i, CM_ECLOSED, NULL);
-    }
+    cm_sidechan_close_peers(&b->side);
     while (b->graveyard) {
         vlink *l = b->graveyard;
         b->graveyard = l->next;
@@ -1423,28 +1329,11 @@ static int verbs_listen_addr(void *state, char *buf, size_t cap) {
 }
 
 static void verbs_disconnect(void *state, int peer, int status) {
-    vb *b = state;
-    pthread_mutex_lock(&b->mu);
-    peer_bye(b, peer);
-    peer_fail(b, peer, status, status == CM_ECLOSED ? "disconnected" : "dropped");
-    pthread_mutex_unlock(&b->mu);
+    cm_sidechan_disconnect(&((vb *)state)->side, peer, status);
 }
 
 static int verbs_peer_links(void *state, int peer, cm_xfer_link_stats *out, int max, int *n) {
-    vb *b = state;
-    pthread_mutex_lock(&b->mu);
-    vpeer *p = &b->peers[peer];
-    *n = p->active ? p->n_links : 0;
-    for (int i = 0; i < *n && i < max; i++) {
-        memset(&out[i], 0, sizeof out[i]);
-        vlink *l = p->links[i];
-        if (!l) continue;
-        snprintf(out[i].addr, sizeof out[i].addr, "%s", l->addr);
-        out[i].bytes_sent = l->bytes_sent;
-        out[i].bytes_received = l->bytes_received;
-    }
-    pthread_mutex_unlock(&b->mu);
-    return CM_OK;
+    return cm_sidechan_peer_links(&((vb *)state)->side, peer, out, max, n);
 }
 
 const cm_xfer_backend_ops cm_xfer_verbs_ops = {
