@@ -3,7 +3,17 @@
  * A job is announced by bumping `generation`; each worker remembers the last
  * generation it ran. Completion is counted down in `pending`. The barrier is a
  * sense-reversing counter. Every shared counter sits on its own cache line so
- * that spinning threads do not make each other's lines bounce. */
+ * that spinning threads do not make each other's lines bounce.
+ *
+ * Every wait spins for a while (SPIN_ITERS pauses, about a millisecond) and
+ * then sleeps on a condition variable. The mutex is taken only by a thread
+ * going to sleep and by one that must wake a sleeper: each sleeper first
+ * announces itself in a counter (`sleepers`, `caller_asleep`,
+ * `bar_sleepers`) and re-checks its condition under the mutex, and the
+ * thread that changes the condition reads that counter after changing it,
+ * all with sequentially consistent atomics, so at least one of the two sees
+ * the other and no wake-up is lost. While everybody spins (one token after
+ * another), a job and a barrier cost a few atomic operations and no lock. */
 #include "base/pool.h"
 
 #include <assert.h>
@@ -11,7 +21,6 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
-#include <sched.h>
 #include <unistd.h>
 
 #include "base/status.h"
@@ -33,6 +42,9 @@ struct cm_pool {
     _Alignas(CACHELINE) atomic_int pending;
     _Alignas(CACHELINE) atomic_int barrier_count;
     _Alignas(CACHELINE) atomic_uint barrier_sense;
+    _Alignas(CACHELINE) atomic_int sleepers;      /* workers asleep (or going to sleep) on cv_job */
+    _Alignas(CACHELINE) atomic_int caller_asleep; /* the caller is asleep (or going to sleep) on cv_done */
+    _Alignas(CACHELINE) atomic_int bar_sleepers;  /* threads asleep (or going to sleep) on cv_bar */
     _Alignas(CACHELINE) atomic_int stop;
     int n_threads;
     cm_pool_fn fn;
@@ -40,6 +52,7 @@ struct cm_pool {
     pthread_mutex_t mu;
     pthread_cond_t cv_job;  /* workers sleep here waiting for a generation */
     pthread_cond_t cv_done; /* the caller sleeps here waiting for pending == 0 */
+    pthread_cond_t cv_bar;  /* threads sleep here waiting for the barrier's sense to change */
     pthread_t *threads;
     struct worker *workers;
 };
@@ -60,12 +73,16 @@ void cm_split_range(long n, int ith, int nth, long *begin, long *end) {
     *end = *begin + base + (ith < extra ? 1 : 0);
 }
 
+/* Wakes whoever sleeps on cv; called after the condition changed, and only
+ * when that thread's counter said somebody sleeps or is about to. */
+static void wake(cm_pool *pool, pthread_cond_t *cv) {
+    pthread_mutex_lock(&pool->mu);
+    pthread_cond_broadcast(cv);
+    pthread_mutex_unlock(&pool->mu);
+}
+
 static void finish_one(cm_pool *pool) {
-    if (atomic_fetch_sub_explicit(&pool->pending, 1, memory_order_acq_rel) == 1) {
-        pthread_mutex_lock(&pool->mu);
-        pthread_cond_signal(&pool->cv_done);
-        pthread_mutex_unlock(&pool->mu);
-    }
+    if (atomic_fetch_sub(&pool->pending, 1) == 1 && atomic_load(&pool->caller_asleep)) wake(pool, &pool->cv_done);
 }
 
 static void *worker_main(void *p) {
@@ -82,8 +99,10 @@ static void *worker_main(void *p) {
                 continue;
             }
             pthread_mutex_lock(&pool->mu);
+            atomic_fetch_add(&pool->sleepers, 1);
             while (atomic_load(&pool->generation) == seen && !atomic_load(&pool->stop))
                 pthread_cond_wait(&pool->cv_job, &pool->mu);
+            atomic_fetch_sub(&pool->sleepers, 1);
             pthread_mutex_unlock(&pool->mu);
         }
         if (atomic_load_explicit(&pool->stop, memory_order_acquire)) return NULL;
@@ -102,6 +121,7 @@ int cm_pool_create(int n_threads, cm_pool **out) {
     pthread_mutex_init(&pool->mu, NULL);
     pthread_cond_init(&pool->cv_job, NULL);
     pthread_cond_init(&pool->cv_done, NULL);
+    pthread_cond_init(&pool->cv_bar, NULL);
     pool->threads = calloc((size_t)n_threads, sizeof *pool->threads);
     pool->workers = calloc((size_t)n_threads, sizeof *pool->workers);
     if (!pool->threads || !pool->workers) {
@@ -131,6 +151,7 @@ void cm_pool_destroy(cm_pool *pool) {
     pthread_mutex_destroy(&pool->mu);
     pthread_cond_destroy(&pool->cv_job);
     pthread_cond_destroy(&pool->cv_done);
+    pthread_cond_destroy(&pool->cv_bar);
     free(pool->threads);
     free(pool->workers);
     free(pool);
@@ -146,10 +167,8 @@ void cm_pool_run(cm_pool *pool, cm_pool_fn fn, void *arg) {
     pool->fn = fn;
     pool->arg = arg;
     atomic_store_explicit(&pool->pending, pool->n_threads, memory_order_relaxed);
-    pthread_mutex_lock(&pool->mu);
-    atomic_fetch_add_explicit(&pool->generation, 1, memory_order_release);
-    pthread_cond_broadcast(&pool->cv_job);
-    pthread_mutex_unlock(&pool->mu);
+    atomic_fetch_add(&pool->generation, 1);
+    if (atomic_load(&pool->sleepers)) wake(pool, &pool->cv_job);
 
     fn(arg, 0, pool->n_threads);
     finish_one(pool);
@@ -161,7 +180,9 @@ void cm_pool_run(cm_pool *pool, cm_pool_fn fn, void *arg) {
             continue;
         }
         pthread_mutex_lock(&pool->mu);
+        atomic_store(&pool->caller_asleep, 1);
         while (atomic_load(&pool->pending) != 0) pthread_cond_wait(&pool->cv_done, &pool->mu);
+        atomic_store(&pool->caller_asleep, 0);
         pthread_mutex_unlock(&pool->mu);
     }
 }
@@ -172,15 +193,20 @@ void cm_pool_barrier(cm_pool *pool) {
     unsigned sense = atomic_load_explicit(&pool->barrier_sense, memory_order_relaxed);
     if (atomic_fetch_add_explicit(&pool->barrier_count, 1, memory_order_acq_rel) == n - 1) {
         atomic_store_explicit(&pool->barrier_count, 0, memory_order_relaxed);
-        atomic_store_explicit(&pool->barrier_sense, sense + 1, memory_order_release);
+        atomic_store(&pool->barrier_sense, sense + 1);
+        if (atomic_load(&pool->bar_sleepers)) wake(pool, &pool->cv_bar);
         return;
     }
-    /* Barriers inside a job are short: spin, yielding now and then. */
     int spins = 0;
     while (atomic_load_explicit(&pool->barrier_sense, memory_order_acquire) == sense) {
-        if (++spins < SPIN_ITERS)
+        if (++spins < SPIN_ITERS) {
             cpu_relax();
-        else
-            sched_yield();
+            continue;
+        }
+        pthread_mutex_lock(&pool->mu);
+        atomic_fetch_add(&pool->bar_sleepers, 1);
+        while (atomic_load(&pool->barrier_sense) == sense) pthread_cond_wait(&pool->cv_bar, &pool->mu);
+        atomic_fetch_sub(&pool->bar_sleepers, 1);
+        pthread_mutex_unlock(&pool->mu);
     }
 }

@@ -1,5 +1,6 @@
 /* test_base.c - status messages, fp16/bf16 conversion, the rng and the pool. */
 #include <stdatomic.h>
+#include <time.h>
 
 #include "base/fp16.h"
 #include "base/pool.h"
@@ -91,6 +92,38 @@ TEST(pool_runs_and_barriers) {
     }
 }
 
+/* The sleeping side of every wait: a thread that is late by more than the
+ * spin time sends the others to sleep in the barrier (and the caller in its
+ * wait for the job's end), and pauses between jobs send the workers to sleep
+ * waiting for the next one. Each must be woken, with the work all done. */
+static void sleepy_fn(void *arg, int ith, int nth) {
+    struct pool_job *j = arg;
+    const struct timespec late = {0, 4 * 1000 * 1000};
+    if (ith == (int)(atomic_load(&j->sum) % nth)) nanosleep(&late, NULL);
+    atomic_fetch_add(&j->arrived, 1);
+    cm_pool_barrier(j->pool);
+    if (atomic_load(&j->arrived) % nth != 0) j->phase_ok = 0;
+    cm_pool_barrier(j->pool);
+    if (ith == nth - 1) nanosleep(&late, NULL); /* the caller sleeps until this one finishes */
+}
+
+TEST(pool_sleeps_and_wakes) {
+    for (int nt = 2; nt <= 3; nt++) {
+        cm_pool *pool;
+        CHECK_OK(cm_pool_create(nt, &pool));
+        struct pool_job j = {.phase_ok = 1, .pool = pool};
+        const struct timespec pause = {0, 4 * 1000 * 1000};
+        for (int rep = 0; rep < 12; rep++) {
+            atomic_store(&j.sum, rep);
+            cm_pool_run(pool, sleepy_fn, &j);
+            CHECK(atomic_load(&j.arrived) == (rep + 1) * nt);
+            if (rep % 2) nanosleep(&pause, NULL); /* workers go to sleep waiting for a job */
+        }
+        CHECK(j.phase_ok);
+        cm_pool_destroy(pool);
+    }
+}
+
 TEST(split_range_covers) {
     for (int nth = 1; nth < 7; nth++) {
         long prev = 0;
@@ -109,6 +142,7 @@ int main(void) {
     RUN(f16_roundtrip_all_halves);
     RUN(rng_reproducible);
     RUN(pool_runs_and_barriers);
+    RUN(pool_sleeps_and_wakes);
     RUN(split_range_covers);
     return test_summary();
 }
