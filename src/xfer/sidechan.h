@@ -29,7 +29,7 @@
 #include "xfer/wire.h"
 #include "xfer/xfer.h"
 
-#define CM_SIDECHAN_MAX_PEERS 256 /* peer ids the core hands out */
+#define CM_SIDECHAN_MAX_PEERS 256 /* peer ids the core hands out (xfer.c's MAX_PEERS) */
 
 enum { CM_SIDECHAN_NEW = 0, CM_SIDECHAN_READY, CM_SIDECHAN_DEAD };
 

@@ -4,7 +4,9 @@
  * refuses hellos and proofs that are cut short, malformed or from the wrong
  * role, and the bytes it sends are wire.h's (checked by a hand-driven peer
  * built from wire.h's encoders, as an engine of an older build would be);
- * then record swaps, reads of an up link and the silence check. */
+ * then record swaps, reads of an up link, the silence check, and the peer
+ * records (link choice, failing a peer that is coming up, goodbyes and link
+ * stats) with stand-in links. */
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
@@ -250,6 +252,87 @@ TEST(silence_check) {
               cm_last_error(rc));
 }
 
+/* Stand-in links: link_kill records what it was told. */
+typedef struct fake_link {
+    cm_sidechan_link base;
+    int killed_status;
+} fake_link;
+
+static void fake_kill(void *owner, cm_sidechan_link *base, int status) {
+    (void)owner;
+    fake_link *l = (fake_link *)base;
+    l->base.state = CM_SIDECHAN_DEAD;
+    l->killed_status = status;
+}
+
+static void fake_wake(void *owner) { (void)owner; }
+
+TEST(peer_records) {
+    static cm_sidechan sc; /* large: its peer table */
+    static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+    sc = (cm_sidechan){.backend = "fabric", .mu = &mu, .bye = {'B'}, .bye_bytes = 1, .link_kill = fake_kill,
+                       .wake = fake_wake};
+    int fd0[2], fd1[2];
+    pair(fd0);
+    pair(fd1);
+    fake_link l0 = {.base = {.state = CM_SIDECHAN_READY, .peer = 3, .index = 0, .fd = fd0[0], .bytes_sent = 11}};
+    fake_link l1 = {.base = {.state = CM_SIDECHAN_READY, .peer = 3, .index = 1, .fd = fd1[0], .bytes_received = 22}};
+    snprintf(l0.base.addr, sizeof l0.base.addr, "10.0.0.1:7");
+    snprintf(l1.base.addr, sizeof l1.base.addr, "10.0.0.2:7");
+    cm_sidechan_peer *p = &sc.peers[3];
+    *p = (cm_sidechan_peer){.active = 1, .up = 1, .n_links = 2, .n_ready = 2, .links = {&l0.base, &l1.base}};
+    /* writes take the links in turn; a named link is that link */
+    cm_sidechan_link *got[4];
+    for (int i = 0; i < 4; i++) CHECK_OK(cm_sidechan_pick(&sc, 3, -1, &got[i]));
+    CHECK(got[0] != got[1] && got[0] == got[2] && got[1] == got[3]);
+    CHECK_OK(cm_sidechan_pick(&sc, 3, 1, &got[0]));
+    CHECK(got[0] == &l1.base);
+    l1.base.state = CM_SIDECHAN_DEAD;
+    int rc = cm_sidechan_pick(&sc, 3, 1, &got[0]);
+    CHECK(rc == CM_EPEER);
+    CHECK_MSG(!strcmp(cm_last_error(rc), "xfer: peer 3 is down"), "%s", cm_last_error(rc));
+    CHECK(cm_sidechan_pick(&sc, 4, 0, &got[0]) == CM_EPEER);
+    CHECK(cm_sidechan_pick(&sc, -1, 0, &got[0]) == CM_EPEER);
+    CHECK(cm_sidechan_pick(&sc, CM_SIDECHAN_MAX_PEERS, 0, &got[0]) == CM_EPEER);
+    l1.base.state = CM_SIDECHAN_READY;
+    cm_xfer_link_stats st[2];
+    int n = 0;
+    CHECK_OK(cm_sidechan_peer_links(&sc, 3, st, 2, &n));
+    CHECK(n == 2 && !strcmp(st[0].addr, "10.0.0.1:7") && st[0].bytes_sent == 11 && st[1].bytes_received == 22);
+    /* a peer still coming up (the core never heard of it) fails quietly:
+     * every link is killed with the status, the record is cleared */
+    p->up = 0;
+    cm_sidechan_link_fail(&sc, &l0.base, CM_ETIMEDOUT, "nothing received");
+    CHECK(!p->active && !p->links[0] && !p->links[1] && p->n_ready == 0);
+    CHECK(l0.killed_status == CM_ETIMEDOUT && l1.killed_status == CM_ETIMEDOUT);
+    CHECK_OK(cm_sidechan_peer_links(&sc, 3, st, 2, &n));
+    CHECK(n == 0);
+    /* a dead link fails nothing; a link without a peer is killed alone */
+    l0.killed_status = 0;
+    cm_sidechan_link_fail(&sc, &l0.base, CM_EPEER, "again");
+    CHECK(l0.killed_status == 0);
+    fake_link lone = {.base = {.state = CM_SIDECHAN_NEW, .peer = -1, .fd = -1}};
+    cm_sidechan_link_fail(&sc, &lone.base, CM_EPEER, "alone");
+    CHECK(lone.killed_status == CM_EPEER);
+    /* closing says goodbye on the READY links only, then fails the peer */
+    l0.base.state = l1.base.state = CM_SIDECHAN_READY;
+    l1.base.state = CM_SIDECHAN_NEW;
+    l0.killed_status = l1.killed_status = 0;
+    *p = (cm_sidechan_peer){.active = 1, .up = 0, .n_links = 2, .n_ready = 1, .links = {&l0.base, &l1.base}};
+    cm_sidechan_close_peers(&sc);
+    uint8_t b[4];
+    size_t nb = 0;
+    CHECK_OK(cm_sidechan_read(fd0[1], b, sizeof b, &nb));
+    CHECK(nb == 1 && b[0] == 'B');
+    CHECK_OK(cm_sidechan_read(fd1[1], b, sizeof b, &nb));
+    CHECK(nb == 0);
+    CHECK(!p->active && l0.killed_status == CM_ECLOSED && l1.killed_status == CM_ECLOSED);
+    close(fd0[0]);
+    close(fd0[1]);
+    close(fd1[0]);
+    close(fd1[1]);
+}
+
 int main(void) {
     signal(SIGPIPE, SIG_IGN);
     if (sodium_init() < 0) return 1;
@@ -264,5 +347,6 @@ int main(void) {
     RUN(bad_client_proof_refused);
     RUN(swap_and_read);
     RUN(silence_check);
+    RUN(peer_records);
     return test_summary();
 }
