@@ -42,6 +42,7 @@
 #include <string.h>
 
 #include "kernels/kernels.h"
+#include "model/attention.h"
 #include "model/model_internal.h"
 
 /* On x86 the tile loops are also built for AVX2 and AVX-512 and the widest
@@ -190,8 +191,8 @@ ATT_CLONES static float tile_exp(float *restrict s, int n, float m) {
 /* acc = acc * corr + sum_i w[i * ws] v_i over the tile's n rows (hd floats
  * apart). With hd a multiple of 64 each 64-float stripe of acc stays in
  * four vector registers over all n rows. */
-ATT_CLONES static void tile_pv(float *restrict acc, float corr, const float *restrict w, int ws,
-                               const float *restrict v, int n, int hd) {
+static inline void pv_lane(float *restrict acc, float corr, const float *restrict w, int ws,
+                           const float *restrict v, int n, int hd) {
     if (hd % 64 == 0) {
         for (int d = 0; d < hd; d += 64) {
             /* even rows into a, odd rows into b: eight independent sums */
@@ -229,6 +230,11 @@ ATT_CLONES static void tile_pv(float *restrict acc, float corr, const float *res
         for (int d = 0; d < hd; d++) acc[d] += w[(size_t)i * ws] * v[(size_t)i * hd + d];
 }
 
+ATT_CLONES static void tile_pv(float *restrict acc, float corr, const float *restrict w, int ws,
+                               const float *restrict v, int n, int hd) {
+    pv_lane(acc, corr, w, ws, v, n, hd);
+}
+
 /* exp_nonpos on the eight floats at px, in place (same steps, same
  * results; through a pointer for the same ABI reason as f16x16_to_f32). */
 static inline void exp_nonpos8(float *px) {
@@ -244,66 +250,355 @@ static inline void exp_nonpos8(float *px) {
     V8(px) = p * (v8f)e;
 }
 
-/* One tile of decode attention for up to eight query heads of a KV group,
- * one per lane: kf is the tile's K row-major (n x hd), vt its V, qT the
- * scaled queries transposed (qT[d * 8 + lane]; lanes past `live` are zero),
- * sT room for n x 8 weights (position-major), m8/l8 the lanes' running max
- * and sum, acc their outputs (8 x hd, rows past `live` untouched).
+/* The decode tile kernel (dec_tile_body) is built up to three times, each
+ * build a plain function with its own target, picked once per
+ * cm_attention call (dec_tile_pick) rather than by target_clones: its f16
+ * loads differ by more than vector width. x86-64-v3 and v4 convert with
+ * F16C's vcvtph2ps, one instruction per 8 or 16 halves and exact for every
+ * half (subnormals included; a signalling NaN comes back quiet, still a
+ * NaN); everything else uses f16x16_to_f32. The v4 build also applies V
+ * straight from the cache (pv8_avx512). The converters are static inline
+ * functions with their own target attribute: inlined (flatten) into the
+ * build that selects them, dead code in the others. */
+enum { DEC_PORTABLE = CM_ATT_BUILD_PORTABLE, DEC_F16C = CM_ATT_BUILD_F16C, DEC_AVX512 = CM_ATT_BUILD_AVX512 };
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define ATT_X86_BUILDS 1
+typedef short v8hs __attribute__((vector_size(16), aligned(2)));
+typedef short v16hs __attribute__((vector_size(32), aligned(2)));
+typedef int32_t v16s __attribute__((vector_size(64)));
+#define ATT_QP_MAX (256 * 8) /* the AVX-512 chunk's queries: head_dim up to 256 */
+
+__attribute__((target("avx,f16c"))) static inline void cvt16_f16c(float *dst, const cm_f16 *src) {
+    V8(dst) = __builtin_ia32_vcvtph2ps256(*(const v8hs *)src);
+    V8(dst + 8) = __builtin_ia32_vcvtph2ps256(*(const v8hs *)(src + 8));
+}
+
+__attribute__((target("avx512f"))) static inline void cvt16_avx512(float *dst, const cm_f16 *src) {
+    V16(dst) = __builtin_ia32_vcvtph2ps512_mask(*(const v16hs *)src, (v16f){0}, 0xffff, 4 /* current rounding */);
+}
+
+/* acc[l] = acc[l] * corr[l] + sum_i sT[i * 8 + l] V_i for the eight lanes
+ * l, V row i at v + i * stride (f16, converted here: no staging buffer).
+ * hd a multiple of 32: 32 columns of all eight lanes are sixteen
+ * accumulators that stay in registers over the tile's n rows, and each
+ * weight broadcast feeds two FMAs. */
+__attribute__((target("avx512f"), optimize("fp-contract=fast"))) static inline void
+pv8_avx512(float *restrict acc, const float *restrict corr, const float *restrict sT, const cm_f16 *v, size_t stride,
+           int n, int hd) {
+    for (int d = 0; d < hd; d += 32) {
+        v16f a[ATT_LANES][2];
+#pragma GCC unroll 8
+        for (int l = 0; l < ATT_LANES; l++) {
+            a[l][0] = V16(acc + (size_t)l * hd + d) * corr[l];
+            a[l][1] = V16(acc + (size_t)l * hd + d + 16) * corr[l];
+        }
+        for (int i = 0; i < n; i++) {
+            const cm_f16 *vr = v + (size_t)i * stride + d;
+            const v16f v0 = __builtin_ia32_vcvtph2ps512_mask(*(const v16hs *)vr, (v16f){0}, 0xffff, 4);
+            const v16f v1 = __builtin_ia32_vcvtph2ps512_mask(*(const v16hs *)(vr + 16), (v16f){0}, 0xffff, 4);
+            const float *w = sT + (size_t)i * ATT_LANES;
+#pragma GCC unroll 8
+            for (int l = 0; l < ATT_LANES; l++) {
+                a[l][0] += w[l] * v0;
+                a[l][1] += w[l] * v1;
+            }
+        }
+#pragma GCC unroll 8
+        for (int l = 0; l < ATT_LANES; l++) {
+            V16(acc + (size_t)l * hd + d) = a[l][0];
+            V16(acc + (size_t)l * hd + d + 16) = a[l][1];
+        }
+    }
+}
+
+typedef double v8d __attribute__((vector_size(64)));
+typedef double f64u __attribute__((may_alias, aligned(4)));
+
+/* exp_nonpos8 on sixteen floats (same steps, same results). */
+__attribute__((target("avx512f"), optimize("fp-contract=fast"))) static inline void exp_nonpos16(float *px) {
+    v16f x = V16(px);
+    const v16s low = (v16s)(x < -87.0f);
+    x = (v16f)((low & (v16s)((v16f){0} - 87.0f)) | (~low & (v16s)x));
+    const float shift = 12582912.0f;
+    const v16f n = (x * 1.44269504f + shift) - shift;
+    const v16f r = x - n * 0.693145752f - n * 1.42860677e-6f;
+    const v16f p =
+        1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 + r * (1.0f / 720))))));
+    const v16s e = (__builtin_convertvector(n, v16s) + 127) << 23;
+    V16(px) = p * (v16f)e;
+}
+
+/* One full chunk (eight query heads) of a tile on AVX-512: scores, online
+ * softmax update and P.V, with the K rows already in kf (n x hd floats)
+ * and V read from the cache. hd a multiple of 32.
  *
- * Scores are vectorized over the heads, so K needs no transpose and the max,
- * the exponentials and the sum are lane-wise vector ops: no horizontal
- * reductions anywhere. Eight positions at a time give eight independent
- * FMA chains. */
-ATT_CLONES static void tile_decode8(float *restrict sT, float *restrict m8, float *restrict l8, float *restrict acc,
-                                    const float *restrict qT, const float *restrict kf, const float *restrict vt,
-                                    int n, int hd, int live) {
+ * The scores use all sixteen lanes: lane 2h + j sums q_h[d + j] K[d + j]
+ * over the even d, so one 64-bit broadcast of K[d], K[d + 1] (a plain load)
+ * feeds one FMA for all eight heads, and the two halves of each head are
+ * added once per position at the end; half the FMAs and loads of eight
+ * lanes with one broadcast each. */
+__attribute__((target("avx512f"), optimize("fp-contract=fast"))) static inline void
+chunk_avx512(float *restrict sT, float *restrict m8, float *restrict l8, float *restrict acc,
+             const float *restrict qT, const float *restrict kf, const cm_f16 *v, size_t stride, int n, int hd) {
+    float qp[ATT_QP_MAX] __attribute__((aligned(64))); /* qp[d * 8 + 2h + j] = q_h[d + j], d even */
+    for (int d = 0; d < hd; d += 2)
+        V16(qp + (size_t)d * 8) = __builtin_shufflevector(V16(qT + (size_t)d * 8), V16(qT + (size_t)d * 8), 0, 8, 1, 9,
+                                                          2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15);
+#define BC2(p) ((v16f)(v8d){*(const f64u *)(p), *(const f64u *)(p), *(const f64u *)(p), *(const f64u *)(p), \
+                            *(const f64u *)(p), *(const f64u *)(p), *(const f64u *)(p), *(const f64u *)(p)})
+#define EVEN(a, b) __builtin_shufflevector(a, b, 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30)
+#define ODD(a, b) __builtin_shufflevector(a, b, 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31)
     int i = 0;
     for (; i + 8 <= n; i += 8) {
         const float *k0 = kf + (size_t)i * hd;
-        v8f a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, a4 = {0}, a5 = {0}, a6 = {0}, a7 = {0};
-        for (int d = 0; d < hd; d++) {
-            const v8f q = V8(qT + (size_t)d * 8);
-            a0 += k0[d] * q, a1 += k0[hd + d] * q, a2 += k0[2 * hd + d] * q, a3 += k0[3 * hd + d] * q;
-            a4 += k0[4 * hd + d] * q, a5 += k0[5 * hd + d] * q, a6 += k0[6 * hd + d] * q, a7 += k0[7 * hd + d] * q;
+        v16f a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, a4 = {0}, a5 = {0}, a6 = {0}, a7 = {0};
+        for (int d = 0; d < hd; d += 2) {
+            const v16f q = V16(qp + (size_t)d * 8);
+            a0 += BC2(k0 + d) * q, a1 += BC2(k0 + hd + d) * q, a2 += BC2(k0 + 2 * hd + d) * q;
+            a3 += BC2(k0 + 3 * hd + d) * q, a4 += BC2(k0 + 4 * hd + d) * q, a5 += BC2(k0 + 5 * hd + d) * q;
+            a6 += BC2(k0 + 6 * hd + d) * q, a7 += BC2(k0 + 7 * hd + d) * q;
         }
-        float *so = sT + (size_t)i * 8;
-        V8(so) = a0, V8(so + 8) = a1, V8(so + 16) = a2, V8(so + 24) = a3;
-        V8(so + 32) = a4, V8(so + 40) = a5, V8(so + 48) = a6, V8(so + 56) = a7;
+        float *so = sT + (size_t)i * 8; /* rows i, i + 1 of sT per vector */
+        V16(so) = EVEN(a0, a1) + ODD(a0, a1), V16(so + 16) = EVEN(a2, a3) + ODD(a2, a3);
+        V16(so + 32) = EVEN(a4, a5) + ODD(a4, a5), V16(so + 48) = EVEN(a6, a7) + ODD(a6, a7);
     }
     for (; i < n; i++) {
         const float *kr = kf + (size_t)i * hd;
-        v8f a = {0};
-        for (int d = 0; d < hd; d++) a += kr[d] * V8(qT + (size_t)d * 8);
-        V8(sT + (size_t)i * 8) = a;
+        v16f s = {0};
+        for (int d = 0; d < hd; d += 2) s += BC2(kr + d) * V16(qp + (size_t)d * 8);
+        const v16f h = EVEN(s, s) + ODD(s, s);
+        V8(sT + (size_t)i * 8) = __builtin_shufflevector(h, h, 0, 1, 2, 3, 4, 5, 6, 7);
     }
+#undef BC2
+#undef EVEN
+#undef ODD
+#define VMAX(si, a, b) ((__typeof__(a))(((si)((a) > (b)) & (si)(a)) | (~(si)((a) > (b)) & (si)(b))))
+    /* max, exponentials and sum two positions per vector; an odd last row
+     * is padded with a copy of row 0 for the max and left out of the sum */
+    v16f mx = V16(sT);
+    for (i = 2; i + 2 <= n; i += 2) mx = VMAX(v16s, mx, V16(sT + (size_t)i * 8));
+    v8f m_new = __builtin_shufflevector(mx, mx, 0, 1, 2, 3, 4, 5, 6, 7);
+    v8f m_hi = __builtin_shufflevector(mx, mx, 8, 9, 10, 11, 12, 13, 14, 15);
+    if (n == 1) m_hi = m_new;
+    if (n & 1) m_new = VMAX(v8s, m_new, V8(sT + (size_t)(n - 1) * 8));
+    m_new = VMAX(v8s, m_new, m_hi);
     const v8f m_old = V8(m8);
-    v8f m_new = m_old;
-    for (i = 0; i < n; i++) {
-        const v8f x = V8(sT + (size_t)i * 8);
-        const v8s gt = (v8s)(x > m_new);
-        m_new = (v8f)((gt & (v8s)x) | (~gt & (v8s)m_new));
-    }
-    v8f sum = {0};
-    for (i = 0; i < n; i++) {
+    m_new = VMAX(v8s, m_new, m_old);
+#undef VMAX
+    const v16f m16 = __builtin_shufflevector(m_new, m_new, 0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7);
+    v16f sum = {0};
+    for (i = 0; i + 2 <= n; i += 2) {
         float *w = sT + (size_t)i * 8;
+        V16(w) = V16(w) - m16;
+        exp_nonpos16(w);
+        sum += V16(w);
+    }
+    v8f sum8 = __builtin_shufflevector(sum, sum, 0, 1, 2, 3, 4, 5, 6, 7) +
+               __builtin_shufflevector(sum, sum, 8, 9, 10, 11, 12, 13, 14, 15);
+    if (n & 1) {
+        float *w = sT + (size_t)(n - 1) * 8;
         V8(w) = V8(w) - m_new;
         exp_nonpos8(w);
-        sum += V8(w);
+        sum8 += V8(w);
     }
+    /* on the first tile m_old is -inf and corr about 1e-38 (exp_nonpos
+     * clamps): it multiplies sums and outputs that are still 0 */
     float corr[8];
-    for (int l = 0; l < 8; l++) corr[l] = expf(m_old[l] - m_new[l]); /* 0 on the first tile: the max was -inf */
-    V8(l8) = V8(l8) * V8(corr) + sum;
+    V8(corr) = m_old - m_new;
+    exp_nonpos8(corr);
+    V8(l8) = V8(l8) * V8(corr) + sum8;
     V8(m8) = m_new;
-    for (int l = 0; l < live; l++) tile_pv(acc + (size_t)l * hd, corr[l], sT + l, 8, vt, n, hd);
+    pv8_avx512(acc, corr, sT, v, stride, n, hd);
+}
+#else
+#define ATT_X86_BUILDS 0
+#endif
+
+/* dst[0..15] = src[0..15] as floats with the build's converter. */
+static inline void cvt16(float *dst, const cm_f16 *src, int isa) {
+#if ATT_X86_BUILDS
+    if (isa == DEC_AVX512) {
+        cvt16_avx512(dst, src);
+        return;
+    }
+    if (isa == DEC_F16C) {
+        cvt16_f16c(dst, src);
+        return;
+    }
+#endif
+    f16x16_to_f32(dst, src);
+}
+
+/* One tile of decode attention: n positions of one KV head against all
+ * `group` query heads that share it. */
+typedef struct dec_tile {
+    float *kf, *vt, *sT;    /* scratch: K (n x hd), V (n x hd), weights (n x 8) */
+    const float *qT;        /* chunks x hd x 8: scaled queries, lanes past group zero */
+    float *mx, *sum, *acc;  /* lanes; lanes; lanes x hd: running state */
+    const cm_f16 *k, *v;    /* the tile's first K and V row of this KV head */
+    size_t stride;          /* halves from one cache row to the next */
+    ptrdiff_t next;         /* halves from k to the next tile's k (prefetched), 0: none */
+    int n, hd, group;
+} dec_tile;
+
+typedef void dec_tile_fn(const dec_tile *a);
+
+/* The query heads of the group are the lanes, eight per chunk (padded with
+ * zero queries): K stays row-major and is converted once for all of them,
+ * and the max, exponentials and sums of the online softmax are lane-wise
+ * vector ops with no horizontal reductions. Eight positions at a time give
+ * eight independent FMA chains for the scores. */
+static inline void dec_tile_body(const dec_tile *a, int isa) {
+    const int n = a->n, hd = a->hd, group = a->group;
+    const int chunks = (group + ATT_LANES - 1) / ATT_LANES;
+    /* V is applied from the cache directly only when every chunk is full */
+    const bool fused = isa == DEC_AVX512 && hd % 32 == 0 && hd <= ATT_QP_MAX / 8 && group % ATT_LANES == 0;
+    float *restrict kf = a->kf, *restrict vt = a->vt, *restrict sT = a->sT;
+    for (int i = 0; i < n; i++) {
+        const cm_f16 *kr = a->k + (size_t)i * a->stride, *vr = a->v + (size_t)i * a->stride;
+        float *kd = kf + (size_t)i * hd, *vd = vt + (size_t)i * hd;
+        if (a->next)
+            for (int pb = 0; pb < hd * (int)sizeof(cm_f16); pb += 64) {
+                __builtin_prefetch((const char *)(kr + a->next) + pb);
+                __builtin_prefetch((const char *)(vr + a->next) + pb);
+            }
+        int d = 0;
+        for (; d + 16 <= hd; d += 16) {
+            cvt16(kd + d, kr + d, isa);
+            if (!fused) cvt16(vd + d, vr + d, isa);
+        }
+        for (; d < hd; d++) {
+            kd[d] = cm_f16_to_f32(kr[d]);
+            if (!fused) vd[d] = cm_f16_to_f32(vr[d]);
+        }
+    }
+    for (int ck = 0; ck < chunks; ck++) {
+        const int live = group - ck * ATT_LANES < ATT_LANES ? group - ck * ATT_LANES : ATT_LANES;
+        const float *restrict qT = a->qT + (size_t)ck * hd * ATT_LANES;
+        float *m8 = a->mx + ck * ATT_LANES, *l8 = a->sum + ck * ATT_LANES;
+        float *acc = a->acc + (size_t)ck * ATT_LANES * hd;
+#if ATT_X86_BUILDS
+        if (fused) {
+            chunk_avx512(sT, m8, l8, acc, qT, kf, a->v, a->stride, n, hd);
+            continue;
+        }
+#endif
+        int i = 0;
+        for (; i + 8 <= n; i += 8) {
+            const float *k0 = kf + (size_t)i * hd;
+            v8f a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, a4 = {0}, a5 = {0}, a6 = {0}, a7 = {0};
+            for (int d = 0; d < hd; d++) {
+                const v8f q = V8(qT + (size_t)d * 8);
+                a0 += k0[d] * q, a1 += k0[hd + d] * q, a2 += k0[2 * hd + d] * q, a3 += k0[3 * hd + d] * q;
+                a4 += k0[4 * hd + d] * q, a5 += k0[5 * hd + d] * q, a6 += k0[6 * hd + d] * q;
+                a7 += k0[7 * hd + d] * q;
+            }
+            float *so = sT + (size_t)i * 8;
+            V8(so) = a0, V8(so + 8) = a1, V8(so + 16) = a2, V8(so + 24) = a3;
+            V8(so + 32) = a4, V8(so + 40) = a5, V8(so + 48) = a6, V8(so + 56) = a7;
+        }
+        for (; i < n; i++) {
+            const float *kr = kf + (size_t)i * hd;
+            v8f s = {0};
+            for (int d = 0; d < hd; d++) s += kr[d] * V8(qT + (size_t)d * 8);
+            V8(sT + (size_t)i * 8) = s;
+        }
+        const v8f m_old = V8(m8);
+        v8f m_new = m_old;
+        for (i = 0; i < n; i++) {
+            const v8f x = V8(sT + (size_t)i * 8);
+            const v8s gt = (v8s)(x > m_new);
+            m_new = (v8f)((gt & (v8s)x) | (~gt & (v8s)m_new));
+        }
+        v8f sum = {0};
+        for (i = 0; i < n; i++) {
+            float *w = sT + (size_t)i * 8;
+            V8(w) = V8(w) - m_new;
+            exp_nonpos8(w);
+            sum += V8(w);
+        }
+        float corr[8];
+        for (int l = 0; l < 8; l++) corr[l] = expf(m_old[l] - m_new[l]); /* 0 on the first tile: the max was -inf */
+        V8(l8) = V8(l8) * V8(corr) + sum;
+        V8(m8) = m_new;
+        for (int l = 0; l < live; l++) pv_lane(acc + (size_t)l * hd, corr[l], sT + l, 8, vt, n, hd);
+    }
+}
+
+/* The kernel and the converter of each build (the converter only for
+ * tests: cm_attention_convert_f16); TARGET is the build's target attribute
+ * or nothing. */
+#if defined(__GNUC__) && !defined(__clang__)
+#define DEC_OPT optimize("fp-contract=fast"),
+#else
+#define DEC_OPT
+#endif
+#define DEC_BUILD(name, isa, TARGET)                                                               \
+    TARGET __attribute__((DEC_OPT flatten)) static void name(const dec_tile *a) {                 \
+        dec_tile_body(a, isa);                                                                     \
+    }                                                                                              \
+    TARGET __attribute__((flatten)) static void name##_convert(float *dst, const cm_f16 *src, size_t n) { \
+        for (size_t i = 0; i + 16 <= n; i += 16) cvt16(dst + i, src + i, isa);                    \
+    }
+#if ATT_X86_BUILDS
+DEC_BUILD(dec_tile_avx512, DEC_AVX512, __attribute__((target("arch=x86-64-v4"))))
+DEC_BUILD(dec_tile_f16c, DEC_F16C, __attribute__((target("arch=x86-64-v3"))))
+#endif
+DEC_BUILD(dec_tile_portable, DEC_PORTABLE, )
+#undef DEC_BUILD
+#undef DEC_OPT
+
+/* Whether the CPU runs a build (the same levels target_clones checks). */
+static bool build_runs(int build) {
+#if ATT_X86_BUILDS
+    if (build == DEC_AVX512) return __builtin_cpu_supports("x86-64-v4");
+    if (build == DEC_F16C) return __builtin_cpu_supports("x86-64-v3");
+#endif
+    return build == DEC_PORTABLE;
+}
+
+int cm_attention_build(void) {
+    for (int b = CM_ATT_BUILD_COUNT - 1; b > 0; b--)
+        if (build_runs(b)) return b;
+    return DEC_PORTABLE;
+}
+
+/* cm_attention_set_build's choice; -1: the widest */
+static int g_build = -1;
+
+void cm_attention_set_build(int build) {
+    g_build = build >= 0 && build < CM_ATT_BUILD_COUNT && build_runs(build) ? build : -1;
+}
+
+/* The build set for tests, or the widest this CPU runs. */
+static dec_tile_fn *dec_tile_pick(void) {
+#if ATT_X86_BUILDS
+    switch (g_build >= 0 ? g_build : cm_attention_build()) {
+    case DEC_AVX512: return dec_tile_avx512;
+    case DEC_F16C: return dec_tile_f16c;
+    }
+#endif
+    return dec_tile_portable;
+}
+
+bool cm_attention_convert_f16(int build, float *dst, const cm_f16 *src, size_t n) {
+    if (build < 0 || build >= CM_ATT_BUILD_COUNT || !build_runs(build)) return false;
+#if ATT_X86_BUILDS
+    if (build == DEC_AVX512) dec_tile_avx512_convert(dst, src, n);
+    if (build == DEC_F16C) dec_tile_f16c_convert(dst, src, n);
+#endif
+    if (build == DEC_PORTABLE) dec_tile_portable_convert(dst, src, n);
+    return true;
 }
 
 /* Decode attention of entry t (one query row per head) for the query heads
  * of KV head kvh, in chunks of eight heads: each K/V tile is read and
  * converted once and applied to the whole group. */
-static void att_decode(cm_ctx *c, int il, const cm_batch *b, int t, int kvh, float *ws) {
+static void att_decode(cm_ctx *c, int il, const cm_batch *b, int t, int kvh, float *ws, dec_tile_fn *tile) {
     const cm_hparams *hp = &c->model->hp;
     const int hd = hp->head_dim, group = hp->n_head / hp->n_head_kv, n_kv = c->n_kv, n_q = c->n_q;
-    const int lanes = (group + ATT_LANES - 1) / ATT_LANES * ATT_LANES, chunks = lanes / ATT_LANES;
+    const int lanes = (group + ATT_LANES - 1) / ATT_LANES * ATT_LANES;
     const float scale = 1.0f / sqrtf((float)hd);
     /* same scratch footprint as att_block (lanes <= 2 * group <= ATT_QB * group) */
     float *kf = ws;                                     /* TILE x hd */
@@ -327,12 +622,9 @@ static void att_decode(cm_ctx *c, int il, const cm_batch *b, int t, int kvh, flo
     for (int p0 = 0; p0 <= pos; p0 += ATT_DTILE) {
         const int n = pos + 1 - p0 < ATT_DTILE ? pos + 1 - p0 : ATT_DTILE;
         const size_t off = (base + (size_t)p0) * (size_t)n_kv + (size_t)kvh * hd;
-        tile_load(kf, vt, kc + off, vc + off, (size_t)n_kv, n, hd, false);
-        for (int ck = 0; ck < chunks; ck++) {
-            const int live = group - ck * ATT_LANES < ATT_LANES ? group - ck * ATT_LANES : ATT_LANES;
-            tile_decode8(sT, mx + ck * ATT_LANES, sum + ck * ATT_LANES, acc + (size_t)ck * ATT_LANES * hd,
-                         qT + (size_t)ck * hd * ATT_LANES, kf, vt, n, hd, live);
-        }
+        const ptrdiff_t next = p0 + ATT_DTILE <= pos ? (ptrdiff_t)ATT_DTILE * n_kv : 0;
+        const dec_tile a = {kf, vt, sT, qT, mx, sum, acc, kc + off, vc + off, (size_t)n_kv, next, n, hd, group};
+        tile(&a);
     }
     for (int l = 0; l < group; l++) {
         float *o = c->att + (size_t)t * n_q + (size_t)(kvh * group + l) * hd;
@@ -356,10 +648,11 @@ static size_t decode_state_floats(const cm_hparams *hp) {
  * thread streams one contiguous stretch of the cache. Leaves each head's
  * unnormalized partial state (max, sum, acc) in ws for att_decode_merge;
  * with pb - pa covering everything, also writes the output when `finish`. */
-static void att_decode_range(cm_ctx *c, int il, const cm_batch *b, int t, int pa, int pb, float *ws, bool finish) {
+static void att_decode_range(cm_ctx *c, int il, const cm_batch *b, int t, int pa, int pb, float *ws, bool finish,
+                             dec_tile_fn *tile) {
     const cm_hparams *hp = &c->model->hp;
     const int hd = hp->head_dim, group = hp->n_head / hp->n_head_kv, n_kv = c->n_kv, n_q = c->n_q;
-    const int lanes = (group + ATT_LANES - 1) / ATT_LANES * ATT_LANES, chunks = lanes / ATT_LANES;
+    const int lanes = (group + ATT_LANES - 1) / ATT_LANES * ATT_LANES;
     const size_t S = (size_t)lanes * (2 * (size_t)hd + 2);
     const float scale = 1.0f / sqrtf((float)hd);
     float *kf = ws, *vt = kf + (size_t)ATT_DTILE * hd, *sT = vt + (size_t)ATT_DTILE * hd;
@@ -384,12 +677,12 @@ static void att_decode_range(cm_ctx *c, int il, const cm_batch *b, int t, int pa
             float *acc = st + (size_t)kvh * S, *qT = acc + (size_t)lanes * hd, *mx = qT + (size_t)lanes * hd;
             float *sum = mx + lanes;
             const size_t off = (base + (size_t)p0) * (size_t)n_kv + (size_t)kvh * hd;
-            tile_load(kf, vt, kc + off, vc + off, (size_t)n_kv, n, hd, false);
-            for (int ck = 0; ck < chunks; ck++) {
-                const int live = group - ck * ATT_LANES < ATT_LANES ? group - ck * ATT_LANES : ATT_LANES;
-                tile_decode8(sT, mx + ck * ATT_LANES, sum + ck * ATT_LANES, acc + (size_t)ck * ATT_LANES * hd,
-                             qT + (size_t)ck * hd * ATT_LANES, kf, vt, n, hd, live);
-            }
+            /* the next KV head of this tile, or the first of the next tile */
+            const ptrdiff_t next = kvh + 1 < hp->n_head_kv ? hd
+                                   : p0 + ATT_DTILE < pb  ? (ptrdiff_t)ATT_DTILE * n_kv - (ptrdiff_t)kvh * hd
+                                                          : 0;
+            const dec_tile b2 = {kf, vt, sT, qT, mx, sum, acc, kc + off, vc + off, (size_t)n_kv, next, n, hd, group};
+            tile(&b2);
         }
     }
     if (!finish) return;
@@ -439,6 +732,7 @@ typedef struct att_job {
     cm_ctx *c;
     int il;
     const cm_batch *batch;
+    dec_tile_fn *dec_tile; /* dec_tile_pick() */
 } att_job;
 
 /* Biases, q/k norms and RoPE of one head of entry t; a KV head (h >=
@@ -557,7 +851,7 @@ static void att_worker(void *arg, int ith, int nth) {
         long tb, te;
         cm_split_range((np + ATT_DTILE - 1) / ATT_DTILE, ith, nth, &tb, &te);
         const int pa = (int)tb * ATT_DTILE, pb = (int)te * ATT_DTILE < np ? (int)te * ATT_DTILE : np;
-        att_decode_range(c, j->il, j->batch, 0, pa, pb, ws, nth == 1);
+        att_decode_range(c, j->il, j->batch, 0, pa, pb, ws, nth == 1, j->dec_tile);
         if (nth == 1) return;
         cm_pool_barrier(c->pool); /* every thread's partial state is written */
         long hb, he;
@@ -570,13 +864,13 @@ static void att_worker(void *arg, int ith, int nth) {
         const int t0 = (int)(it / n_head_kv) * ATT_QB, kvh = (int)(it % n_head_kv);
         const int nt = n_tok - t0 < ATT_QB ? n_tok - t0 : ATT_QB;
         if (nt == 1 && group >= ATT_LANES / 2) {
-            att_decode(c, j->il, j->batch, t0, kvh, ws);
+            att_decode(c, j->il, j->batch, t0, kvh, ws, j->dec_tile);
         } else if (block_is_run(j->batch, t0, nt)) {
             att_block(c, j->il, j->batch, t0, nt, kvh, ws);
         } else {
             for (int k = 0; k < nt; k++) {
                 if (group >= ATT_LANES / 2)
-                    att_decode(c, j->il, j->batch, t0 + k, kvh, ws);
+                    att_decode(c, j->il, j->batch, t0 + k, kvh, ws, j->dec_tile);
                 else
                     att_block(c, j->il, j->batch, t0 + k, 1, kvh, ws);
             }
@@ -593,6 +887,6 @@ size_t cm_attention_scratch_floats(const cm_hparams *hp) {
 }
 
 void cm_attention(cm_ctx *c, int il, const cm_batch *batch) {
-    att_job j = {c, il, batch};
+    att_job j = {c, il, batch, dec_tile_pick()};
     cm_pool_run(c->pool, att_worker, &j);
 }
