@@ -99,12 +99,21 @@ static const void *activations(const cm_weight *w, const float *f, int n, uint8_
     return slot;
 }
 
-/* Rows of w in chunks from ctr until none is left. */
-static void rows_dynamic(const cm_weight *w, const void *act, size_t arb, int n, float *y, atomic_long *ctr) {
-    const int64_t rows = chunk_rows(w), nc = n_chunks(w->n_rows, rows);
-    for (long k; (k = atomic_fetch_add_explicit(ctr, 1, memory_order_relaxed)) < nc;) {
-        const int64_t r0 = k * rows, r1 = r0 + rows < w->n_rows ? r0 + rows : w->n_rows;
-        cm_matmul_rows(w->type, w->data, w->row_bytes, w->n_rows, w->n_cols, act, arb, n, y, r0, r1);
+/* The rows of n_mat matrices (ws[m] against act[m], into ys[m]) in chunks
+ * taken from one counter until none is left. */
+static void rows_dynamic(int n_mat, const cm_weight *const *ws, const void *const *act, const size_t *arb,
+                         float *const *ys, int n, atomic_long *ctr) {
+    int64_t rows[3], first[4] = {0};
+    for (int m = 0; m < n_mat; m++) {
+        rows[m] = chunk_rows(ws[m]);
+        first[m + 1] = first[m] + n_chunks(ws[m]->n_rows, rows[m]);
+    }
+    for (long k; (k = atomic_fetch_add_explicit(ctr, 1, memory_order_relaxed)) < first[n_mat];) {
+        int m = 0;
+        while (k >= first[m + 1]) m++;
+        const cm_weight *w = ws[m];
+        const int64_t r0 = (k - first[m]) * rows[m], r1 = r0 + rows[m] < w->n_rows ? r0 + rows[m] : w->n_rows;
+        cm_matmul_rows(w->type, w->data, w->row_bytes, w->n_rows, w->n_cols, act[m], arb[m], n, ys[m], r0, r1);
     }
 }
 
@@ -117,10 +126,9 @@ static void job_qkv(void *arg, int ith, int nth) {
     residual_norm(c, j->add_xo ? c->xo : NULL, L->attn_norm, n, h, ith, nth);
 
     const cm_weight *ws[3] = {&L->wq, &L->wk, &L->wv};
-    float *ys[3] = {c->q, c->k, c->v};
+    float *const ys[3] = {c->q, c->k, c->v};
     const void *act[3];
     size_t arb[3];
-    int64_t rows[3], first[4] = {0};
     for (int m = 0; m < 3; m++) {
         /* matrices whose activation type an earlier one has share its slot */
         int same = -1;
@@ -130,16 +138,8 @@ static void job_qkv(void *arg, int ith, int nth) {
             act[m] = act[same], arb[m] = arb[same];
         else
             act[m] = activations(ws[m], h, n, thread_slot(c, ith, m), &arb[m]);
-        rows[m] = chunk_rows(ws[m]);
-        first[m + 1] = first[m] + n_chunks(ws[m]->n_rows, rows[m]);
     }
-    /* one counter over the chunks of all three matrices */
-    for (long k; (k = atomic_fetch_add_explicit(&j->ctr[0].next, 1, memory_order_relaxed)) < first[3];) {
-        const int m = k < first[1] ? 0 : k < first[2] ? 1 : 2;
-        const cm_weight *w = ws[m];
-        const int64_t r0 = (k - first[m]) * rows[m], r1 = r0 + rows[m] < w->n_rows ? r0 + rows[m] : w->n_rows;
-        cm_matmul_rows(w->type, w->data, w->row_bytes, w->n_rows, w->n_cols, act[m], arb[m], n, ys[m], r0, r1);
-    }
+    rows_dynamic(3, ws, act, arb, ys, n, &j->ctr[0].next);
 }
 
 static void job_out_ffn(void *arg, int ith, int nth) {
@@ -151,8 +151,9 @@ static void job_out_ffn(void *arg, int ith, int nth) {
     size_t arb;
 
     /* attention output -> xo */
-    const void *act = activations(&L->wo, c->att, n, thread_slot(c, ith, 0), &arb);
-    rows_dynamic(&L->wo, act, arb, n, c->xo, &j->ctr[0].next);
+    const cm_weight *wo = &L->wo;
+    const void *act = activations(wo, c->att, n, thread_slot(c, ith, 0), &arb);
+    rows_dynamic(1, &wo, &act, &arb, &c->xo, n, &j->ctr[0].next);
     cm_pool_barrier(c->pool);
 
     residual_norm(c, c->xo, L->ffn_norm, n, h, ith, nth);
@@ -186,7 +187,8 @@ static void job_out_ffn(void *arg, int ith, int nth) {
     cm_pool_barrier(c->pool);
 
     /* SwiGLU output -> xo; the residual add waits for the next layer */
-    rows_dynamic(d, d_at == CM_TYPE_F32 ? (const void *)c->hb : dact, darb, n, c->xo, &j->ctr[2].next);
+    act = d_at == CM_TYPE_F32 ? (const void *)c->hb : dact;
+    rows_dynamic(1, &d, &act, &darb, &c->xo, n, &j->ctr[2].next);
 }
 
 bool cm_decode_fused_fits(const cm_ctx *c, const cm_batch *b) {
