@@ -260,6 +260,7 @@ static inline void exp_nonpos8(float *px) {
  * straight from the cache (pv8_avx512). The converters are static inline
  * functions with their own target attribute: inlined (flatten) into the
  * build that selects them, dead code in the others. */
+#define ATT_QP_MAX (256 * 8) /* the AVX-512 chunk's queries: head_dim up to 256 */
 enum { DEC_PORTABLE = CM_ATT_BUILD_PORTABLE, DEC_F16C = CM_ATT_BUILD_F16C, DEC_AVX512 = CM_ATT_BUILD_AVX512 };
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
@@ -267,7 +268,6 @@ enum { DEC_PORTABLE = CM_ATT_BUILD_PORTABLE, DEC_F16C = CM_ATT_BUILD_F16C, DEC_A
 typedef short v8hs __attribute__((vector_size(16), aligned(2)));
 typedef short v16hs __attribute__((vector_size(32), aligned(2)));
 typedef int32_t v16s __attribute__((vector_size(64)));
-#define ATT_QP_MAX (256 * 8) /* the AVX-512 chunk's queries: head_dim up to 256 */
 
 __attribute__((target("avx,f16c"))) static inline void cvt16_f16c(float *dst, const cm_f16 *src) {
     V8(dst) = __builtin_ia32_vcvtph2ps256(*(const v8hs *)src);
