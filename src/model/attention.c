@@ -24,8 +24,9 @@
  * slice of c->att_scratch (two f32 tiles and the group's running state).
  * The tile loops (scores, exponentials, P.V) are plain C over GCC vector
  * types, 16 floats wide where head_dim allows, with a scalar path for any
- * other head_dim. f16 tiles are converted 16 halves at a time with integer
- * vector ops (exact, no lookup, no per-row function pointer).
+ * other head_dim. Prompt tiles are converted from f16 16 halves at a time
+ * with integer vector ops (exact, no lookup, no per-row function pointer);
+ * decode tiles as described below.
  *
  * A lone entry (decode: one new token of a sequence) takes a different
  * path, att_decode: with a single query row per head the K transpose of the
@@ -35,7 +36,18 @@
  * softmax are lane-wise with no horizontal reductions. A batch of exactly
  * one token (one sequence decoding) instead splits its positions over the
  * threads, each taking every KV head of its stretch, and the threads' partial
- * (max, sum, output) states are merged after a barrier. */
+ * (max, sum, output) states are merged after a barrier.
+ *
+ * Decode tiles (ATT_DTILE positions of one KV head) go through one kernel,
+ * dec_tile_body, built separately for x86-64-v4, x86-64-v3 and everything
+ * else and picked per call from the CPU (dec_tile_pick): at long context
+ * decode streams the whole cache once per token, so the f16 load is the
+ * hot spot, and on v3/v4 it is F16C's vcvtph2ps (exact, like every f16 to
+ * f32 conversion) instead of the integer sequence. The v4 build goes
+ * further (chunk_avx512): V is converted in registers as P.V consumes it
+ * (only K is staged, for its broadcasts), the scores use all sixteen lanes
+ * (two d per head, halves added at the end), and each tile prefetches the
+ * rows of the tile that follows it. */
 #include <math.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -97,36 +109,24 @@ static inline void f16x16_to_f32(float *dst, const cm_f16 *src) {
     V16(dst) = (v16f)((v16i)f | (special & 0x7f800000u) | ((h & 0x8000u) << 16));
 }
 
-/* Rows 0..n-1 of a K/V tile (row i of the cache at k + i * stride) into f32:
- * V row-major (n x hd); K row-major too, or transposed (kdst[d * TILE + i])
- * when k_transposed. */
+/* Rows 0..n-1 of a prompt K/V tile (row i of the cache at k + i * stride)
+ * into f32: V row-major (n x hd), K transposed (kdst[d * TILE + i]). (The
+ * decode tiles load in dec_tile_body.) */
 ATT_CLONES static void tile_load(float *restrict kdst, float *restrict vdst, const cm_f16 *k, const cm_f16 *v,
-                                 size_t stride, int n, int hd, bool k_transposed) {
+                                 size_t stride, int n, int hd) {
     for (int i = 0; i < n; i++) {
         const cm_f16 *kr = k + (size_t)i * stride, *vr = v + (size_t)i * stride;
         float *vd = vdst + (size_t)i * hd;
         int d = 0;
-        if (k_transposed) {
-            for (; d + 16 <= hd; d += 16) {
-                float tmp[16];
-                f16x16_to_f32(tmp, kr + d);
-                for (int j = 0; j < 16; j++) kdst[(size_t)(d + j) * CM_ATT_TILE + i] = tmp[j];
-                f16x16_to_f32(vd + d, vr + d);
-            }
-            for (; d < hd; d++) {
-                kdst[(size_t)d * CM_ATT_TILE + i] = cm_f16_to_f32(kr[d]);
-                vd[d] = cm_f16_to_f32(vr[d]);
-            }
-        } else {
-            float *kd = kdst + (size_t)i * hd;
-            for (; d + 16 <= hd; d += 16) {
-                f16x16_to_f32(kd + d, kr + d);
-                f16x16_to_f32(vd + d, vr + d);
-            }
-            for (; d < hd; d++) {
-                kd[d] = cm_f16_to_f32(kr[d]);
-                vd[d] = cm_f16_to_f32(vr[d]);
-            }
+        for (; d + 16 <= hd; d += 16) {
+            float tmp[16];
+            f16x16_to_f32(tmp, kr + d);
+            for (int j = 0; j < 16; j++) kdst[(size_t)(d + j) * CM_ATT_TILE + i] = tmp[j];
+            f16x16_to_f32(vd + d, vr + d);
+        }
+        for (; d < hd; d++) {
+            kdst[(size_t)d * CM_ATT_TILE + i] = cm_f16_to_f32(kr[d]);
+            vd[d] = cm_f16_to_f32(vr[d]);
         }
     }
 }
@@ -802,7 +802,7 @@ static void att_block(cm_ctx *c, int il, const cm_batch *b, int t0, int nt, int 
     for (int p0 = 0; p0 <= pos_last; p0 += CM_ATT_TILE) {
         const int n = pos_last + 1 - p0 < CM_ATT_TILE ? pos_last + 1 - p0 : CM_ATT_TILE;
         const size_t off = (base + (size_t)p0) * (size_t)n_kv + (size_t)kvh * hd;
-        tile_load(kT, vt, kc + off, vc + off, (size_t)n_kv, n, hd, true);
+        tile_load(kT, vt, kc + off, vc + off, (size_t)n_kv, n, hd);
         for (int r = 0; r < rows; r++) {
             const int nr = pos0 + r / group + 1 - p0 < n ? pos0 + r / group + 1 - p0 : n; /* causal */
             if (nr <= 0) continue;
