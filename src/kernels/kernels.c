@@ -11,13 +11,17 @@
  *   1. the activations x (n_tokens x n_cols f32) are converted to the weight
  *      type's vec_dot type in `scratch`, the blocks of all rows split evenly
  *      across threads (so a single token still uses every thread);
- *   2. each thread takes a contiguous range of output rows and, for a batch
- *      of tokens, walks them in blocks of ROW_BLOCK rows, every token against
+ *   2. for a batch of tokens, each thread takes a contiguous range of output
+ *      rows and walks them in blocks of ROW_BLOCK rows, every token against
  *      the block, so each weight row is read from memory once per block
- *      rather than once per token.
+ *      rather than once per token; for up to DYNAMIC_TOKENS tokens (decode)
+ *      threads instead take chunks of rows from a counter as they become
+ *      free, so a thread the host slows down takes fewer and all finish
+ *      together.
  * A repacked weight (a type id of repack.h) is quantized for as its source
- * type; in phase 2 each thread hands its range of 16-row groups to the
- * layout's matmul (the groups split evenly, so threads finish together). */
+ * type, and its rows are handed out in whole 16-row groups to the layout's
+ * matmul. cm_matmul_rows is phase 2 for one range of rows, for callers that
+ * build their own jobs (model/forward_decode.c). */
 #include "kernels/kernels.h"
 
 #include <assert.h>
