@@ -83,7 +83,8 @@ static void usage(FILE *f) {
             "      --json           one JSON object per test and line instead of a table\n"
             "\n"
             "CELLM_KERNELS=ref (or avx2, neon) in the environment selects other kernels;\n"
-            "CELLM_REPACK=off keeps the weights in the file's layout (no repacking at load).\n");
+            "CELLM_REPACK=off keeps the weights in the file's layout (no repacking at load);\n"
+            "CELLM_DECODE_FUSED=off runs decode steps through the general layer path.\n");
 }
 
 static int parse_int(const char *flag, const char *s, int lo, int hi, int *out) {
