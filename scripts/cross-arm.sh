@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Cross-builds the kernel layer for 64-bit ARM Linux and runs its tests
-# under qemu-aarch64: the NEON and NEON+dotprod kernels against the
-# reference. Needs gcc-aarch64-linux-gnu, libc6-dev-arm64-cross and
-# qemu-user (apt-get install them). Builds only base, gguf and kernels
-# (cmake/kernels-only), which need no third-party libraries.
+# Cross-builds the kernel and model layers for 64-bit ARM Linux and runs
+# their tests under qemu-aarch64: the NEON and NEON+dotprod kernels against
+# the reference, and the whole forward pass (test_model, about 3 minutes
+# under qemu) against the test's naive model. Needs gcc-aarch64-linux-gnu,
+# libc6-dev-arm64-cross and qemu-user (apt-get install them). Builds only
+# base, gguf, kernels and model (cmake/kernels-only), which need no
+# third-party libraries.
 #   scripts/cross-arm.sh [BUILD_DIR]     (default build-arm64)
 set -euo pipefail
 src="$(cd "$(dirname "$0")/.." && pwd)"
