@@ -1,7 +1,7 @@
 /* attention.c - time of decode attention alone (cm_attention for one token
  * of one sequence), one JSON line per depth.
  *
- *   bench_attention MODEL.gguf [-t THREADS] [-d DEPTH,DEPTH,...] [-s SEQS] [-r REPS]
+ *   bench_attention MODEL.gguf [-t THREADS] [-d DEPTH,DEPTH,...] [-s SEQS] [-r REPS] [-b BUILD]
  *
  * The model supplies the shape (heads, KV heads, head_dim) and the context
  * its attention runs in; the cache is filled with random f16 keys and values
@@ -12,7 +12,9 @@
  * each call streams its K and V from memory. Prints the median and fastest
  * microseconds per call (per layer per token), the median process CPU
  * microseconds per call (cpu_us: with -t 1 a measure that other work on the
- * machine barely disturbs) and the GB/s of K and V read. */
+ * machine barely disturbs) and the GB/s of K and V read. -b runs a narrower
+ * build of the decode kernel than the CPU allows (model/attention.h: 0
+ * portable, 1 F16C, 2 AVX-512). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,8 +24,15 @@
 #include "base/rng.h"
 #include "base/status.h"
 #include "base/time.h"
+#include "model/attention.h"
 #include "model/model.h"
 #include "model/model_internal.h"
+
+/* Weak, so the bench also links with an attention.c from before these
+ * existed (timing an older kernel against a newer one); NULL there. */
+#pragma weak cm_attention_set_build
+#pragma weak cm_attention_build
+#pragma weak cm_attention_convert_f16
 
 /* CPU time of the whole process: with -t 1 the time the one thread really
  * ran, which another program on the machine does not inflate. */
@@ -40,15 +49,16 @@ static int cmp_u64(const void *a, const void *b) {
 
 int main(int argc, char **argv) {
     const char *path = NULL, *depths = "512,4096,8192";
-    int n_threads = 2, n_seq = 8, reps = 200;
+    int n_threads = 2, n_seq = 8, reps = 200, build = -1;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "-t") && i + 1 < argc) n_threads = atoi(argv[++i]);
         else if (!strcmp(argv[i], "-d") && i + 1 < argc) depths = argv[++i];
         else if (!strcmp(argv[i], "-s") && i + 1 < argc) n_seq = atoi(argv[++i]);
         else if (!strcmp(argv[i], "-r") && i + 1 < argc) reps = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "-b") && i + 1 < argc) build = atoi(argv[++i]);
         else if (argv[i][0] != '-' && !path) path = argv[i];
         else {
-            fprintf(stderr, "usage: bench_attention MODEL.gguf [-t THREADS] [-d DEPTH,...] [-s SEQS] [-r REPS]\n");
+            fprintf(stderr, "usage: bench_attention MODEL.gguf [-t THREADS] [-d DEPTH,...] [-s SEQS] [-r REPS] [-b BUILD]\n");
             return 2;
         }
     }
@@ -92,6 +102,15 @@ int main(int argc, char **argv) {
             c->k_cache[il][i] = normal[u & 0xffff];
             c->v_cache[il][i] = normal[(u >> 16) & 0xffff];
         }
+    if (build >= 0 && !cm_attention_set_build) {
+        fprintf(stderr, "bench_attention: this attention.c has one build; -b ignored\n");
+        build = -1;
+    }
+    if (build >= 0) {
+        cm_attention_set_build(build);
+        fprintf(stderr, "bench_attention: decode kernel build %d%s\n", build,
+                cm_attention_convert_f16(build, NULL, NULL, 0) ? "" : " is not available here; running the widest");
+    }
     if (!(ns = malloc((size_t)reps * sizeof *ns)) || !(cpu = malloc((size_t)reps * sizeof *cpu))) goto fail;
     for (const char *p = depths; *p;) {
         const int depth = atoi(p);
@@ -114,8 +133,8 @@ int main(int argc, char **argv) {
         const double med = (double)ns[reps / 2] / 1e3, best = (double)ns[0] / 1e3;
         const double bytes = 2.0 * (depth + 1) * c->n_kv * sizeof(cm_f16);
         printf("{\"bench\":\"attention\",\"depth\":%d,\"threads\":%d,\"heads\":%d,\"kv_heads\":%d,\"head_dim\":%d,"
-               "\"us\":%.1f,\"us_best\":%.1f,\"cpu_us\":%.1f,\"gb_s\":%.2f}\n",
-               depth, n_threads, hp->n_head, hp->n_head_kv, hp->head_dim, med, best, (double)cpu[reps / 2] / 1e3,
+               "\"build\":%d,\"us\":%.1f,\"us_best\":%.1f,\"cpu_us\":%.1f,\"gb_s\":%.2f}\n",
+               depth, n_threads, hp->n_head, hp->n_head_kv, hp->head_dim, build >= 0 ? build : cm_attention_build ? cm_attention_build() : -1, med, best, (double)cpu[reps / 2] / 1e3,
                bytes / (med * 1e3));
         fflush(stdout);
     }

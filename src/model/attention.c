@@ -250,6 +250,29 @@ static inline void exp_nonpos8(float *px) {
     V8(px) = p * (v8f)e;
 }
 
+/* pv8_f16c for the portable build, over the staged f32 V (vt, n x hd),
+ * four columns at a time: eight 4-float accumulators fit the sixteen
+ * registers of SSE2 and half of NEON's, where sixteen-float ones (pv_lane)
+ * spill. hd a multiple of 4. */
+typedef float v4f __attribute__((vector_size(16)));
+typedef float v4u __attribute__((vector_size(16), aligned(4)));
+static inline void pv8_staged(float *restrict acc, const float *restrict corr, const float *restrict sT,
+                              const float *restrict vt, int n, int hd) {
+    for (int d = 0; d < hd; d += 4) {
+        v4f a[ATT_LANES];
+#pragma GCC unroll 8
+        for (int l = 0; l < ATT_LANES; l++) a[l] = *(const v4u *)(acc + (size_t)l * hd + d) * corr[l];
+        for (int i = 0; i < n; i++) {
+            const v4f x = *(const v4u *)(vt + (size_t)i * hd + d);
+            const float *w = sT + (size_t)i * ATT_LANES;
+#pragma GCC unroll 8
+            for (int l = 0; l < ATT_LANES; l++) a[l] += w[l] * x;
+        }
+#pragma GCC unroll 8
+        for (int l = 0; l < ATT_LANES; l++) *(v4u *)(acc + (size_t)l * hd + d) = a[l];
+    }
+}
+
 /* The decode tile kernel (dec_tile_body) is built up to three times, each
  * build a plain function with its own target, picked once per
  * cm_attention call (dec_tile_pick) rather than by target_clones: its f16
@@ -272,6 +295,29 @@ typedef int32_t v16s __attribute__((vector_size(64)));
 __attribute__((target("avx,f16c"))) static inline void cvt16_f16c(float *dst, const cm_f16 *src) {
     V8(dst) = __builtin_ia32_vcvtph2ps256(*(const v8hs *)src);
     V8(dst + 8) = __builtin_ia32_vcvtph2ps256(*(const v8hs *)(src + 8));
+}
+
+/* pv8_avx512 for the F16C build, eight columns at a time: the eight
+ * lanes' accumulators are eight 8-float registers (of AVX2's sixteen; the
+ * sixteen-float form would spill). Lanes past the chunk's live heads are
+ * computed too (their rows of acc exist and nobody reads them). hd a
+ * multiple of 8. */
+__attribute__((target("avx2,fma,f16c"), optimize("fp-contract=fast"))) static inline void
+pv8_f16c(float *restrict acc, const float *restrict corr, const float *restrict sT, const cm_f16 *v, size_t stride,
+         int n, int hd) {
+    for (int d = 0; d < hd; d += 8) {
+        v8f a[ATT_LANES];
+#pragma GCC unroll 8
+        for (int l = 0; l < ATT_LANES; l++) a[l] = V8(acc + (size_t)l * hd + d) * corr[l];
+        for (int i = 0; i < n; i++) {
+            const v8f x = __builtin_ia32_vcvtph2ps256(*(const v8hs *)(v + (size_t)i * stride + d));
+            const float *w = sT + (size_t)i * ATT_LANES;
+#pragma GCC unroll 8
+            for (int l = 0; l < ATT_LANES; l++) a[l] += w[l] * x;
+        }
+#pragma GCC unroll 8
+        for (int l = 0; l < ATT_LANES; l++) V8(acc + (size_t)l * hd + d) = a[l];
+    }
 }
 
 __attribute__((target("avx512f"))) static inline void cvt16_avx512(float *dst, const cm_f16 *src) {
@@ -452,8 +498,11 @@ typedef void dec_tile_fn(const dec_tile *a);
 static inline void dec_tile_body(const dec_tile *a, int isa) {
     const int n = a->n, hd = a->hd, group = a->group;
     const int chunks = (group + ATT_LANES - 1) / ATT_LANES;
-    /* V is applied from the cache directly only when every chunk is full */
-    const bool fused = isa == DEC_AVX512 && hd % 32 == 0 && hd <= ATT_QP_MAX / 8 && group % ATT_LANES == 0;
+    /* the AVX-512 chunk kernel needs full chunks; V comes straight from the
+     * cache there and in the F16C build's P.V, and is staged otherwise */
+    const bool chunk512 = isa == DEC_AVX512 && hd % 32 == 0 && hd <= ATT_QP_MAX / 8 && group % ATT_LANES == 0;
+    const bool pv_f16c = isa == DEC_F16C && hd % 8 == 0;
+    const bool fused = chunk512 || pv_f16c;
     float *restrict kf = a->kf, *restrict vt = a->vt, *restrict sT = a->sT;
     for (int i = 0; i < n; i++) {
         const cm_f16 *kr = a->k + (size_t)i * a->stride, *vr = a->v + (size_t)i * a->stride;
@@ -479,7 +528,7 @@ static inline void dec_tile_body(const dec_tile *a, int isa) {
         float *m8 = a->mx + ck * ATT_LANES, *l8 = a->sum + ck * ATT_LANES;
         float *acc = a->acc + (size_t)ck * ATT_LANES * hd;
 #if ATT_X86_BUILDS
-        if (fused) {
+        if (chunk512) {
             chunk_avx512(sT, m8, l8, acc, qT, kf, a->v, a->stride, n, hd);
             continue;
         }
@@ -522,6 +571,16 @@ static inline void dec_tile_body(const dec_tile *a, int isa) {
         for (int l = 0; l < 8; l++) corr[l] = expf(m_old[l] - m_new[l]); /* 0 on the first tile: the max was -inf */
         V8(l8) = V8(l8) * V8(corr) + sum;
         V8(m8) = m_new;
+#if ATT_X86_BUILDS
+        if (pv_f16c) {
+            pv8_f16c(acc, corr, sT, a->v, a->stride, n, hd);
+            continue;
+        }
+#endif
+        if (isa == DEC_PORTABLE && hd % 4 == 0) {
+            pv8_staged(acc, corr, sT, vt, n, hd);
+            continue;
+        }
         for (int l = 0; l < live; l++) pv_lane(acc + (size_t)l * hd, corr[l], sT + l, 8, vt, n, hd);
     }
 }
