@@ -250,10 +250,11 @@ static inline void exp_nonpos8(float *px) {
     V8(px) = p * (v8f)e;
 }
 
-/* pv8_f16c for the portable build, over the staged f32 V (vt, n x hd),
- * four columns at a time: eight 4-float accumulators fit the sixteen
- * registers of SSE2 and half of NEON's, where sixteen-float ones (pv_lane)
- * spill. hd a multiple of 4. */
+/* P.V of all eight lanes of a chunk for the portable build (the form of
+ * pv8_f16c below), over the staged f32 V (vt, n x hd), four columns at a
+ * time: eight 4-float accumulators fit the sixteen registers of SSE2 and
+ * half of NEON's, where sixteen-float ones (pv_lane) spill. Lanes past the
+ * chunk's live heads are computed too. hd a multiple of 4. */
 typedef float v4f __attribute__((vector_size(16)));
 typedef float v4u __attribute__((vector_size(16), aligned(4)));
 static inline void pv8_staged(float *restrict acc, const float *restrict corr, const float *restrict sT,
@@ -279,8 +280,10 @@ static inline void pv8_staged(float *restrict acc, const float *restrict corr, c
  * loads differ by more than vector width. x86-64-v3 and v4 convert with
  * F16C's vcvtph2ps, one instruction per 8 or 16 halves and exact for every
  * half (subnormals included; a signalling NaN comes back quiet, still a
- * NaN); everything else uses f16x16_to_f32. The v4 build also applies V
- * straight from the cache (pv8_avx512). The converters are static inline
+ * NaN); everything else uses f16x16_to_f32. The v3 and v4 builds also
+ * apply V straight from the cache (pv8_f16c, pv8_avx512) instead of
+ * staging it as f32, and v4 has its own chunk kernel (chunk_avx512). The
+ * converters and those kernels are static inline
  * functions with their own target attribute: inlined (flatten) into the
  * build that selects them, dead code in the others. */
 #define ATT_QP_MAX (256 * 8) /* the AVX-512 chunk's queries: head_dim up to 256 */
@@ -420,8 +423,9 @@ chunk_avx512(float *restrict sT, float *restrict m8, float *restrict l8, float *
 #undef EVEN
 #undef ODD
 #define VMAX(si, a, b) ((__typeof__(a))(((si)((a) > (b)) & (si)(a)) | (~(si)((a) > (b)) & (si)(b))))
-    /* max, exponentials and sum two positions per vector; an odd last row
-     * is padded with a copy of row 0 for the max and left out of the sum */
+    /* max, exponentials and sum two positions per vector, an odd last row
+     * on its own (for n == 1 the upper half of the first vector is a stale
+     * row, and is dropped) */
     v16f mx = V16(sT);
     for (i = 2; i + 2 <= n; i += 2) mx = VMAX(v16s, mx, V16(sT + (size_t)i * 8));
     v8f m_new = __builtin_shufflevector(mx, mx, 0, 1, 2, 3, 4, 5, 6, 7);
@@ -484,7 +488,7 @@ typedef struct dec_tile {
     float *mx, *sum, *acc;  /* lanes; lanes; lanes x hd: running state */
     const cm_f16 *k, *v;    /* the tile's first K and V row of this KV head */
     size_t stride;          /* halves from one cache row to the next */
-    ptrdiff_t next;         /* halves from k to the next tile's k (prefetched), 0: none */
+    ptrdiff_t next;         /* halves from k to the k of the tile done next (prefetched), 0: none */
     int n, hd, group;
 } dec_tile;
 
