@@ -210,13 +210,19 @@ static int repack_weight(cm_model *m, cm_weight *w, uint64_t *n_bytes) {
     const cm_repack_ops *ops = cm_repack_find(w->type);
     if (!ops) return CM_OK;
     const size_t mb = ops->bytes(w->n_rows, w->n_cols);
-    const size_t total = mb * (size_t)w->n_mat;
-    uint8_t *buf = aligned_alloc(64, (total + 63) & ~(size_t)63);
-    if (!buf || own(m, buf)) {
-        free(buf);
-        CM_LOGW("%s: no memory for a repacked copy of %s (%zu bytes): it keeps the file layout", mpath(m), w->name,
-                total);
-        return CM_OK;
+    const size_t total = mb * (size_t)w->n_mat, rounded = (total + 63) & ~(size_t)63;
+    uint8_t *buf = NULL;
+    if (m->arena && m->arena_bytes - m->arena_used >= rounded) {
+        buf = m->arena + m->arena_used;
+        m->arena_used += rounded;
+    } else {
+        buf = aligned_alloc(64, rounded);
+        if (!buf || own(m, buf)) {
+            free(buf);
+            CM_LOGW("%s: no memory for a repacked copy of %s (%zu bytes): it keeps the file layout", mpath(m),
+                    w->name, total);
+            return CM_OK;
+        }
     }
     for (int64_t e = 0; e < w->n_mat; e++)
         ops->pack(w->data + (size_t)e * w->mat_bytes, w->row_bytes, w->n_rows, w->n_cols, buf + (size_t)e * mb);
@@ -229,20 +235,58 @@ static int repack_weight(cm_model *m, cm_weight *w, uint64_t *n_bytes) {
     return CM_OK;
 }
 
+/* Bytes w takes once repacked (64-byte aligned), or 0 if it keeps its layout. */
+static size_t repacked_bytes(const cm_weight *w) {
+    if (!w->data || w->n_rows % CM_REPACK_ROWS) return 0;
+    const cm_repack_ops *ops = cm_repack_find(w->type);
+    return ops ? ((ops->bytes(w->n_rows, w->n_cols) * (size_t)w->n_mat + 63) & ~(size_t)63) : 0;
+}
+
+/* One mapping for every repacked matrix, 2 MiB aligned and marked for
+ * transparent huge pages: decode streams all of it every token, and with 4
+ * KiB pages that is a TLB miss (in a VM, a two-level page walk) every 4 KiB.
+ * Without it (mmap refused) each matrix gets its own allocation. */
+static void map_arena(cm_model *m, size_t need) {
+    const size_t huge = (size_t)2 << 20;
+    if (!need) return;
+    const size_t len = (need + huge - 1) & ~(huge - 1);
+    uint8_t *p = mmap(NULL, len + huge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return;
+    /* trim to a 2 MiB aligned start */
+    uint8_t *a = (uint8_t *)(((uintptr_t)p + huge - 1) & ~(uintptr_t)(huge - 1));
+    if (a > p) munmap(p, (size_t)(a - p));
+    if (a + len < p + len + huge) munmap(a + len, (size_t)(p + len + huge - (a + len)));
+#ifdef MADV_HUGEPAGE
+    madvise(a, len, MADV_HUGEPAGE);
+#endif
+    m->arena = a;
+    m->arena_bytes = len;
+}
+
 static int repack_weights(cm_model *m) {
     const double t0 = cm_now_s();
     uint64_t n_bytes = 0;
     int rc;
-    for (int i = 0; i < m->layer_end - m->layer_begin; i++) {
-        cm_layer *L = &m->layers[i];
-        cm_weight *ws[] = {&L->wq,       &L->wk,       &L->wv,     &L->wo,        &L->ffn_gate,
-                           &L->ffn_up,   &L->ffn_down, &L->gate_inp, &L->gate_exps, &L->up_exps,
-                           &L->down_exps};
-        for (size_t k = 0; k < sizeof ws / sizeof ws[0]; k++)
-            if ((rc = repack_weight(m, ws[k], &n_bytes))) return rc;
-    }
+    const int nl = m->layer_end - m->layer_begin;
     /* a tied output is the embedding table, read row by row by the lookup */
-    if (m->output.data && !m->hp.tied_output && (rc = repack_weight(m, &m->output, &n_bytes))) return rc;
+    cm_weight *out = m->output.data && !m->hp.tied_output ? &m->output : NULL;
+    size_t need = out ? repacked_bytes(out) : 0;
+    for (int pass = 0; pass < 2; pass++) {
+        for (int i = 0; i < nl; i++) {
+            cm_layer *L = &m->layers[i];
+            cm_weight *ws[] = {&L->wq,       &L->wk,       &L->wv,     &L->wo,        &L->ffn_gate,
+                               &L->ffn_up,   &L->ffn_down, &L->gate_inp, &L->gate_exps, &L->up_exps,
+                               &L->down_exps};
+            for (size_t k = 0; k < sizeof ws / sizeof ws[0]; k++) {
+                if (pass == 0)
+                    need += repacked_bytes(ws[k]);
+                else if ((rc = repack_weight(m, ws[k], &n_bytes)))
+                    return rc;
+            }
+        }
+        if (pass == 0) map_arena(m, need);
+    }
+    if (out && (rc = repack_weight(m, out, &n_bytes))) return rc;
     if (n_bytes)
         CM_LOGI("%s: repacked %.1f MB of weights for the %s kernels in %.0f ms", mpath(m), (double)n_bytes / 1e6,
                 cm_kernels_name(), (cm_now_s() - t0) * 1e3);
@@ -304,6 +348,7 @@ void cm_model_destroy(cm_model *m) {
     if (!m) return;
     for (int i = 0; i < m->n_owned; i++) free(m->owned[i]);
     free(m->owned);
+    if (m->arena) munmap(m->arena, m->arena_bytes);
     free(m->layers);
     cm_gguf_close(m->gguf);
     free(m);

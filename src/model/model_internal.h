@@ -67,6 +67,8 @@ struct cm_model {
     float *rope_freq;     /* (rope_dim/2) angle per position of each rotated pair, scaling applied */
     void **owned;         /* f32 copies to free */
     int n_owned, cap_owned;
+    uint8_t *arena;       /* repacked weights (one mapping, huge pages where the kernel gives them) */
+    size_t arena_bytes, arena_used;
 };
 
 /* Per-forward view of the batch with validated per-entry data. */
