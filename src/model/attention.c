@@ -190,7 +190,12 @@ ATT_CLONES static float tile_exp(float *restrict s, int n, float m) {
 
 /* acc = acc * corr + sum_i w[i * ws] v_i over the tile's n rows (hd floats
  * apart). With hd a multiple of 64 each 64-float stripe of acc stays in
- * four vector registers over all n rows. */
+ * four vector registers over all n rows. Always inlined: called out of line
+ * it is compiled for the baseline target (SSE2), and the prompt path's
+ * AVX-512 clone of tile_pv would run it at a quarter of the width. */
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
 static inline void pv_lane(float *restrict acc, float corr, const float *restrict w, int ws,
                            const float *restrict v, int n, int hd) {
     if (hd % 64 == 0) {
