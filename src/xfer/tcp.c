@@ -68,6 +68,7 @@
 #include "base/status.h"
 #include "base/time.h"
 #include "xfer/backend.h"
+#include "xfer/sidechan.h"
 #include "xfer/sock.h"
 #include "xfer/wire.h"
 
@@ -966,26 +967,6 @@ static void *loop_main(void *arg) {
 
 /* ---- dialing side ---- */
 
-static int io_full(int fd, uint8_t *p, size_t n, int writing, uint64_t deadline) {
-    size_t done = 0;
-    while (done < n) {
-        ssize_t r = writing ? send(fd, p + done, n - done, MSG_DONTWAIT | MSG_NOSIGNAL)
-                            : recv(fd, p + done, n - done, MSG_DONTWAIT);
-        if (r > 0) {
-            done += (size_t)r;
-            continue;
-        }
-        if (r == 0) return cm_errorf(CM_ECONN, "connection closed by the peer during authentication");
-        if (errno == EINTR) continue;
-        if (errno != EAGAIN && errno != EWOULDBLOCK) return cm_errorf(CM_ECONN, "%s", strerror(errno));
-        uint64_t now = cm_now_ns();
-        if (now >= deadline) return cm_errorf(CM_ETIMEDOUT, "authentication timed out");
-        struct pollfd pf = {fd, writing ? POLLOUT : POLLIN, 0};
-        poll(&pf, 1, (int)((deadline - now) / 1000000ull) + 1);
-    }
-    return CM_OK;
-}
-
 static int dial_one(tcp_backend *b, const char *addr, int link, int sock, int n_links, uint64_t deadline,
                     cm_wire_hello *server, int *fd_out) {
     int fd = -1;
@@ -1000,8 +981,8 @@ static int dial_one(tcp_backend *b, const char *addr, int link, int sock, int n_
     randombytes_buf(me.nonce, sizeof me.nonce);
     snprintf(me.name, sizeof me.name, "%s", cm_xfer_core_name(b->x));
     cm_wire_hello_encode(&me, chello);
-    if ((rc = io_full(fd, chello, sizeof chello, 1, deadline))) goto fail;
-    if ((rc = io_full(fd, shello, sizeof shello, 0, deadline))) goto fail;
+    if ((rc = cm_sidechan_send(fd, chello, sizeof chello, deadline))) goto fail;
+    if ((rc = cm_sidechan_recv(fd, shello, sizeof shello, deadline))) goto fail;
     if ((rc = cm_wire_hello_decode(shello, server))) goto fail;
     if (server->role != 2 || server->link != link || server->sock != sock) {
         rc = cm_errorf(CM_EFORMAT, "%s: unexpected hello from the peer", addr);
@@ -1009,8 +990,8 @@ static int dial_one(tcp_backend *b, const char *addr, int link, int sock, int n_
     }
     cm_wire_auth_mac(&b->cfg->key, 1, chello, shello, mac);
     cm_wire_proof_encode(0, mac, proof);
-    if ((rc = io_full(fd, proof, sizeof proof, 1, deadline))) goto fail;
-    if ((rc = io_full(fd, proof, sizeof proof, 0, deadline))) {
+    if ((rc = cm_sidechan_send(fd, proof, sizeof proof, deadline))) goto fail;
+    if ((rc = cm_sidechan_recv(fd, proof, sizeof proof, deadline))) {
         if (rc == CM_ECONN) rc = cm_errorf(CM_EAUTH, "%s: the peer closed the connection during authentication", addr);
         goto fail;
     }
