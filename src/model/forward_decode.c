@@ -57,8 +57,9 @@ static int64_t act_row_bytes(const cm_weight *w) {
     return at == CM_TYPE_F32 ? w->n_cols * (int64_t)sizeof(float) : (int64_t)cm_matmul_scratch_bytes(w->type, w->n_cols, 1);
 }
 
-/* This thread's scratch: n tokens of floats (ne_max wide), then 3 activation
- * slots. */
+/* This thread's scratch: CM_DECODE_FUSED_TOKENS rows of n_embd floats, then
+ * 3 activation slots as wide as the widest input (n_embd or n_head *
+ * head_dim) at 4 bytes a column (ctx.c sizes them). */
 static float *thread_floats(const cm_ctx *c, int ith) { return (float *)(c->dec_scratch + (size_t)ith * c->dec_stride); }
 
 static uint8_t *thread_slot(const cm_ctx *c, int ith, int slot) {
