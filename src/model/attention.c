@@ -69,6 +69,16 @@
 #define ATT_CLONES
 #endif
 
+/* Every untargeted helper the per-target functions call (the clones above,
+ * the decode builds below) is always inlined: called out of line it would be
+ * compiled once, for the baseline target (SSE2), and run at a quarter of the
+ * caller's width (prompt P.V once fell from AVX-512 to SSE2 that way). */
+#if defined(__GNUC__)
+#define ATT_INLINE __attribute__((always_inline)) static inline
+#else
+#define ATT_INLINE static inline
+#endif
+
 /* 16 floats; V16 reads or writes one at any float address (vector types
  * alias their element type). Kept out of function signatures: passing a
  * 64-byte vector by value has a different ABI with and without AVX-512. */
@@ -102,7 +112,7 @@ typedef uint16_t v16h __attribute__((vector_size(32), aligned(2)));
  * need the exponent filled in (the multiply relies on subnormal inputs not
  * being flushed to zero: the project never sets DAZ). Written through a pointer: a 64-byte vector
  * return value would change ABI between the clones. */
-static inline void f16x16_to_f32(float *dst, const cm_f16 *src) {
+ATT_INLINE void f16x16_to_f32(float *dst, const cm_f16 *src) {
     const v16i h = __builtin_convertvector(*(const v16h *)src, v16i);
     const v16f f = (v16f)((h & 0x7fffu) << 13) * 0x1p112f;
     const v16i special = (v16i)((h & 0x7c00u) == 0x7c00u);
@@ -167,7 +177,7 @@ ATT_CLONES static void tile_scores(float *restrict s, const float *restrict kT, 
  * degree-6 Taylor polynomial (relative error below 2e-7), 2^n built in the
  * exponent bits. Below -87 the result is clamped at about 1e-38 instead of
  * going to 0: such a weight is 1e-38 of the largest one and changes no sum. */
-static inline float exp_nonpos(float x) {
+ATT_INLINE float exp_nonpos(float x) {
     x = x < -87.0f ? -87.0f : x;
     const float shift = 12582912.0f; /* 1.5 * 2^23: adding it rounds to an integer */
     float n = (x * 1.44269504f + shift) - shift;
@@ -190,13 +200,8 @@ ATT_CLONES static float tile_exp(float *restrict s, int n, float m) {
 
 /* acc = acc * corr + sum_i w[i * ws] v_i over the tile's n rows (hd floats
  * apart). With hd a multiple of 64 each 64-float stripe of acc stays in
- * four vector registers over all n rows. Always inlined: called out of line
- * it is compiled for the baseline target (SSE2), and the prompt path's
- * AVX-512 clone of tile_pv would run it at a quarter of the width. */
-#if defined(__GNUC__)
-__attribute__((always_inline))
-#endif
-static inline void pv_lane(float *restrict acc, float corr, const float *restrict w, int ws,
+ * four vector registers over all n rows. */
+ATT_INLINE void pv_lane(float *restrict acc, float corr, const float *restrict w, int ws,
                            const float *restrict v, int n, int hd) {
     if (hd % 64 == 0) {
         for (int d = 0; d < hd; d += 64) {
@@ -242,7 +247,7 @@ ATT_CLONES static void tile_pv(float *restrict acc, float corr, const float *res
 
 /* exp_nonpos on the eight floats at px, in place (same steps, same
  * results; through a pointer for the same ABI reason as f16x16_to_f32). */
-static inline void exp_nonpos8(float *px) {
+ATT_INLINE void exp_nonpos8(float *px) {
     v8f x = V8(px);
     const v8s low = (v8s)(x < -87.0f);
     x = (v8f)((low & (v8s)((v8f){0} - 87.0f)) | (~low & (v8s)x));
@@ -262,7 +267,7 @@ static inline void exp_nonpos8(float *px) {
  * chunk's live heads are computed too. hd a multiple of 4. */
 typedef float v4f __attribute__((vector_size(16)));
 typedef float v4u __attribute__((vector_size(16), aligned(4)));
-static inline void pv8_staged(float *restrict acc, const float *restrict corr, const float *restrict sT,
+ATT_INLINE void pv8_staged(float *restrict acc, const float *restrict corr, const float *restrict sT,
                               const float *restrict vt, int n, int hd) {
     for (int d = 0; d < hd; d += 4) {
         v4f a[ATT_LANES];
@@ -471,7 +476,7 @@ chunk_avx512(float *restrict sT, float *restrict m8, float *restrict l8, float *
 #endif
 
 /* dst[0..15] = src[0..15] as floats with the build's converter. */
-static inline void cvt16(float *dst, const cm_f16 *src, int isa) {
+ATT_INLINE void cvt16(float *dst, const cm_f16 *src, int isa) {
 #if ATT_X86_BUILDS
     if (isa == DEC_AVX512) {
         cvt16_avx512(dst, src);
@@ -504,7 +509,7 @@ typedef void dec_tile_fn(const dec_tile *a);
  * and the max, exponentials and sums of the online softmax are lane-wise
  * vector ops with no horizontal reductions. Eight positions at a time give
  * eight independent FMA chains for the scores. */
-static inline void dec_tile_body(const dec_tile *a, int isa) {
+ATT_INLINE void dec_tile_body(const dec_tile *a, int isa) {
     const int n = a->n, hd = a->hd, group = a->group;
     const int chunks = (group + ATT_LANES - 1) / ATT_LANES;
     /* the AVX-512 chunk kernel needs full chunks; V comes straight from the
