@@ -97,6 +97,25 @@ bool cm_gemm_x86_applies(int w_type, int64_t n_tokens);
 bool cm_gemm_x86(int w_type, const void *w, size_t w_row_bytes, int64_t r0, int64_t r1, int64_t n_cols,
                  const void *act, size_t act_row_bytes, int64_t n_tokens, float *y, int64_t y_row_stride);
 
+/* Decode (one or two tokens) reads each weight byte once, and the kernels
+ * spend enough instructions per cache line that the out-of-order window
+ * alone keeps too few lines in flight to saturate memory from one core:
+ * the repacked kernels touch the lines CM_X86_PF_AHEAD bytes further along
+ * their stream as they go (a thread's rows are contiguous, so the lines
+ * ahead are its own next ones). Measured by bench_kernels and cellm bench;
+ * see docs/performance.md. */
+#ifndef CM_X86_PF_AHEAD
+#define CM_X86_PF_AHEAD 4096
+#endif
+#ifndef CM_X86_PF_HINT
+#define CM_X86_PF_HINT _MM_HINT_T0
+#endif
+#define CM_X86_PREFETCH_SPAN(p, bytes)                                                     \
+    do {                                                                                   \
+        const char *pf_p_ = (const char *)(p) + CM_X86_PF_AHEAD;                           \
+        for (size_t pf_o_ = 0; pf_o_ < (size_t)(bytes); pf_o_ += 64) _mm_prefetch(pf_p_ + pf_o_, CM_X86_PF_HINT); \
+    } while (0)
+
 /* Repacked (row-interleaved) layouts of repack.h with AVX-512 VNNI
  * kernels: the ops for src_type, or NULL. Call only when
  * cm_x86_has_avx512_vnni(). repack_avx512.c: q4_0, q8_0;
