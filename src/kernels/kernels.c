@@ -178,8 +178,12 @@ typedef struct matmul_job {
  * tile best. */
 #define DYNAMIC_TOKENS 8
 /* Weight bytes per chunk: taking one (an atomic add) is noise next to
- * streaming them, and a 1B model's smallest matrices still make a few. */
-#define CHUNK_BYTES (96 * 1024)
+ * streaming them, and a 1B model's smallest matrices still make a few.
+ * Each chunk starts a new stream that prefetching (the hardware's and the
+ * kernels') has to pick up again; in alternating runs on the 1B models,
+ * 256 KiB decoded faster than 48, 96, 192, 320 and 512 KiB
+ * (docs/performance.md). */
+#define CHUNK_BYTES (256 * 1024)
 
 static void matmul_worker(void *arg, int ith, int nth) {
     const matmul_job *job = arg;

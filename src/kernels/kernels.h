@@ -75,7 +75,7 @@ void cm_matmul(cm_pool *pool, int w_type, const void *w, size_t w_row_bytes, int
 int cm_matmul_act_type(int w_type);
 void cm_matmul_act_convert(int w_type, const float *x, int64_t n, void *act);
 int64_t cm_matmul_row_step(int w_type);
-/* Rows of a chunk handed to one thread at a time: about 96 KiB of weights,
+/* Rows of a chunk handed to one thread at a time: about 256 KiB of weights,
  * a multiple of the row step and of `align` (>= 1). */
 int64_t cm_matmul_chunk_rows(int w_type, int64_t n_cols, int64_t align);
 void cm_matmul_rows(int w_type, const void *w, size_t w_row_bytes, int64_t n_rows, int64_t n_cols, const void *act,

@@ -18,7 +18,7 @@
  *
  * Chunks come from one atomic counter per phase, so a thread that a busy
  * host slows down takes fewer of them and both finish together. A chunk is
- * cm_matmul_chunk_rows long (about 96 KiB of weights, whole row steps of
+ * cm_matmul_chunk_rows long (about 256 KiB of weights, whole row steps of
  * a repacked layout) and, for gate/up, whole blocks of Wdown's activations,
  * so that a chunk's SwiGLU output converts on its own.
  *

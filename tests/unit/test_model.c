@@ -681,6 +681,8 @@ TEST(decode_fused_matches_general) {
         p.n_head_kv = 2;
         p.n_ff = 2816;
         p.head_dim = !strcmp(cases[ci].arch, "qwen3") ? 160 : 0;
+        /* gate/up must make several chunks, or no two threads share one */
+        CHECK(cm_matmul_chunk_rows(cases[ci].mix ? CM_TYPE_Q4_K : cases[ci].type, p.n_embd, 1) * 3 <= p.n_ff);
         char path[512];
         model_path(path, sizeof path, "fused");
         CHECK_OK(cm_synth_write(&p, path));

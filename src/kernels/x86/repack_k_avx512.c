@@ -262,7 +262,7 @@ static ALWAYS_INLINE void q6_K_group(const uint8_t *wg, int64_t nb, const uint8_
     for (int t = 0; t < T; t++) acc[t] = _mm512_setzero_ps();
     for (int64_t i = 0; i < nb; i++) {
         const uint8_t *tl = wg + i * K6_TILE;
-        if (T <= 2) CM_X86_PREFETCH_SPAN(tl, K6_TILE);
+        if (T <= 2) cm_x86_prefetch_ahead(tl, K6_TILE);
         const __m512 dv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(tl + K6_D)));
         /* weights are q + 32: take 32 * sum_k sc[k] * bsums[k] back out */
         {
@@ -436,7 +436,7 @@ static ALWAYS_INLINE void k45_group(const int q5, const uint8_t *wg, int64_t nb,
     for (int t = 0; t < T; t++) acc[t] = _mm512_setzero_ps();
     for (int64_t i = 0; i < nb; i++) {
         const uint8_t *tl = wg + i * (q5 ? K5_TILE : K4_TILE);
-        if (T <= 2) CM_X86_PREFETCH_SPAN(tl, q5 ? K5_TILE : K4_TILE);
+        if (T <= 2) cm_x86_prefetch_ahead(tl, q5 ? K5_TILE : K4_TILE);
         const __m512 dv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(tl + (q5 ? K5_D : K4_D))));
         const __m512 dmv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(tl + (q5 ? K5_DMIN : K4_DMIN))));
         const __m512 dv16 = _mm512_mul_ps(dv, _mm512_set1_ps(1.0f / 16.0f));

@@ -7,6 +7,8 @@
 #ifndef CM_KERNELS_X86_X86_H
 #define CM_KERNELS_X86_X86_H
 
+#include <immintrin.h>
+
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -110,11 +112,12 @@ bool cm_gemm_x86(int w_type, const void *w, size_t w_row_bytes, int64_t r0, int6
 #ifndef CM_X86_PF_HINT
 #define CM_X86_PF_HINT _MM_HINT_T0
 #endif
-#define CM_X86_PREFETCH_SPAN(p, bytes)                                                     \
-    do {                                                                                   \
-        const char *pf_p_ = (const char *)(p) + CM_X86_PF_AHEAD;                           \
-        for (size_t pf_o_ = 0; pf_o_ < (size_t)(bytes); pf_o_ += 64) _mm_prefetch(pf_p_ + pf_o_, CM_X86_PF_HINT); \
-    } while (0)
+/* The lines of [p + AHEAD, p + AHEAD + bytes): called per column or tile
+ * as the kernel reaches p. */
+static inline void cm_x86_prefetch_ahead(const void *p, size_t bytes) {
+    const char *q = (const char *)p + CM_X86_PF_AHEAD;
+    for (size_t o = 0; o < bytes; o += 64) _mm_prefetch(q + o, CM_X86_PF_HINT);
+}
 
 /* Repacked (row-interleaved) layouts of repack.h with AVX-512 VNNI
  * kernels: the ops for src_type, or NULL. Call only when
