@@ -59,7 +59,10 @@
 
 /* On x86 the tile loops are also built for AVX2 and AVX-512 and the widest
  * the CPU has is picked at load time (the portable build otherwise stays at
- * SSE2 width). No intrinsics: the arch folders keep those. */
+ * SSE2 width). The loops are GCC vector types, not intrinsics; the one
+ * exception is the decode kernel's f16 conversion on x86-64-v3/v4, which
+ * calls GCC's vcvtph2ps builtins (see dec_tile_body) because that
+ * conversion must inline into this file's per-target builds. */
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 /* fp-contract=fast lets a * b + c become one FMA where the target has it
  * (the project builds as ISO C, which turns contraction off): half the
