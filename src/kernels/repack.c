@@ -1,11 +1,13 @@
 /* repack.c - which repacked layouts (repack.h) this build and CPU offer.
  *
- * Only the AVX-512 VNNI kernels have repacked layouts (x86/repack_avx512.c
- * for q4_0 and q8_0, x86/repack_k_avx512.c for the K formats); they are
- * offered when cm_kernels_init chose "avx512-vnni", so CELLM_KERNELS=ref or
- * =avx2 turn them off with the rest, and CELLM_REPACK=off turns off just
- * the repacking (to compare against the file layout). Portable and ARM
- * builds have none.
+ * The x86 kernels have them: AVX-512 VNNI (x86/repack_avx512.c for q4_0
+ * and q8_0, x86/repack_k_avx512.c for the K formats) when cm_kernels_init
+ * chose "avx512-vnni", AVX2 (x86/repack_avx2.c: q4_0, q8_0 and the K
+ * formats it has kernels for) when it chose "avx2" (a CPU without AVX-512
+ * VNNI, or CELLM_KERNELS=avx2). Both read the same bytes under the same
+ * type ids. CELLM_KERNELS=ref turns them off with the rest, and
+ * CELLM_REPACK=off turns off just the repacking (to compare against the
+ * file layout). Portable and ARM builds have none.
  *
  * cm_repack_ops_of answers for a type id already handed out, whatever
  * CELLM_REPACK says now: a matrix that was repacked must stay computable.
@@ -33,11 +35,18 @@ static const int candidates[] = {CM_TYPE_Q4_0, CM_TYPE_Q8_0, CM_TYPE_Q4_K, CM_TY
 static const cm_repack_ops *lookup(int src_type) {
 #if defined(CM_CALL_X86)
     /* "avx512-vnni" is chosen only on a CPU that has it, and not under
-     * CELLM_KERNELS=ref or =avx2. */
-    if (strcmp(cm_kernels_name(), "avx512-vnni") != 0) return NULL;
-    const cm_repack_ops *ops = cm_repack_q_avx512(src_type);
-    if (!ops) ops = cm_repack_k_avx512(src_type);
-    return ops;
+     * CELLM_KERNELS=ref or =avx2; "avx2" only on a CPU with AVX2 (and FMA,
+     * F16C: x86.c checks them together). */
+    const char *k = cm_kernels_name();
+    if (!strcmp(k, "avx512-vnni")) {
+        const cm_repack_ops *ops = cm_repack_q_avx512(src_type);
+        return ops ? ops : cm_repack_k_avx512(src_type);
+    }
+    if (!strcmp(k, "avx2")) {
+        const cm_repack_ops *ops = cm_repack_q_avx2(src_type);
+        return ops ? ops : cm_repack_k_avx2(src_type);
+    }
+    return NULL;
 #else
     (void)src_type;
     return NULL;

@@ -36,6 +36,7 @@
 
 #include "kernels/quants.h"
 #include "kernels/repack.h"
+#include "kernels/x86/repack_layout.h"
 #include "kernels/x86/x86.h"
 
 #define RR CM_REPACK_ROWS
@@ -44,10 +45,7 @@
  * arrays live in registers. */
 #define UNROLL _Pragma("GCC unroll 16")
 
-#define Q4_COL (2 * RR + 4 * 64)
-#define Q8_COL (2 * RR + 8 * 64)
-static_assert(Q4_COL == RR * sizeof(cm_block_q4_0), "q4_0 column holds 16 file blocks' bytes");
-static_assert(Q8_COL == RR * sizeof(cm_block_q8_0), "q8_0 column holds 16 file blocks' bytes");
+/* Q4_COL, Q8_COL and the bytes / pack / unpack_row functions: repack_layout.h */
 
 /* An int32 that may sit at any address and alias bytes. */
 typedef int32_t i32u __attribute__((may_alias, aligned(1)));
@@ -62,80 +60,6 @@ typedef struct act_info {
  * INFO_MAX / blocks per row, which keeps the chunk's q8_0 rows (34 bytes a
  * block) near 280 KiB, inside L2 beside the weight stream. */
 #define INFO_MAX 8192
-
-/* ---- layout ---- */
-
-static size_t q4_0_bytes(int64_t n_rows, int64_t n_cols) {
-    return (size_t)(n_rows / RR) * (size_t)(n_cols / CM_QK) * Q4_COL;
-}
-
-static size_t q8_0_bytes(int64_t n_rows, int64_t n_cols) {
-    return (size_t)(n_rows / RR) * (size_t)(n_cols / CM_QK) * Q8_COL;
-}
-
-static void q4_0_pack(const void *src, size_t src_row_bytes, int64_t n_rows, int64_t n_cols, void *dst) {
-    const int64_t nb = n_cols / CM_QK;
-    for (int64_t g = 0; g < n_rows / RR; g++) {
-        uint8_t *gd = (uint8_t *)dst + (size_t)g * (size_t)nb * Q4_COL;
-        for (int r = 0; r < RR; r++) {
-            const cm_block_q4_0 *b = (const cm_block_q4_0 *)((const uint8_t *)src + (size_t)(g * RR + r) * src_row_bytes);
-            for (int64_t i = 0; i < nb; i++) {
-                uint8_t *c = gd + (size_t)i * Q4_COL;
-                memcpy(c + 2 * r, &b[i].d, 2);
-                for (int k = 0; k < 4; k++) memcpy(c + 2 * RR + 64 * k + 4 * r, b[i].qs + 4 * k, 4);
-            }
-        }
-    }
-}
-
-static void q4_0_unpack_row(const void *w, int64_t n_cols, int64_t row, void *dst_row) {
-    const int64_t nb = n_cols / CM_QK;
-    const uint8_t *gd = (const uint8_t *)w + (size_t)(row / RR) * (size_t)nb * Q4_COL;
-    const int r = (int)(row % RR);
-    cm_block_q4_0 *b = dst_row;
-    for (int64_t i = 0; i < nb; i++) {
-        const uint8_t *c = gd + (size_t)i * Q4_COL;
-        memcpy(&b[i].d, c + 2 * r, 2);
-        for (int k = 0; k < 4; k++) memcpy(b[i].qs + 4 * k, c + 2 * RR + 64 * k + 4 * r, 4);
-    }
-}
-
-static void q8_0_pack(const void *src, size_t src_row_bytes, int64_t n_rows, int64_t n_cols, void *dst) {
-    const int64_t nb = n_cols / CM_QK;
-    for (int64_t g = 0; g < n_rows / RR; g++) {
-        uint8_t *gd = (uint8_t *)dst + (size_t)g * (size_t)nb * Q8_COL;
-        for (int r = 0; r < RR; r++) {
-            const cm_block_q8_0 *b = (const cm_block_q8_0 *)((const uint8_t *)src + (size_t)(g * RR + r) * src_row_bytes);
-            for (int64_t i = 0; i < nb; i++) {
-                uint8_t *c = gd + (size_t)i * Q8_COL;
-                memcpy(c + 2 * r, &b[i].d, 2);
-                for (int k = 0; k < 8; k++) {
-                    uint32_t v;
-                    memcpy(&v, b[i].qs + 4 * k, 4);
-                    v ^= 0x80808080u;
-                    memcpy(c + 2 * RR + 64 * k + 4 * r, &v, 4);
-                }
-            }
-        }
-    }
-}
-
-static void q8_0_unpack_row(const void *w, int64_t n_cols, int64_t row, void *dst_row) {
-    const int64_t nb = n_cols / CM_QK;
-    const uint8_t *gd = (const uint8_t *)w + (size_t)(row / RR) * (size_t)nb * Q8_COL;
-    const int r = (int)(row % RR);
-    cm_block_q8_0 *b = dst_row;
-    for (int64_t i = 0; i < nb; i++) {
-        const uint8_t *c = gd + (size_t)i * Q8_COL;
-        memcpy(&b[i].d, c + 2 * r, 2);
-        for (int k = 0; k < 8; k++) {
-            uint32_t v;
-            memcpy(&v, c + 2 * RR + 64 * k + 4 * r, 4);
-            v ^= 0x80808080u;
-            memcpy(b[i].qs + 4 * k, &v, 4);
-        }
-    }
-}
 
 /* ---- kernels ---- */
 
@@ -274,20 +198,20 @@ static const cm_repack_ops q4_0_ops = {
     .type = CM_TYPE_Q4_0_R16,
     .src_type = CM_TYPE_Q4_0,
     .name = "q4_0_r16",
-    .bytes = q4_0_bytes,
-    .pack = q4_0_pack,
+    .bytes = cm_repack_q4_0_bytes,
+    .pack = cm_repack_q4_0_pack,
     .matmul = q4_0_matmul,
-    .unpack_row = q4_0_unpack_row,
+    .unpack_row = cm_repack_q4_0_unpack_row,
 };
 
 static const cm_repack_ops q8_0_ops = {
     .type = CM_TYPE_Q8_0_R16,
     .src_type = CM_TYPE_Q8_0,
     .name = "q8_0_r16",
-    .bytes = q8_0_bytes,
-    .pack = q8_0_pack,
+    .bytes = cm_repack_q8_0_bytes,
+    .pack = cm_repack_q8_0_pack,
     .matmul = q8_0_matmul,
-    .unpack_row = q8_0_unpack_row,
+    .unpack_row = cm_repack_q8_0_unpack_row,
 };
 
 const struct cm_repack_ops *cm_repack_q_avx512(int src_type) {

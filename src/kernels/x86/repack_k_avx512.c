@@ -51,6 +51,7 @@
 
 #include "kernels/quants.h"
 #include "kernels/repack.h"
+#include "kernels/x86/repack_layout.h"
 #include "kernels/x86/x86.h"
 
 #define RR CM_REPACK_ROWS
@@ -75,94 +76,7 @@ static int64_t token_chunk(size_t act_row_bytes) {
 }
 
 /* ---- q4_K ---- */
-
-#define K4_D 0
-#define K4_DMIN (K4_D + 2 * RR)
-#define K4_SC (K4_DMIN + 2 * RR)
-#define K4_MN (K4_SC + 8 * RR)
-#define K4_QS (K4_MN + 8 * RR)
-#define K4_TILE (K4_QS + 128 * RR)
-static_assert(K4_TILE == 2368, "q4_K tile layout");
-
-/* The 6-bit packing of a q4_K block's 8 scales and 8 mins, both ways. */
-static void k4_scales_get(const uint8_t s[12], uint8_t sc[8], uint8_t mn[8]) {
-    for (int j = 0; j < 4; j++) {
-        sc[j] = s[j] & 63;
-        mn[j] = s[j + 4] & 63;
-        sc[j + 4] = (uint8_t)((s[j + 8] & 0x0f) | ((s[j] >> 6) << 4));
-        mn[j + 4] = (uint8_t)((s[j + 8] >> 4) | ((s[j + 4] >> 6) << 4));
-    }
-}
-
-static void k4_scales_put(const uint8_t sc[8], const uint8_t mn[8], uint8_t s[12]) {
-    for (int j = 0; j < 4; j++) {
-        s[j] = (uint8_t)(sc[j] | ((sc[j + 4] >> 4) << 6));
-        s[j + 4] = (uint8_t)(mn[j] | ((mn[j + 4] >> 4) << 6));
-        s[j + 8] = (uint8_t)((sc[j + 4] & 0x0f) | ((mn[j + 4] & 0x0f) << 4));
-    }
-}
-
-static size_t q4_K_bytes(int64_t n_rows, int64_t n_cols) {
-    return (size_t)(n_rows / RR) * (size_t)(n_cols / CM_QK_K) * K4_TILE;
-}
-
-/* Row r's part of one q4_K / q5_K tile from the file block's fields, and
- * back: d and dmin, unpacked scales and mins, the 5th-bit planes (q5_K:
- * qh != NULL, at K5_QH) and the quants at qs_at. The two layouts share
- * every offset but the quants'. */
-static void k45_put(uint8_t *out, int r, const cm_f16 *d, const cm_f16 *dmin, const uint8_t scales[12],
-                    const uint8_t *qh, const uint8_t *qs, size_t qs_at) {
-    uint8_t sc[8], mn[8];
-    k4_scales_get(scales, sc, mn);
-    memcpy(out + K4_D + 2 * r, d, 2);
-    memcpy(out + K4_DMIN + 2 * r, dmin, 2);
-    for (int j = 0; j < 8; j++) out[K4_SC + j * RR + r] = sc[j];
-    for (int k = 0; k < 4; k++) {
-        out[K4_MN + k * 2 * RR + 2 * r] = mn[2 * k];
-        out[K4_MN + k * 2 * RR + 2 * r + 1] = mn[2 * k + 1];
-    }
-    if (qh)
-        for (int g = 0; g < 8; g++) memcpy(out + K4_MN + 8 * RR + (g * RR + r) * 4, qh + 4 * g, 4);
-    for (int p = 0; p < 4; p++)
-        for (int g = 0; g < 8; g++) memcpy(out + qs_at + ((p * 8 + g) * RR + r) * 4, qs + 32 * p + 4 * g, 4);
-}
-
-static void k45_get(const uint8_t *t, int r, cm_f16 *d, cm_f16 *dmin, uint8_t scales[12], uint8_t *qh, uint8_t *qs,
-                    size_t qs_at) {
-    uint8_t sc[8], mn[8];
-    memcpy(d, t + K4_D + 2 * r, 2);
-    memcpy(dmin, t + K4_DMIN + 2 * r, 2);
-    for (int j = 0; j < 8; j++) sc[j] = t[K4_SC + j * RR + r];
-    for (int k = 0; k < 4; k++) {
-        mn[2 * k] = t[K4_MN + k * 2 * RR + 2 * r];
-        mn[2 * k + 1] = t[K4_MN + k * 2 * RR + 2 * r + 1];
-    }
-    k4_scales_put(sc, mn, scales);
-    if (qh)
-        for (int g = 0; g < 8; g++) memcpy(qh + 4 * g, t + K4_MN + 8 * RR + (g * RR + r) * 4, 4);
-    for (int p = 0; p < 4; p++)
-        for (int g = 0; g < 8; g++) memcpy(qs + 32 * p + 4 * g, t + qs_at + ((p * 8 + g) * RR + r) * 4, 4);
-}
-
-static void q4_K_pack(const void *src, size_t src_row_bytes, int64_t n_rows, int64_t n_cols, void *dst) {
-    const int64_t nb = n_cols / CM_QK_K;
-    uint8_t *out = dst;
-    for (int64_t g0 = 0; g0 + RR <= n_rows; g0 += RR)
-        for (int64_t i = 0; i < nb; i++, out += K4_TILE)
-            for (int r = 0; r < RR; r++) {
-                const cm_block_q4_K *b =
-                    (const cm_block_q4_K *)((const uint8_t *)src + (size_t)(g0 + r) * src_row_bytes) + i;
-                k45_put(out, r, &b->d, &b->dmin, b->scales, NULL, b->qs, K4_QS);
-            }
-}
-
-static void q4_K_unpack_row(const void *w, int64_t n_cols, int64_t row, void *dst_row) {
-    const int64_t nb = n_cols / CM_QK_K;
-    const uint8_t *t = (const uint8_t *)w + (size_t)(row / RR) * (size_t)nb * K4_TILE;
-    cm_block_q4_K *b = dst_row;
-    for (int64_t i = 0; i < nb; i++, t += K4_TILE, b++)
-        k45_get(t, (int)(row % RR), &b->d, &b->dmin, b->scales, NULL, b->qs, K4_QS);
-}
+/* offsets, bytes / pack / unpack_row of every tile: repack_layout.h */
 
 /* (bsums[4k] + bsums[4k+1]) | (bsums[4k+2] + bsums[4k+3]) << 16 for k < 4:
  * the activation sums of sub-blocks 2k and 2k+1 as one VPDPWSSD pair
@@ -182,72 +96,13 @@ static const cm_repack_ops q4_K_ops = {
     .type = CM_TYPE_Q4_K_R16,
     .src_type = CM_TYPE_Q4_K,
     .name = "q4_K_r16",
-    .bytes = q4_K_bytes,
-    .pack = q4_K_pack,
+    .bytes = cm_repack_q4_K_bytes,
+    .pack = cm_repack_q4_K_pack,
     .matmul = q4_K_matmul,
-    .unpack_row = q4_K_unpack_row,
+    .unpack_row = cm_repack_q4_K_unpack_row,
 };
 
 /* ---- q6_K ---- */
-
-#define K6_D 0
-#define K6_SC (K6_D + 2 * RR)
-#define K6_QL (K6_SC + 16 * RR)
-#define K6_QH (K6_QL + 128 * RR)
-#define K6_TILE (K6_QH + 64 * RR)
-static_assert(K6_TILE == 3360, "q6_K tile layout");
-
-static size_t q6_K_bytes(int64_t n_rows, int64_t n_cols) {
-    return (size_t)(n_rows / RR) * (size_t)(n_cols / CM_QK_K) * K6_TILE;
-}
-
-/* Byte offsets in a tile of ql[64h + 32c + 4g] and qh[32h + 4g] for row r. */
-static inline size_t k6_ql_at(int h, int c, int g, int r) { return K6_QL + (size_t)((((h * 2 + c) * 8 + g) * RR + r) * 4); }
-static inline size_t k6_qh_at(int h, int g, int r) { return K6_QH + (size_t)(((h * 8 + g) * RR + r) * 4); }
-
-static void q6_K_pack(const void *src, size_t src_row_bytes, int64_t n_rows, int64_t n_cols, void *dst) {
-    const int64_t nb = n_cols / CM_QK_K;
-    uint8_t *out = dst;
-    for (int64_t g0 = 0; g0 + RR <= n_rows; g0 += RR) {
-        for (int64_t i = 0; i < nb; i++, out += K6_TILE) {
-            for (int r = 0; r < RR; r++) {
-                const cm_block_q6_K *b =
-                    (const cm_block_q6_K *)((const uint8_t *)src + (size_t)(g0 + r) * src_row_bytes) + i;
-                memcpy(out + K6_D + 2 * r, &b->d, 2);
-                for (int m = 0; m < 8; m++) {
-                    out[K6_SC + m * 2 * RR + 2 * r] = (uint8_t)b->scales[2 * m];
-                    out[K6_SC + m * 2 * RR + 2 * r + 1] = (uint8_t)b->scales[2 * m + 1];
-                }
-                for (int h = 0; h < 2; h++)
-                    for (int g = 0; g < 8; g++) {
-                        memcpy(out + k6_ql_at(h, 0, g, r), b->ql + 64 * h + 4 * g, 4);
-                        memcpy(out + k6_ql_at(h, 1, g, r), b->ql + 64 * h + 32 + 4 * g, 4);
-                        memcpy(out + k6_qh_at(h, g, r), b->qh + 32 * h + 4 * g, 4);
-                    }
-            }
-        }
-    }
-}
-
-static void q6_K_unpack_row(const void *w, int64_t n_cols, int64_t row, void *dst_row) {
-    const int64_t nb = n_cols / CM_QK_K;
-    const uint8_t *t = (const uint8_t *)w + (size_t)(row / RR) * (size_t)nb * K6_TILE;
-    const int r = (int)(row % RR);
-    cm_block_q6_K *b = dst_row;
-    for (int64_t i = 0; i < nb; i++, t += K6_TILE, b++) {
-        memcpy(&b->d, t + K6_D + 2 * r, 2);
-        for (int m = 0; m < 8; m++) {
-            b->scales[2 * m] = (int8_t)t[K6_SC + m * 2 * RR + 2 * r];
-            b->scales[2 * m + 1] = (int8_t)t[K6_SC + m * 2 * RR + 2 * r + 1];
-        }
-        for (int h = 0; h < 2; h++)
-            for (int g = 0; g < 8; g++) {
-                memcpy(b->ql + 64 * h + 4 * g, t + k6_ql_at(h, 0, g, r), 4);
-                memcpy(b->ql + 64 * h + 32 + 4 * g, t + k6_ql_at(h, 1, g, r), 4);
-                memcpy(b->qh + 32 * h + 4 * g, t + k6_qh_at(h, g, r), 4);
-            }
-    }
-}
 
 /* (a & 0x0f) | b, b already holding only bits 4-5 (vpternlogd 0xec with
  * c = 0x0f in every byte) */
@@ -378,10 +233,10 @@ static const cm_repack_ops q6_K_ops = {
     .type = CM_TYPE_Q6_K_R16,
     .src_type = CM_TYPE_Q6_K,
     .name = "q6_K_r16",
-    .bytes = q6_K_bytes,
-    .pack = q6_K_pack,
+    .bytes = cm_repack_q6_K_bytes,
+    .pack = cm_repack_q6_K_pack,
     .matmul = q6_K_matmul,
-    .unpack_row = q6_K_unpack_row,
+    .unpack_row = cm_repack_q6_K_unpack_row,
 };
 
 /* ---- q5_K ----
@@ -389,41 +244,6 @@ static const cm_repack_ops q6_K_ops = {
  * qh[4g .. +3] of each row (bit j of qh[l] tops up element 32j + l), after
  * mn and before qs. 2880 bytes for 16 rows; the file has 16 x 176 = 2816,
  * +2.3%. */
-
-#define K5_D 0
-#define K5_DMIN (K5_D + 2 * RR)
-#define K5_SC (K5_DMIN + 2 * RR)
-#define K5_MN (K5_SC + 8 * RR)
-#define K5_QH (K5_MN + 8 * RR)
-#define K5_QS (K5_QH + 32 * RR)
-#define K5_TILE (K5_QS + 128 * RR)
-static_assert(K5_TILE == 2880, "q5_K tile layout");
-static_assert(K5_D == K4_D && K5_DMIN == K4_DMIN && K5_SC == K4_SC && K5_MN == K4_MN && K5_QH == K4_MN + 8 * RR,
-              "q4_K and q5_K tiles share every offset but the quants' (k45_put, k45_get)");
-
-static size_t q5_K_bytes(int64_t n_rows, int64_t n_cols) {
-    return (size_t)(n_rows / RR) * (size_t)(n_cols / CM_QK_K) * K5_TILE;
-}
-
-static void q5_K_pack(const void *src, size_t src_row_bytes, int64_t n_rows, int64_t n_cols, void *dst) {
-    const int64_t nb = n_cols / CM_QK_K;
-    uint8_t *out = dst;
-    for (int64_t g0 = 0; g0 + RR <= n_rows; g0 += RR)
-        for (int64_t i = 0; i < nb; i++, out += K5_TILE)
-            for (int r = 0; r < RR; r++) {
-                const cm_block_q5_K *b =
-                    (const cm_block_q5_K *)((const uint8_t *)src + (size_t)(g0 + r) * src_row_bytes) + i;
-                k45_put(out, r, &b->d, &b->dmin, b->scales, b->qh, b->qs, K5_QS);
-            }
-}
-
-static void q5_K_unpack_row(const void *w, int64_t n_cols, int64_t row, void *dst_row) {
-    const int64_t nb = n_cols / CM_QK_K;
-    const uint8_t *t = (const uint8_t *)w + (size_t)(row / RR) * (size_t)nb * K5_TILE;
-    cm_block_q5_K *b = dst_row;
-    for (int64_t i = 0; i < nb; i++, t += K5_TILE, b++)
-        k45_get(t, (int)(row % RR), &b->d, &b->dmin, b->scales, b->qh, b->qs, K5_QS);
-}
 
 /* Rows of one 16-row group (tiles at `wg`) against T tokens, for q4_K
  * (q5 == 0) or q5_K (q5 == 1: the same tile plus the 5th-bit planes). */
@@ -562,10 +382,10 @@ static const cm_repack_ops q5_K_ops = {
     .type = CM_TYPE_Q5_K_R16,
     .src_type = CM_TYPE_Q5_K,
     .name = "q5_K_r16",
-    .bytes = q5_K_bytes,
-    .pack = q5_K_pack,
+    .bytes = cm_repack_q5_K_bytes,
+    .pack = cm_repack_q5_K_pack,
     .matmul = q5_K_matmul,
-    .unpack_row = q5_K_unpack_row,
+    .unpack_row = cm_repack_q5_K_unpack_row,
 };
 
 const struct cm_repack_ops *cm_repack_k_avx512(int src_type) {
