@@ -27,7 +27,7 @@
  * Output: a table, or with --json one object per test and line:
  *   {"test":"tg128","tok_s":..,"tok_s_min":..,"tok_s_max":..,"bytes_per_token":..,
  *    "bandwidth_gb_s":..,"bandwidth_best_gb_s":..,"roofline":..,"model":..,"depth":..,"threads":..,
- *    "reps":..,"batch":..,"kernels":..}
+ *    "reps":..,"batch":..,"kernels":..,"kv_type":..}
  * At a depth, roofline still counts only the weights (the KV cache read
  * per token comes on top).
  *
@@ -60,6 +60,7 @@ typedef struct bench_opts {
     int n_threads;
     int reps;
     int n_batch;
+    int kv_type; /* cm_kv_type */
     bool json;
 } bench_opts;
 
@@ -80,6 +81,7 @@ static void usage(FILE *f) {
             "  -t, --threads N      threads (default: all cores)\n"
             "  -r, --reps N         timed repetitions per test (default 5)\n"
             "  -b, --batch N        prompt tokens per forward pass (default 512)\n"
+            "      --kv-type T      KV cache element type: f16 (default) or q8_0\n"
             "      --json           one JSON object per test and line instead of a table\n"
             "\n"
             "CELLM_KERNELS=ref (or avx2, neon) in the environment selects other kernels;\n"
@@ -162,6 +164,11 @@ static int parse_args(int argc, char **argv, bench_opts *o) {
             if (parse_int(a, v, 1, 1000, &o->reps)) return -1;
         } else if (!strcmp(a, "-b") || !strcmp(a, "--batch")) {
             if (parse_int(a, v, 1, 1 << 16, &o->n_batch)) return -1;
+        } else if (!strcmp(a, "--kv-type")) {
+            if ((o->kv_type = cm_kv_type_from_name(v)) < 0) {
+                fprintf(stderr, "cellm bench: %s must be f16 or q8_0, got '%s'\n", a, v);
+                return -1;
+            }
         } else {
             fprintf(stderr, "cellm bench: unknown option '%s' (see --help)\n", a);
             return -1;
@@ -409,7 +416,8 @@ int cmd_bench(int argc, char **argv) {
     /* the depth is fed in the same batches as a prompt */
     if (max_d > max_pp) max_pp = max_d < o.n_batch ? max_d : o.n_batch;
     b.n_batch = o.n_batch < max_pp ? o.n_batch : max_pp;
-    cm_ctx_params cp = {.n_ctx = n_ctx, .n_seq_max = 1, .n_batch_max = b.n_batch, .n_threads = o.n_threads};
+    cm_ctx_params cp = {
+        .n_ctx = n_ctx, .n_seq_max = 1, .n_batch_max = b.n_batch, .n_threads = o.n_threads, .kv_type = o.kv_type};
     rc = cm_ctx_create(b.model, &cp, &b.ctx);
     if (rc) goto fail;
     b.tok = malloc((size_t)max_pp * sizeof *b.tok);
@@ -429,9 +437,9 @@ int cmd_bench(int argc, char **argv) {
     if (!o.json) {
         printf("model %s: %s, %d layers, n_embd %d, %.1f MiB of weights read per token\n", mname, hp->arch_name,
                hp->n_layer, hp->n_embd, (double)bpt / (1 << 20));
-        printf("kernels %s, %d threads, %d reps; read bandwidth %.1f GB/s median, %.1f best pass (this run, %d "
-               "threads)\n\n",
-               kernels, n_threads, o.reps, bw, bw_best, n_threads);
+        printf("kernels %s, %d threads, %d reps, %s KV cache; read bandwidth %.1f GB/s median, %.1f best pass "
+               "(this run, %d threads)\n\n",
+               kernels, n_threads, o.reps, cm_kv_type_name(o.kv_type), bw, bw_best, n_threads);
         printf("| %-14s | %10s | %10s | %10s | %8s |\n", "test", "tok/s", "min", "max", "roofline");
         printf("|----------------|------------|------------|------------|----------|\n");
         fflush(stdout);
@@ -457,7 +465,7 @@ int cmd_bench(int argc, char **argv) {
                     printf(",\"depth\":%d,\"threads\":%d,\"reps\":%d,\"batch\":%d,\"kernels\":", d, n_threads,
                            o.reps, b.n_batch);
                     print_json_str(kernels);
-                    printf("}\n");
+                    printf(",\"kv_type\":\"%s\"}\n", cm_kv_type_name(o.kv_type));
                 } else if (gen) {
                     printf("| %-14s | %10.2f | %10.2f | %10.2f | %8.3f |\n", r.test, r.med, r.min, r.max, roof);
                 } else {

@@ -48,6 +48,7 @@ typedef struct opts {
     int n_ctx;     /* 0: from the model */
     int n_batch;
     int n_threads;
+    int kv_type; /* cm_kv_type */
     cm_sampler_params sp;
     bool seed_given;
     const char *stops[MAX_STOPS];
@@ -76,6 +77,8 @@ static void usage_run(FILE *f) {
             "                            context, at most %d)\n"
             "  -b, --batch N             prompt tokens per forward pass (default %d)\n"
             "  -t, --threads N           threads (default: all cores)\n"
+            "      --kv-type T           KV cache element type: f16 (default) or q8_0 (about half\n"
+            "                            the memory, values rounded to 8 bits)\n"
             "      --temp F              temperature; 0 = greedy (default 0.8)\n"
             "      --top-k N             keep the N most likely tokens; 0 = off (default 40)\n"
             "      --top-p F             keep the smallest set holding probability F, in (0, 1];\n"
@@ -123,6 +126,7 @@ static void usage_logits(FILE *f) {
             "  -c, --ctx N          context length (default: the model's, at most %d)\n"
             "  -b, --batch N        prompt tokens per forward pass (default %d)\n"
             "  -t, --threads N      threads (default: all cores)\n"
+            "      --kv-type T      KV cache element type: f16 (default) or q8_0\n"
             "      --no-bos         do not add BOS\n"
             "  -v, --verbose        print settings on stderr\n"
             "  -h, --help           this help\n"
@@ -220,6 +224,10 @@ static int parse_opts(int argc, char **argv, bool is_run, opts *o) {
         } else if (IS("-t") || IS("--threads")) {
             NEEDVAL();
             if (parse_int(o, flag, val, 1, 1024, &o->n_threads)) return -1;
+        } else if (IS("--kv-type")) {
+            NEEDVAL();
+            if ((o->kv_type = cm_kv_type_from_name(val)) < 0)
+                return bad(o, "%s must be f16 or q8_0, got '%s'", flag, val);
         } else if (IS("--no-bos")) {
             o->no_bos = true;
         } else if (IS("-v") || IS("--verbose")) {
@@ -351,7 +359,8 @@ static int engine_init(engine *e, const opts *o) {
         fprintf(stderr, "cellm %s: warning: -c %d is longer than the %d tokens the model was trained on\n", o->cmd,
                 e->n_ctx, hp->n_ctx_train);
     e->n_batch = o->n_batch < e->n_ctx ? o->n_batch : e->n_ctx;
-    cm_ctx_params cp = {.n_ctx = e->n_ctx, .n_seq_max = 1, .n_batch_max = e->n_batch, .n_threads = o->n_threads};
+    cm_ctx_params cp = {
+        .n_ctx = e->n_ctx, .n_seq_max = 1, .n_batch_max = e->n_batch, .n_threads = o->n_threads, .kv_type = o->kv_type};
     rc = cm_ctx_create(e->model, &cp, &e->ctx);
     if (rc) return rc;
     size_t nb = (size_t)e->n_batch;
@@ -366,9 +375,9 @@ static int engine_init(engine *e, const opts *o) {
         return cm_errorf(CM_ENOMEM, "out of memory for a batch of %d tokens", e->n_batch);
     if (o->verbose)
         fprintf(stderr,
-                "cellm %s: %s: %s, %d layers, n_embd %d, vocab %d; context %d, batch %d, KV cache %.1f MiB\n",
+                "cellm %s: %s: %s, %d layers, n_embd %d, vocab %d; context %d, batch %d, KV cache %.1f MiB (%s)\n",
                 o->cmd, o->model, hp->arch_name, hp->n_layer, hp->n_embd, e->n_vocab, e->n_ctx, e->n_batch,
-                (double)cm_ctx_kv_bytes(e->ctx) / (1024.0 * 1024.0));
+                (double)cm_ctx_kv_bytes(e->ctx) / (1024.0 * 1024.0), cm_kv_type_name(o->kv_type));
     return CM_OK;
 }
 

@@ -20,6 +20,7 @@
 #include "base/log.h"
 #include "base/status.h"
 #include "cmd.h"
+#include "model/model.h"
 #include "serve/server.h"
 
 static void usage(FILE *f) {
@@ -37,6 +38,8 @@ static void usage(FILE *f) {
             "  -c, --ctx N            context per request in tokens (default: the model's, at most 4096)\n"
             "      --parallel N       requests decoded together, one sequence slot each (default 4)\n"
             "  -t, --threads N        threads for the forward pass (default: all cores)\n"
+            "      --kv-type T        KV cache element type: f16 (default) or q8_0 (about half the\n"
+            "                         memory per slot, values rounded to 8 bits)\n"
             "      --max-queue N      requests waiting for a slot before 429 (default 64)\n"
             "      --timeout S        seconds a request may take, queued and running (default 600)\n"
             "      --max-body BYTES   largest request body before 413 (default 1048576)\n"
@@ -113,6 +116,11 @@ int cmd_serve(int argc, char **argv) {
             if (!(bad = parse_long(a, v, 1, 1024, &n))) p.n_parallel = (int)n;
         } else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) {
             if (!(bad = parse_long(a, v, 1, 4096, &n))) p.n_threads = (int)n;
+        } else if (!strcmp(a, "--kv-type")) {
+            if ((p.kv_type = cm_kv_type_from_name(v)) < 0) {
+                fprintf(stderr, "cellm serve: --kv-type %s: expected f16 or q8_0\n", v);
+                bad = 2;
+            }
         } else if (!strcmp(a, "--max-queue")) {
             if (!(bad = parse_long(a, v, 0, 1 << 20, &n))) p.max_queue = (int)n;
         } else if (!strcmp(a, "--timeout")) {

@@ -122,13 +122,51 @@ ATT_INLINE void f16x16_to_f32(float *dst, const cm_f16 *src) {
     V16(dst) = (v16f)((v16i)f | (special & 0x7f800000u) | ((h & 0x8000u) << 16));
 }
 
-/* Rows 0..n-1 of a prompt K/V tile (row i of the cache at k + i * stride)
- * into f32: V row-major (n x hd), K transposed (kdst[d * TILE + i]). (The
- * decode tiles load in dec_tile_body.) */
-ATT_CLONES static void tile_load(float *restrict kdst, float *restrict vdst, const cm_f16 *k, const cm_f16 *v,
-                                 size_t stride, int n, int hd) {
+typedef int8_t v16c __attribute__((vector_size(16), aligned(1)));
+
+/* dst[0 .. 32 * nb) = the nb q8_0 blocks at src as floats: d * q, as the
+ * q8_0 dequantizer computes it (exact products, no sums). */
+ATT_INLINE void q8_row_to_f32(float *dst, const cm_block_q8_0 *src, int nb) {
+    for (int b = 0; b < nb; b++) {
+        const float d = cm_f16_to_f32(src[b].d);
+        V16(dst + 32 * b) = __builtin_convertvector(*(const v16c *)src[b].qs, v16f) * d;
+        V16(dst + 32 * b + 16) = __builtin_convertvector(*(const v16c *)(src[b].qs + 16), v16f) * d;
+    }
+}
+
+/* Where a tile's K and V rows are: f16 rows at k and v, or (k8 non-NULL)
+ * q8_0 rows at k8 and v8; consecutive positions `stride` elements apart
+ * (stride / 32 blocks for q8_0). */
+typedef struct kv_rows {
+    const cm_f16 *k, *v;
+    const cm_block_q8_0 *k8, *v8;
+} kv_rows;
+
+/* The rows of positions starting at element offset `off` of layer il's cache. */
+static kv_rows kv_at(const cm_ctx *c, int il, size_t off) {
+    if (c->params.kv_type == CM_KV_Q8_0)
+        return (kv_rows){NULL, NULL, c->k_q8[il] + off / CM_QK, c->v_q8[il] + off / CM_QK};
+    return (kv_rows){c->k_cache[il] + off, c->v_cache[il] + off, NULL, NULL};
+}
+
+/* Rows 0..n-1 of a prompt K/V tile (row i `stride` elements after the
+ * first) into f32: V row-major (n x hd), K transposed (kdst[d * TILE + i]).
+ * (The decode tiles load in dec_tile_body.) */
+ATT_CLONES static void tile_load(float *restrict kdst, float *restrict vdst, kv_rows src, size_t stride, int n, int hd) {
+    if (src.k8) {
+        for (int i = 0; i < n; i++) {
+            const size_t bo = (size_t)i * (stride / CM_QK);
+            for (int b = 0; b < hd / CM_QK; b++) {
+                float tmp[CM_QK];
+                q8_row_to_f32(tmp, src.k8 + bo + b, 1);
+                for (int j = 0; j < CM_QK; j++) kdst[(size_t)(CM_QK * b + j) * CM_ATT_TILE + i] = tmp[j];
+            }
+            q8_row_to_f32(vdst + (size_t)i * hd, src.v8 + bo, hd / CM_QK);
+        }
+        return;
+    }
     for (int i = 0; i < n; i++) {
-        const cm_f16 *kr = k + (size_t)i * stride, *vr = v + (size_t)i * stride;
+        const cm_f16 *kr = src.k + (size_t)i * stride, *vr = src.v + (size_t)i * stride;
         float *vd = vdst + (size_t)i * hd;
         int d = 0;
         for (; d + 16 <= hd; d += 16) {
@@ -499,9 +537,9 @@ typedef struct dec_tile {
     float *kf, *vt, *sT;    /* scratch: K (n x hd), V (n x hd), weights (n x 8) */
     const float *qT;        /* chunks x hd x 8: scaled queries, lanes past group zero */
     float *mx, *sum, *acc;  /* lanes; lanes; lanes x hd: running state */
-    const cm_f16 *k, *v;    /* the tile's first K and V row of this KV head */
-    size_t stride;          /* halves from one cache row to the next */
-    ptrdiff_t next;         /* halves from k to the k of the tile done next (prefetched), 0: none */
+    kv_rows r;              /* the tile's first K and V row of this KV head */
+    size_t stride;          /* elements from one cache row to the next */
+    ptrdiff_t next;         /* elements from k to the k of the tile done next (prefetched), 0: none */
     int n, hd, group;
 } dec_tile;
 
@@ -517,12 +555,24 @@ ATT_INLINE void dec_tile_body(const dec_tile *a, int isa) {
     const int chunks = (group + ATT_LANES - 1) / ATT_LANES;
     /* the AVX-512 chunk kernel needs full chunks; V comes straight from the
      * cache there and in the F16C build's P.V, and is staged otherwise */
-    const bool chunk512 = isa == DEC_AVX512 && hd % 32 == 0 && hd <= ATT_QP_MAX / 8 && group % ATT_LANES == 0;
-    const bool pv_f16c = isa == DEC_F16C && hd % 8 == 0;
+    const bool q8 = a->r.k8 != NULL; /* q8_0 rows: both staged as floats */
+    const bool chunk512 = !q8 && isa == DEC_AVX512 && hd % 32 == 0 && hd <= ATT_QP_MAX / 8 && group % ATT_LANES == 0;
+    const bool pv_f16c = !q8 && isa == DEC_F16C && hd % 8 == 0;
     const bool fused = chunk512 || pv_f16c;
     float *restrict kf = a->kf, *restrict vt = a->vt, *restrict sT = a->sT;
-    for (int i = 0; i < n; i++) {
-        const cm_f16 *kr = a->k + (size_t)i * a->stride, *vr = a->v + (size_t)i * a->stride;
+    for (int i = 0; q8 && i < n; i++) {
+        const size_t bs = a->stride / CM_QK, nb = (size_t)hd / CM_QK;
+        const cm_block_q8_0 *kr = a->r.k8 + (size_t)i * bs, *vr = a->r.v8 + (size_t)i * bs;
+        if (a->next)
+            for (size_t pb = 0; pb < nb * sizeof *kr; pb += 64) {
+                __builtin_prefetch((const char *)(kr + a->next / CM_QK) + pb);
+                __builtin_prefetch((const char *)(vr + a->next / CM_QK) + pb);
+            }
+        q8_row_to_f32(kf + (size_t)i * hd, kr, (int)nb);
+        q8_row_to_f32(vt + (size_t)i * hd, vr, (int)nb);
+    }
+    for (int i = 0; !q8 && i < n; i++) {
+        const cm_f16 *kr = a->r.k + (size_t)i * a->stride, *vr = a->r.v + (size_t)i * a->stride;
         float *kd = kf + (size_t)i * hd, *vd = vt + (size_t)i * hd;
         if (a->next)
             for (int pb = 0; pb < hd * (int)sizeof(cm_f16); pb += 64) {
@@ -546,7 +596,7 @@ ATT_INLINE void dec_tile_body(const dec_tile *a, int isa) {
         float *acc = a->acc + (size_t)ck * ATT_LANES * hd;
 #if ATT_X86_BUILDS
         if (chunk512) {
-            chunk_avx512(sT, m8, l8, acc, qT, kf, a->v, a->stride, n, hd);
+            chunk_avx512(sT, m8, l8, acc, qT, kf, a->r.v, a->stride, n, hd);
             continue;
         }
 #endif
@@ -590,11 +640,11 @@ ATT_INLINE void dec_tile_body(const dec_tile *a, int isa) {
         V8(m8) = m_new;
 #if ATT_X86_BUILDS
         if (pv_f16c) {
-            pv8_f16c(acc, corr, sT, a->v, a->stride, n, hd);
+            pv8_f16c(acc, corr, sT, a->r.v, a->stride, n, hd);
             continue;
         }
 #endif
-        if (isa == DEC_PORTABLE && hd % 4 == 0) {
+        if ((isa == DEC_PORTABLE || q8) && hd % 4 == 0) {
             pv8_staged(acc, corr, sT, vt, n, hd);
             continue;
         }
@@ -694,12 +744,11 @@ static void att_decode(cm_ctx *c, int il, const cm_batch *b, int t, int kvh, flo
     memset(acc, 0, (size_t)lanes * hd * sizeof *acc);
     const int pos = b->pos[t];
     const size_t base = (size_t)b->seq_id[t] * (size_t)c->params.n_ctx;
-    const cm_f16 *kc = c->k_cache[il], *vc = c->v_cache[il];
     for (int p0 = 0; p0 <= pos; p0 += ATT_DTILE) {
         const int n = pos + 1 - p0 < ATT_DTILE ? pos + 1 - p0 : ATT_DTILE;
         const size_t off = (base + (size_t)p0) * (size_t)n_kv + (size_t)kvh * hd;
         const ptrdiff_t next = p0 + ATT_DTILE <= pos ? (ptrdiff_t)ATT_DTILE * n_kv : 0;
-        const dec_tile a = {kf, vt, sT, qT, mx, sum, acc, kc + off, vc + off, (size_t)n_kv, next, n, hd, group};
+        const dec_tile a = {kf, vt, sT, qT, mx, sum, acc, kv_at(c, il, off), (size_t)n_kv, next, n, hd, group};
         tile(&a);
     }
     for (int l = 0; l < group; l++) {
@@ -746,7 +795,6 @@ static void att_decode_range(cm_ctx *c, int il, const cm_batch *b, int t, int pa
         memset(acc, 0, (size_t)lanes * hd * sizeof *acc);
     }
     const size_t base = (size_t)b->seq_id[t] * (size_t)c->params.n_ctx;
-    const cm_f16 *kc = c->k_cache[il], *vc = c->v_cache[il];
     for (int p0 = pa; p0 < pb; p0 += ATT_DTILE) {
         const int n = pb - p0 < ATT_DTILE ? pb - p0 : ATT_DTILE;
         for (int kvh = 0; kvh < hp->n_head_kv; kvh++) {
@@ -757,7 +805,7 @@ static void att_decode_range(cm_ctx *c, int il, const cm_batch *b, int t, int pa
             const ptrdiff_t next = kvh + 1 < hp->n_head_kv ? hd
                                    : p0 + ATT_DTILE < pb  ? (ptrdiff_t)ATT_DTILE * n_kv - (ptrdiff_t)kvh * hd
                                                           : 0;
-            const dec_tile b2 = {kf, vt, sT, qT, mx, sum, acc, kc + off, vc + off, (size_t)n_kv, next, n, hd, group};
+            const dec_tile b2 = {kf, vt, sT, qT, mx, sum, acc, kv_at(c, il, off), (size_t)n_kv, next, n, hd, group};
             tile(&b2);
         }
     }
@@ -834,6 +882,12 @@ static void prepare_head(cm_ctx *c, const cm_layer *L, int il, const cm_batch *b
     if (L->k_norm) cm_rmsnorm(k, k, L->k_norm, hd, hp->norm_eps);
     cm_rope_apply(hp, cs, k);
     size_t slot = ((size_t)b->seq_id[t] * (size_t)c->params.n_ctx + (size_t)b->pos[t]) * (size_t)c->n_kv + off;
+    if (c->params.kv_type == CM_KV_Q8_0) {
+        const cm_type_traits *q8 = cm_type_traits_get(CM_TYPE_Q8_0);
+        q8->from_float(k, c->k_q8[il] + slot / CM_QK, hd);
+        q8->from_float(v, c->v_q8[il] + slot / CM_QK, hd);
+        return;
+    }
     cm_f16 *kd = c->k_cache[il] + slot, *vd = c->v_cache[il] + slot;
     for (int i = 0; i < hd; i++) {
         kd[i] = cm_f32_to_f16(k[i]);
@@ -874,11 +928,10 @@ static void att_block(cm_ctx *c, int il, const cm_batch *b, int t0, int nt, int 
     memset(acc, 0, (size_t)rows * hd * sizeof *acc);
     const int pos0 = b->pos[t0], pos_last = pos0 + nt - 1;
     const size_t base = (size_t)b->seq_id[t0] * (size_t)c->params.n_ctx;
-    const cm_f16 *kc = c->k_cache[il], *vc = c->v_cache[il];
     for (int p0 = 0; p0 <= pos_last; p0 += CM_ATT_TILE) {
         const int n = pos_last + 1 - p0 < CM_ATT_TILE ? pos_last + 1 - p0 : CM_ATT_TILE;
         const size_t off = (base + (size_t)p0) * (size_t)n_kv + (size_t)kvh * hd;
-        tile_load(kT, vt, kc + off, vc + off, (size_t)n_kv, n, hd);
+        tile_load(kT, vt, kv_at(c, il, off), (size_t)n_kv, n, hd);
         for (int r = 0; r < rows; r++) {
             const int nr = pos0 + r / group + 1 - p0 < n ? pos0 + r / group + 1 - p0 : n; /* causal */
             if (nr <= 0) continue;

@@ -3,9 +3,12 @@
  * n_batch_max. cm_stage_forward never allocates.
  *
  * KV cache layout, per layer of the stage, for K and for V alike:
- *   f16 [n_seq_max][n_ctx][n_head_kv * head_dim]
+ *   f16 [n_seq_max][n_ctx][n_head_kv * head_dim]             (kv_type f16)
+ *   q8_0 blocks [n_seq_max][n_ctx][n_head_kv * head_dim / 32] (kv_type q8_0;
+ *   head_dim % 32 == 0, so a block never spans two heads)
  * Position p of sequence s lives in slot (s, p): a sequence holds positions
  * 0 .. seq_len[s]-1, each written once, rotated by RoPE before storage. */
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -33,6 +36,11 @@ int cm_ctx_create(cm_model *m, const cm_ctx_params *params, cm_ctx **out) {
     if (params->n_ctx < 1 || params->n_seq_max < 1 || params->n_batch_max < 1)
         return cm_errorf(CM_EINVAL, "context needs n_ctx, n_seq_max and n_batch_max >= 1 (got %d, %d, %d)",
                          params->n_ctx, params->n_seq_max, params->n_batch_max);
+    if (params->kv_type != CM_KV_F16 && params->kv_type != CM_KV_Q8_0)
+        return cm_errorf(CM_EINVAL, "unknown KV cache type %d (f16 or q8_0)", params->kv_type);
+    if (params->kv_type == CM_KV_Q8_0 && hp->head_dim % CM_QK != 0)
+        return cm_errorf(CM_EINVAL, "a q8_0 KV cache needs a head size that is a multiple of %d (this model's is %d); use f16",
+                         CM_QK, hp->head_dim);
     int rc = CM_ENOMEM;
     cm_ctx *c = calloc(1, sizeof *c);
     if (!c) return CM_ENOMEM;
@@ -48,16 +56,25 @@ int cm_ctx_create(cm_model *m, const cm_ctx_params *params, cm_ctx **out) {
     if (c->n_ff_max < 1) c->n_ff_max = 1;
     size_t nb = (size_t)params->n_batch_max, ne = (size_t)hp->n_embd;
 
-    size_t per_layer = (size_t)params->n_seq_max * (size_t)params->n_ctx * (size_t)c->n_kv * sizeof(cm_f16);
+    const bool q8 = params->kv_type == CM_KV_Q8_0;
+    const size_t slots = (size_t)params->n_seq_max * (size_t)params->n_ctx;
+    size_t per_layer = q8 ? slots * (size_t)(c->n_kv / CM_QK) * sizeof(cm_block_q8_0)
+                          : slots * (size_t)c->n_kv * sizeof(cm_f16);
+    /* both tables exist (a pointer per layer); only one type's are filled */
     c->k_cache = calloc((size_t)nl, sizeof *c->k_cache);
     c->v_cache = calloc((size_t)nl, sizeof *c->v_cache);
-    if (!c->k_cache || !c->v_cache) goto fail;
+    c->k_q8 = calloc((size_t)nl, sizeof *c->k_q8);
+    c->v_q8 = calloc((size_t)nl, sizeof *c->v_q8);
+    if (!c->k_cache || !c->v_cache || !c->k_q8 || !c->v_q8) goto fail;
     for (int i = 0; i < nl; i++) {
         /* malloc, not calloc: slots are written before they are read, and
          * untouched pages of a large context stay unbacked. */
-        c->k_cache[i] = malloc(per_layer);
-        c->v_cache[i] = malloc(per_layer);
-        if (!c->k_cache[i] || !c->v_cache[i]) {
+        void *k = malloc(per_layer), *v = malloc(per_layer);
+        if (q8)
+            c->k_q8[i] = k, c->v_q8[i] = v;
+        else
+            c->k_cache[i] = k, c->v_cache[i] = v;
+        if (!k || !v) {
             rc = cm_errorf(CM_ENOMEM, "cannot allocate %llu bytes of KV cache for %d layers (context %d x %d sequences)",
                            (unsigned long long)per_layer * 2u * (unsigned long long)nl, nl, params->n_ctx,
                            params->n_seq_max);
@@ -136,9 +153,13 @@ void cm_ctx_destroy(cm_ctx *c) {
     for (int i = 0; i < c->n_layer_stage; i++) {
         if (c->k_cache) free(c->k_cache[i]);
         if (c->v_cache) free(c->v_cache[i]);
+        if (c->k_q8) free(c->k_q8[i]);
+        if (c->v_q8) free(c->v_q8[i]);
     }
     free(c->k_cache);
     free(c->v_cache);
+    free(c->k_q8);
+    free(c->v_q8);
     void *bufs[] = {c->seq_len, c->next_pos, c->x, c->x_next, c->dec_scratch, c->xb, c->xo, c->q, c->k, c->v, c->att, c->hb, c->hb2, c->rope_cs,
                     c->mm_scratch, c->logits, c->logit_row, c->router, c->sel, c->sel_w, c->exp_count,
                     c->exp_tok, c->exp_w, c->gx, c->gy, c->att_scratch};
@@ -172,4 +193,12 @@ int cm_ctx_seq_len(const cm_ctx *c, int seq_id) {
 }
 
 uint64_t cm_ctx_kv_bytes(const cm_ctx *c) { return c->kv_bytes; }
+
+int cm_kv_type_from_name(const char *name) {
+    if (!strcmp(name, "f16")) return CM_KV_F16;
+    if (!strcmp(name, "q8_0")) return CM_KV_Q8_0;
+    return -1;
+}
+
+const char *cm_kv_type_name(int kv_type) { return kv_type == CM_KV_Q8_0 ? "q8_0" : "f16"; }
 uint64_t cm_ctx_scratch_bytes(const cm_ctx *c) { return c->scratch_bytes; }

@@ -86,7 +86,17 @@ typedef struct cm_ctx_params {
     int n_seq_max;   /* sequences that can be live at once */
     int n_batch_max; /* tokens in one forward call */
     int n_threads;   /* <= 0: all cores */
+    int kv_type;     /* cm_kv_type: how K and V are stored (0: f16) */
 } cm_ctx_params;
+
+/* KV cache element types. q8_0 stores each 32 values of a head's K or V row
+ * as 32 signed bytes and one f16 scale (34 bytes instead of 64: the cache
+ * takes 53% of the memory), at the cost of rounding every value to 1/254
+ * of its block's largest magnitude; it needs head_dim % 32 == 0. */
+enum cm_kv_type { CM_KV_F16 = 0, CM_KV_Q8_0 = 1 };
+/* "f16" / "q8_0" -> the type; -1 for any other name. */
+int cm_kv_type_from_name(const char *name);
+const char *cm_kv_type_name(int kv_type);
 
 int cm_ctx_create(cm_model *m, const cm_ctx_params *params, cm_ctx **out);
 void cm_ctx_destroy(cm_ctx *c);

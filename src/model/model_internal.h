@@ -24,6 +24,7 @@
 #include "base/fp16.h"
 #include "base/pool.h"
 #include "gguf/gguf.h"
+#include "kernels/quants.h"
 #include "model/model.h"
 
 /* A 2-D (or 3-D, for stacked experts) weight matrix as the file stores it:
@@ -79,7 +80,8 @@ struct cm_ctx {
     int n_layer_stage;
     int n_q, n_kv;             /* n_head*head_dim, n_head_kv*head_dim */
     int n_ff_max;              /* widest FFN hidden (dense or expert) */
-    cm_f16 **k_cache, **v_cache; /* per stage layer: (n_seq_max, n_ctx, n_kv) f16 */
+    cm_f16 **k_cache, **v_cache; /* per stage layer: (n_seq_max, n_ctx, n_kv) f16 (kv_type f16) */
+    cm_block_q8_0 **k_q8, **v_q8; /* per stage layer: (n_seq_max, n_ctx, n_kv / 32) blocks (kv_type q8_0) */
     int32_t *seq_len;          /* positions each sequence holds */
     int32_t *next_pos;         /* (n_seq_max) validation scratch */
     /* scratch, all sized for n_batch_max tokens */

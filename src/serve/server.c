@@ -717,7 +717,7 @@ int cm_server_start(const cm_server_params *p, cm_server **out) {
     }
     int chunk = p->prefill_chunk > 0 ? p->prefill_chunk : 256;
     cm_ctx_params cp = {.n_ctx = n_ctx, .n_seq_max = p->n_parallel, .n_batch_max = chunk + p->n_parallel,
-                        .n_threads = p->n_threads};
+                        .n_threads = p->n_threads, .kv_type = p->kv_type};
     if ((rc = cm_ctx_create(s->model, &cp, &s->ctx))) goto fail;
     if ((rc = cm_tokenizer_load(cm_model_gguf(s->model), &s->tok))) goto fail;
     const char *tmpl = NULL;

@@ -20,6 +20,7 @@ typedef struct cm_server_params {
     int n_ctx;               /* per sequence; <= 0: min(4096, training context) */
     int n_parallel;          /* sequence slots */
     int n_threads;           /* <= 0: all cores */
+    int kv_type;             /* cm_kv_type of model.h (0: f16) */
     int max_queue;           /* waiting requests before 429 */
     double timeout_s;        /* per request, from acceptance to the last token */
     size_t max_body;         /* bytes of a request body before 413 */
