@@ -208,5 +208,12 @@ void cm_xfer_core_recv_end(cm_xfer *x, void *token, int peer, int status, size_t
  * the core hands it to the next matching recv_post. CM_EFULL when the
  * peer's buffered bytes would exceed max_unexpected_bytes. */
 int cm_xfer_core_recv_unexpected(cm_xfer *x, int peer, uint8_t *msg, size_t bytes);
+/* A whole message that the backend assembled in a malloc'd buffer (no recv
+ * was posted when its first piece came): hands it to a recv posted while
+ * the rest arrived (CM_ERANGE completion when it does not fit), or else
+ * buffers it with cm_xfer_core_recv_unexpected. Always takes msg (frees it
+ * on failure); returns that function's error (CM_EFULL) for the backend to
+ * fail the peer with. */
+int cm_xfer_core_recv_deliver(cm_xfer *x, int peer, uint8_t *msg, size_t bytes);
 
 #endif

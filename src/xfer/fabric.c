@@ -247,13 +247,7 @@ static int rx_post(flink *l, int i) {
     return r ? fi_err(CM_EIO, "fi_recv", r) : CM_OK;
 }
 
-static void wake_thread(void *owner) {
-    fab_backend *b = owner;
-    if (b->wake[1] < 0) return;
-    char c = 1;
-    ssize_t w = write(b->wake[1], &c, 1);
-    (void)w;
-}
+static void wake_thread(void *owner) { cm_sock_wake(((fab_backend *)owner)->wake[1]); }
 
 /* sidechan's link_kill: marks a link dead and fails what it holds; the
  * progress thread closes it. */
@@ -426,24 +420,7 @@ static int on_fragment(fab_backend *b, flink *l, const uint8_t *buf, size_t len)
     switch (l->rx_kind) {
     case FAB_RX_RECV: cm_xfer_core_recv_end(b->x, l->rx_token, l->base.peer, CM_OK, l->rx_total); break;
     case FAB_RX_DISCARD: cm_xfer_core_recv_end(b->x, l->rx_token, l->base.peer, CM_ERANGE, 0); break;
-    default: {
-        /* The application may have posted a recv while the fragments of
-         * this message were arriving: hand it over now rather than park it
-         * as unexpected next to a waiting recv. */
-        uint8_t *dst;
-        size_t cap;
-        void *token;
-        if (cm_xfer_core_recv_begin(b->x, l->base.peer, &dst, &cap, &token) == CM_OK) {
-            int fits = l->rx_total <= cap;
-            if (fits && l->rx_total) memcpy(dst, l->rx_dst, l->rx_total);
-            free(l->rx_dst);
-            cm_xfer_core_recv_end(b->x, token, l->base.peer, fits ? CM_OK : CM_ERANGE, fits ? l->rx_total : 0);
-            return CM_OK;
-        }
-        rc = cm_xfer_core_recv_unexpected(b->x, l->base.peer, l->rx_dst, l->rx_total);
-        if (rc) free(l->rx_dst);
-        return rc;
-    }
+    default: return cm_xfer_core_recv_deliver(b->x, l->base.peer, l->rx_dst, l->rx_total);
     }
     return CM_OK;
 }
@@ -656,11 +633,7 @@ static void *progress_main(void *arg) {
         int r = poll(pf, (nfds_t)n, timeout);
         if (r <= 0) continue;
         pthread_mutex_lock(&b->mu);
-        if (pf[0].revents) {
-            char buf[64];
-            while (read(b->wake[0], buf, sizeof buf) > 0) {
-            }
-        }
+        if (pf[0].revents) cm_sock_wake_drain(b->wake[0]);
         for (int i = 1; i < n; i++)
             if (who[i] && pf[i].revents && who[i]->base.state != L_DEAD) link_side_read(b, who[i]);
         pthread_mutex_unlock(&b->mu);
@@ -1055,19 +1028,8 @@ static int fab_create(cm_xfer *x, const cm_xfer_config *cfg, void **state) {
     }
     CM_LOGI("xfer: fabric backend on provider %s (%s writes%s)", b->info->fabric_attr->prov_name,
             b->ordered ? "ordered" : "fenced", b->wait_fd ? "" : ", polling");
-    if (pipe(b->wake)) {
-        rc = cm_errorf(CM_EIO, "xfer: pipe: %s", strerror(errno));
-        goto fail;
-    }
-    cm_sock_set_nonblock(b->wake[0]);
-    cm_sock_set_nonblock(b->wake[1]);
-    if (cfg->listen && (rc = cm_sidechan_listen(&b->side, cfg->listen))) goto fail;
-    if (pthread_create(&b->thread, NULL, progress_main, b)) {
-        rc = cm_errorf(CM_EIO, "xfer: cannot start the fabric progress thread");
-        goto fail;
-    }
-    b->thread_started = 1;
-    if ((rc = cm_sidechan_accept_start(&b->side))) goto fail;
+    if ((rc = cm_sock_wake_open(b->wake))) goto fail;
+    if ((rc = cm_sidechan_start(&b->side, cfg->listen, &b->thread, &b->thread_started, progress_main, b))) goto fail;
     *state = b;
     return CM_OK;
 fail:
@@ -1081,9 +1043,7 @@ static void fab_destroy(void *state) {
     b->stop = 1;
     cm_sidechan_stop(&b->side); /* no new links from here on */
     if (b->thread_started) {
-        char c = 1;
-        ssize_t w = write(b->wake[1], &c, 1);
-        (void)w;
+        wake_thread(b);
         pthread_join(b->thread, NULL);
     }
     pthread_mutex_lock(&b->mu);
@@ -1097,8 +1057,7 @@ static void fab_destroy(void *state) {
     if (b->domain) fi_close(&b->domain->fid);
     if (b->fabric) fi_close(&b->fabric->fid);
     if (b->info) fi_freeinfo(b->info);
-    if (b->wake[0] >= 0) close(b->wake[0]);
-    if (b->wake[1] >= 0) close(b->wake[1]);
+    cm_sock_wake_close(b->wake);
     pthread_mutex_destroy(&b->mu);
     free(b);
 }

@@ -272,6 +272,16 @@ int cm_sidechan_accept_start(cm_sidechan *sc) {
     return CM_OK;
 }
 
+int cm_sidechan_start(cm_sidechan *sc, const char *listen, pthread_t *thread, int *started,
+                      void *(*thread_main)(void *), void *arg) {
+    int rc;
+    if (listen && (rc = cm_sidechan_listen(sc, listen))) return rc;
+    if (pthread_create(thread, NULL, thread_main, arg))
+        return cm_errorf(CM_EIO, "xfer: cannot start the %s progress thread", sc->backend);
+    *started = 1;
+    return cm_sidechan_accept_start(sc);
+}
+
 void cm_sidechan_stop(cm_sidechan *sc) {
     if (sc->accept_started) {
         sc->stop = 1;

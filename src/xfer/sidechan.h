@@ -126,6 +126,13 @@ int cm_sidechan_listen_addr(const cm_sidechan *sc, char *buf, size_t cap);
  * connection that fails any step is closed and logged (a wrong key by
  * cm_sidechan_auth). */
 int cm_sidechan_accept_start(cm_sidechan *sc);
+/* A backend's start, in the order that keeps it safe: the listener (when
+ * listen is not NULL), then the backend's progress thread (thread_main(arg)
+ * in *thread, *started set once it runs), then the accept thread, so that
+ * no link is accepted before the thread that serves it runs. On failure
+ * (with a message) the backend's destroy undoes what was started. */
+int cm_sidechan_start(cm_sidechan *sc, const char *listen, pthread_t *thread, int *started,
+                      void *(*thread_main)(void *), void *arg);
 /* Stops and joins the accept thread and closes the listener (each only
  * when there is one). */
 void cm_sidechan_stop(cm_sidechan *sc);

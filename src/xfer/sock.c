@@ -1,4 +1,4 @@
-/* sock.c - shared socket chores of the tcp and fabric backends. */
+/* sock.c - shared socket chores of the tcp, fabric and verbs backends. */
 #include "xfer/sock.h"
 
 #include <arpa/inet.h>
@@ -123,4 +123,29 @@ int cm_sock_connect(const char *addr, uint64_t deadline_ns, int *fd_out) {
     freeaddrinfo(res);
     if (rc == CM_OK) *fd_out = fd;
     return rc;
+}
+
+int cm_sock_wake_open(int fds[2]) {
+    if (pipe(fds)) return cm_errorf(CM_EIO, "xfer: pipe: %s", strerror(errno));
+    cm_sock_set_nonblock(fds[0]);
+    cm_sock_set_nonblock(fds[1]);
+    return CM_OK;
+}
+
+void cm_sock_wake(int fd) {
+    if (fd < 0) return;
+    char c = 1;
+    ssize_t w = write(fd, &c, 1);
+    (void)w; /* EAGAIN: the pipe is full, the reader wakes anyway */
+}
+
+void cm_sock_wake_drain(int fd) {
+    char buf[64];
+    while (read(fd, buf, sizeof buf) > 0) {
+    }
+}
+
+void cm_sock_wake_close(const int fds[2]) {
+    if (fds[0] >= 0) close(fds[0]);
+    if (fds[1] >= 0) close(fds[1]);
 }

@@ -1,5 +1,6 @@
 /* sock.h - the socket chores every socket-using backend shares: HOST:PORT
- * parsing, printing an address, non-blocking mode, and a listening socket. */
+ * parsing, printing an address, non-blocking mode, a listening socket, and
+ * the self-pipe that wakes a thread blocked in poll. */
 #ifndef CM_XFER_SOCK_H
 #define CM_XFER_SOCK_H
 
@@ -23,5 +24,17 @@ int cm_sock_listen(const char *spec, int backlog, char *addr_out, size_t addr_ca
  * (HOST:PORT), trying each resolved address until deadline_ns (cm_now_ns
  * clock). CM_ETIMEDOUT or CM_ECONN with a message naming addr on failure. */
 int cm_sock_connect(const char *addr, uint64_t deadline_ns, int *fd_out);
+
+/* A self-pipe for waking a thread that sleeps in poll/epoll: fds[0] is
+ * polled, fds[1] written; both ends non-blocking, so a waker never blocks
+ * on a full pipe (a full pipe wakes the reader anyway). CM_EIO with a
+ * message on failure, fds left as they were. */
+int cm_sock_wake_open(int fds[2]);
+/* Writes one byte to the write end; nothing when fd < 0 (not open yet). */
+void cm_sock_wake(int fd);
+/* Empties the read end, so the next poll sleeps until the next wake. */
+void cm_sock_wake_drain(int fd);
+/* Closes the ends that are open (>= 0). */
+void cm_sock_wake_close(const int fds[2]);
 
 #endif

@@ -220,11 +220,7 @@ static void sock_tune(int fd, const cm_xfer_config *cfg) {
 
 /* ---- poller ---- */
 
-static void wake_loop(tcp_backend *b) {
-    char c = 1;
-    ssize_t r = write(b->wake[1], &c, 1);
-    (void)r;
-}
+static void wake_loop(tcp_backend *b) { cm_sock_wake(b->wake[1]); }
 
 static void poller_add(tcp_backend *b, conn *c) {
 #ifdef USE_EPOLL
@@ -506,11 +502,7 @@ static int frame_landed(tcp_backend *b, conn *c) {
 /* A frame landed; an application thread waiting in tcp_progress may be
  * blocked in poll on a socket whose data this thread just took. */
 static void notify_progress(tcp_backend *b, conn *c) {
-    if (atomic_load(&b->peers[c->peer].n_progress) > 0) {
-        char one = 1;
-        ssize_t r = write(b->pwake[1], &one, 1);
-        (void)r;
-    }
+    if (atomic_load(&b->peers[c->peer].n_progress) > 0) cm_sock_wake(b->pwake[1]);
 }
 
 /* Sets up where the payload of the frame in c->h goes. */
@@ -846,6 +838,18 @@ static void tick(tcp_backend *b, uint64_t now) {
     }
 }
 
+/* What the poller does for a connection its epoll or poll reported:
+ * readable (or hung up, or failed: the read finds out which), writable. */
+static void conn_events(tcp_backend *b, conn *c, int readable, int writable) {
+    if (readable) {
+        if (c->state == CS_READY)
+            conn_read_ready(b, c, 0);
+        else
+            conn_read_handshake(b, c);
+    }
+    if (writable && c->state == CS_READY && conn_flush(b, c)) conn_fail(b, c, CM_EPEER, cm_last_error(CM_EPEER));
+}
+
 static void *loop_main(void *arg) {
     tcp_backend *b = arg;
     uint64_t last_tick = cm_now_ns();
@@ -894,20 +898,12 @@ static void *loop_main(void *arg) {
                 continue;
             }
             if (ptr == &b->wake) {
-                char buf[64];
-                while (read(b->wake[0], buf, sizeof buf) > 0) {
-                }
+                cm_sock_wake_drain(b->wake[0]);
                 continue;
             }
             conn *c = ptr;
             if (c->state == CS_DEAD) continue;
-            if (e & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
-                if (c->state == CS_READY)
-                    conn_read_ready(b, c, 0);
-                else
-                    conn_read_handshake(b, c);
-            }
-            if ((e & EPOLLOUT) && c->state == CS_READY && conn_flush(b, c)) conn_fail(b, c, CM_EPEER, cm_last_error(CM_EPEER));
+            conn_events(b, c, (e & (EPOLLIN | EPOLLHUP | EPOLLERR)) != 0, (e & EPOLLOUT) != 0);
         }
 #else
         pthread_mutex_lock(&b->mu);
@@ -929,23 +925,13 @@ static void *loop_main(void *arg) {
         int n = poll(pfds, (nfds_t)k, TICK_MS);
         pthread_mutex_lock(&b->mu);
         if (n > 0) {
-            if (pfds[0].revents) {
-                char buf[64];
-                while (read(b->wake[0], buf, sizeof buf) > 0) {
-                }
-            }
+            if (pfds[0].revents) cm_sock_wake_drain(b->wake[0]);
             if (pfds[1].revents & POLLIN) do_accept(b);
             for (size_t i = 2; i < k; i++) {
                 conn *c = pconns[i];
                 short e = pfds[i].revents;
                 if (!e || c->state == CS_DEAD) continue;
-                if (e & (POLLIN | POLLHUP | POLLERR)) {
-                    if (c->state == CS_READY)
-                        conn_read_ready(b, c, 0);
-                    else
-                        conn_read_handshake(b, c);
-                }
-                if ((e & POLLOUT) && c->state == CS_READY && conn_flush(b, c)) conn_fail(b, c, CM_EPEER, cm_last_error(CM_EPEER));
+                conn_events(b, c, (e & (POLLIN | POLLHUP | POLLERR)) != 0, (e & POLLOUT) != 0);
             }
         }
 #endif
@@ -1102,14 +1088,7 @@ static int tcp_create(cm_xfer *x, const cm_xfer_config *cfg, void **state) {
     pthread_mutex_init(&b->mu, &ma);
     pthread_mutexattr_destroy(&ma);
     int rc = CM_OK;
-    if (pipe(b->wake) || pipe(b->pwake)) {
-        rc = cm_errorf(CM_EIO, "xfer: pipe: %s", strerror(errno));
-        goto fail;
-    }
-    cm_sock_set_nonblock(b->wake[0]);
-    cm_sock_set_nonblock(b->wake[1]);
-    cm_sock_set_nonblock(b->pwake[0]);
-    cm_sock_set_nonblock(b->pwake[1]);
+    if ((rc = cm_sock_wake_open(b->wake)) || (rc = cm_sock_wake_open(b->pwake))) goto fail;
 #ifdef USE_EPOLL
     b->epfd = epoll_create1(EPOLL_CLOEXEC);
     if (b->epfd < 0) {
@@ -1158,10 +1137,8 @@ static void tcp_destroy(void *state) {
     }
     pthread_mutex_unlock(&b->mu);
     if (b->listen_fd >= 0) close(b->listen_fd);
-    if (b->wake[0] >= 0) close(b->wake[0]);
-    if (b->wake[1] >= 0) close(b->wake[1]);
-    if (b->pwake[0] >= 0) close(b->pwake[0]);
-    if (b->pwake[1] >= 0) close(b->pwake[1]);
+    cm_sock_wake_close(b->wake);
+    cm_sock_wake_close(b->pwake);
     for (int i = 0; i < MAX_PEERS; i++)
         if (b->peers[i].wep >= 0) close(b->peers[i].wep);
 #ifdef USE_EPOLL
@@ -1529,9 +1506,7 @@ static int tcp_progress(void *state, int peer, int timeout_us) {
     pthread_mutex_lock(&b->mu);
     for (int i = 0; i < n_ready; i++) {
         if (ready[i] == b->pwake[0]) {
-            char buf[64];
-            while (read(b->pwake[0], buf, sizeof buf) > 0) {
-            }
+            cm_sock_wake_drain(b->pwake[0]);
             continue;
         }
         if (!p->up) continue;

@@ -375,13 +375,7 @@ out:
 
 /* ---- side channel ---- */
 
-static void wake_thread(void *owner) {
-    vb *b = owner;
-    if (b->wake[1] < 0) return;
-    char c = 1;
-    ssize_t w = write(b->wake[1], &c, 1);
-    (void)w;
-}
+static void wake_thread(void *owner) { cm_sock_wake(((vb *)owner)->wake[1]); }
 
 /* Queues a record for the side channel; 0 when the buffer is full (the
  * caller keeps what it wanted to say and tries again later). */
@@ -782,21 +776,7 @@ static int on_frame(vb *b, vlink *l, const uint8_t *buf, size_t len) {
     } else if (l->rx_kind == RX_DISCARD) {
         cm_xfer_core_recv_end(b->x, l->rx_token, l->base.peer, CM_ERANGE, 0);
     } else {
-        /* A recv posted while the fragments arrived takes it now rather than
-         * leaving it parked as unexpected beside a waiting recv. */
-        uint8_t *dst;
-        size_t cap;
-        void *token;
-        if (cm_xfer_core_recv_begin(b->x, l->base.peer, &dst, &cap, &token) == CM_OK) {
-            int fits = l->rx_total <= cap;
-            if (fits && l->rx_total) memcpy(dst, l->rx_dst, l->rx_total);
-            free(l->rx_dst);
-            cm_xfer_core_recv_end(b->x, token, l->base.peer, fits ? CM_OK : CM_ERANGE, fits ? l->rx_total : 0);
-            return CM_OK;
-        }
-        rc = cm_xfer_core_recv_unexpected(b->x, l->base.peer, l->rx_dst, l->rx_total);
-        if (rc) free(l->rx_dst);
-        return rc;
+        return cm_xfer_core_recv_deliver(b->x, l->base.peer, l->rx_dst, l->rx_total);
     }
     return CM_OK;
 }
@@ -1000,11 +980,7 @@ static void *progress_main(void *arg) {
         pthread_mutex_unlock(&b->mu);
         if (poll(b->pf, (nfds_t)n, timeout) <= 0) continue;
         pthread_mutex_lock(&b->mu);
-        if (b->pf[0].revents) {
-            char buf[64];
-            while (read(b->wake[0], buf, sizeof buf) > 0) {
-            }
-        }
+        if (b->pf[0].revents) cm_sock_wake_drain(b->wake[0]);
         for (int i = 1; i < n; i++) {
             vlink *l = b->who[i];
             if (!b->pf[i].revents || l->base.state != L_READY) continue;
@@ -1270,19 +1246,8 @@ static int verbs_create(cm_xfer *x, const cm_xfer_config *cfg, void **state) {
             "against a software stand-in, not yet on RDMA hardware",
             b->dev.name, b->dev.port, uc ? "UC queue pairs, two-sided frames" : "RC queue pairs, one-sided writes",
             b->ethernet ? "Ethernet" : "InfiniBand");
-    if (pipe(b->wake)) {
-        rc = cm_errorf(CM_EIO, "xfer: pipe: %s", strerror(errno));
-        goto fail;
-    }
-    cm_sock_set_nonblock(b->wake[0]);
-    cm_sock_set_nonblock(b->wake[1]);
-    if (cfg->listen && (rc = cm_sidechan_listen(&b->side, cfg->listen))) goto fail;
-    if (pthread_create(&b->thread, NULL, progress_main, b)) {
-        rc = cm_errorf(CM_EIO, "xfer: cannot start the verbs progress thread");
-        goto fail;
-    }
-    b->thread_started = 1;
-    if ((rc = cm_sidechan_accept_start(&b->side))) goto fail;
+    if ((rc = cm_sock_wake_open(b->wake))) goto fail;
+    if ((rc = cm_sidechan_start(&b->side, cfg->listen, &b->thread, &b->thread_started, progress_main, b))) goto fail;
     *state = b;
     return CM_OK;
 fail:
@@ -1318,8 +1283,7 @@ static void verbs_destroy(void *state) {
         }
     pthread_mutex_unlock(&b->mu);
     dev_close(&b->dev);
-    if (b->wake[0] >= 0) close(b->wake[0]);
-    if (b->wake[1] >= 0) close(b->wake[1]);
+    cm_sock_wake_close(b->wake);
     pthread_mutex_destroy(&b->mu);
     free(b);
 }

@@ -1006,3 +1006,23 @@ int cm_xfer_core_recv_unexpected(cm_xfer *x, int peer, uint8_t *msg, size_t byte
     pthread_mutex_unlock(&x->mu);
     return CM_OK;
 }
+
+int cm_xfer_core_recv_deliver(cm_xfer *x, int peer, uint8_t *msg, size_t bytes) {
+    /* The application may have posted a recv while the pieces of this
+     * message were arriving: hand it over now rather than park it as
+     * unexpected next to a waiting recv. The copy happens outside the core
+     * lock (recv_begin took the recv off the list). */
+    uint8_t *dst;
+    size_t cap;
+    void *token;
+    if (cm_xfer_core_recv_begin(x, peer, &dst, &cap, &token) == CM_OK) {
+        int fits = bytes <= cap;
+        if (fits && bytes) memcpy(dst, msg, bytes);
+        free(msg);
+        cm_xfer_core_recv_end(x, token, peer, fits ? CM_OK : CM_ERANGE, fits ? bytes : 0);
+        return CM_OK;
+    }
+    int rc = cm_xfer_core_recv_unexpected(x, peer, msg, bytes);
+    if (rc) free(msg);
+    return rc;
+}
