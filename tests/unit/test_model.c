@@ -280,6 +280,28 @@ static void model_path(char *buf, size_t n, const char *tag) {
     snprintf(buf, n, "%s/test_model_%d_%s.gguf", test_tmpdir(), (int)getpid(), tag);
 }
 
+/* Writes p's model to the temporary file for tag (its name goes to path)
+ * and loads it; with g non-NULL also opens the file as GGUF, where the
+ * naive pass reads its weights. Each step is a check; false when the model
+ * (or the file) is missing, and the test then stops. */
+static bool model_make(const char *tag, const cm_synth_params *p, char *path, size_t cap, cm_model **m, cm_gguf **g) {
+    model_path(path, cap, tag);
+    CHECK_OK(cm_synth_write(p, path));
+    *m = NULL;
+    CHECK_OK(cm_model_load(path, NULL, m));
+    if (!g) return *m != NULL;
+    *g = NULL;
+    CHECK_OK(cm_gguf_open(path, g));
+    return *m && *g;
+}
+
+/* Undoes model_make (g may be NULL). */
+static void model_drop(const char *path, cm_model *m, cm_gguf *g) {
+    cm_gguf_close(g);
+    cm_model_destroy(m);
+    unlink(path);
+}
+
 static cm_synth_params small(const char *arch, int type) {
     cm_synth_params p;
     cm_synth_defaults(&p);
@@ -347,13 +369,9 @@ typedef struct tol {
 
 static void check_against_naive(const char *tag, const cm_synth_params *p, tol tl) {
     char path[512];
-    model_path(path, sizeof path, tag);
-    CHECK_OK(cm_synth_write(p, path));
-    cm_model *m = NULL;
-    CHECK_OK(cm_model_load(path, NULL, &m));
-    if (!m) return;
-    cm_gguf *g = NULL;
-    CHECK_OK(cm_gguf_open(path, &g));
+    cm_model *m;
+    cm_gguf *g;
+    if (!model_make(tag, p, path, sizeof path, &m, &g)) return;
     naive n;
     naive_load(&n, p, g, true, false, false);
     const int T = 12, V = n.n_vocab;
@@ -395,9 +413,7 @@ static void check_against_naive(const char *tag, const cm_synth_params *p, tol t
     naive_free(&n);
     free(ref);
     free(got);
-    cm_gguf_close(g);
-    cm_model_destroy(m);
-    unlink(path);
+    model_drop(path, m, g);
 }
 
 /* Tolerances, relative to the logits' rms: f32 weights leave only the f16
@@ -534,13 +550,9 @@ TEST(rope_layout_and_llama3_scaling) {
     char path[512];
     for (int keys_only = 0; keys_only < 2; keys_only++) {
         p.rope_llama3_keys_only = keys_only;
-        model_path(path, sizeof path, keys_only ? "l3keys" : "l3tensor");
-        CHECK_OK(cm_synth_write(&p, path));
-        cm_model *m = NULL;
-        CHECK_OK(cm_model_load(path, NULL, &m));
-        cm_gguf *g = NULL;
-        CHECK_OK(cm_gguf_open(path, &g));
-        if (!m || !g) return;
+        cm_model *m;
+        cm_gguf *g;
+        if (!model_make(keys_only ? "l3keys" : "l3tensor", &p, path, sizeof path, &m, &g)) return;
         CHECK((cm_gguf_find_tensor(g, "rope_freqs.weight") != NULL) == !keys_only);
         naive good, unscaled, wrong_layout;
         naive_load(&good, &p, g, true, false, false);
@@ -566,9 +578,7 @@ TEST(rope_layout_and_llama3_scaling) {
         cm_ctx_destroy(c);
         naive_free(&good), naive_free(&unscaled), naive_free(&wrong_layout);
         free(ref), free(alt), free(got);
-        cm_gguf_close(g);
-        cm_model_destroy(m);
-        unlink(path);
+        model_drop(path, m, g);
     }
 }
 
@@ -578,13 +588,9 @@ TEST(long_context_tiles) {
     cm_synth_params p = small("qwen3", CM_TYPE_F32);
     p.n_layer = 1;
     char path[512];
-    model_path(path, sizeof path, "long");
-    CHECK_OK(cm_synth_write(&p, path));
-    cm_model *m = NULL;
-    CHECK_OK(cm_model_load(path, NULL, &m));
-    cm_gguf *g = NULL;
-    CHECK_OK(cm_gguf_open(path, &g));
-    if (!m || !g) return;
+    cm_model *m;
+    cm_gguf *g;
+    if (!model_make("long", &p, path, sizeof path, &m, &g)) return;
     naive n;
     naive_load(&n, &p, g, true, false, false);
     enum { T = 300, CHUNK = 50 };
@@ -603,9 +609,7 @@ TEST(long_context_tiles) {
     cm_ctx_destroy(c);
     naive_free(&n);
     free(ref), free(got);
-    cm_gguf_close(g);
-    cm_model_destroy(m);
-    unlink(path);
+    model_drop(path, m, g);
 }
 
 /* Decode one token at a time (the path that splits a lone token's cache
@@ -622,13 +626,9 @@ TEST(decode_one_token_at_a_time) {
         p.n_head_kv = kv_heads[h];
         p.n_ff = 128;
         char path[512];
-        model_path(path, sizeof path, "decode1");
-        CHECK_OK(cm_synth_write(&p, path));
-        cm_model *m = NULL;
-        CHECK_OK(cm_model_load(path, NULL, &m));
-        cm_gguf *g = NULL;
-        CHECK_OK(cm_gguf_open(path, &g));
-        if (!m || !g) return;
+        cm_model *m;
+        cm_gguf *g;
+        if (!model_make("decode1", &p, path, sizeof path, &m, &g)) return;
         naive n;
         naive_load(&n, &p, g, true, false, false);
         enum { T = 150 };
@@ -650,9 +650,7 @@ TEST(decode_one_token_at_a_time) {
         }
         naive_free(&n);
         free(ref), free(got);
-        cm_gguf_close(g);
-        cm_model_destroy(m);
-        unlink(path);
+        model_drop(path, m, g);
     }
 }
 
@@ -684,11 +682,8 @@ TEST(decode_fused_matches_general) {
         /* gate/up must make several chunks, or no two threads share one */
         CHECK(cm_matmul_chunk_rows(cases[ci].mix ? CM_TYPE_Q4_K : cases[ci].type, p.n_embd, 1) * 3 <= p.n_ff);
         char path[512];
-        model_path(path, sizeof path, "fused");
-        CHECK_OK(cm_synth_write(&p, path));
-        cm_model *m = NULL;
-        CHECK_OK(cm_model_load(path, NULL, &m));
-        if (!m) return;
+        cm_model *m;
+        if (!model_make("fused", &p, path, sizeof path, &m, NULL)) return;
         enum { P = 6, D = 4, T = P + D };
         const int V = p.n_vocab;
         int32_t toks[T];
@@ -714,8 +709,7 @@ TEST(decode_fused_matches_general) {
             CHECK(diff == 0);
         }
         free(want), free(got);
-        cm_model_destroy(m);
-        unlink(path);
+        model_drop(path, m, NULL);
     }
 }
 
@@ -727,11 +721,8 @@ TEST(greedy_cache_vs_recompute) {
         cm_synth_params p = small(archs[a], CM_TYPE_Q8_0);
         if (a == 1) p.n_expert = 4, p.n_expert_used = 2, p.n_ff_expert = 64;
         char path[512];
-        model_path(path, sizeof path, "greedy");
-        CHECK_OK(cm_synth_write(&p, path));
-        cm_model *m = NULL;
-        CHECK_OK(cm_model_load(path, NULL, &m));
-        if (!m) return;
+        cm_model *m;
+        if (!model_make("greedy", &p, path, sizeof path, &m, NULL)) return;
         int V = cm_model_hparams(m)->n_vocab;
         cm_ctx_params cp = {.n_ctx = 40, .n_seq_max = 2, .n_batch_max = 40, .n_threads = 2};
         cm_ctx *c = NULL;
@@ -760,8 +751,7 @@ TEST(greedy_cache_vs_recompute) {
         CHECK(cm_ctx_seq_len(c, 0) == n0 + steps - 1);
         free(lg);
         cm_ctx_destroy(c);
-        cm_model_destroy(m);
-        unlink(path);
+        model_drop(path, m, NULL);
     }
 }
 
@@ -771,11 +761,8 @@ TEST(interleaved_sequences_and_stages) {
     cm_synth_params p = small("qwen2", CM_TYPE_F16);
     p.n_layer = 3;
     char path[512];
-    model_path(path, sizeof path, "inter");
-    CHECK_OK(cm_synth_write(&p, path));
-    cm_model *m = NULL;
-    CHECK_OK(cm_model_load(path, NULL, &m));
-    if (!m) return;
+    cm_model *m;
+    if (!model_make("inter", &p, path, sizeof path, &m, NULL)) return;
     int V = cm_model_hparams(m)->n_vocab, E = cm_model_hparams(m)->n_embd;
     cm_ctx_params cp = {.n_ctx = 16, .n_seq_max = 3, .n_batch_max = 16, .n_threads = 2};
     cm_ctx *c = NULL;
@@ -847,18 +834,14 @@ TEST(interleaved_sequences_and_stages) {
     cm_model_destroy(s1);
     free(la), free(lb);
     cm_ctx_destroy(c);
-    cm_model_destroy(m);
-    unlink(path);
+    model_drop(path, m, NULL);
 }
 
 TEST(batch_errors_leave_cache) {
     cm_synth_params p = small("llama", CM_TYPE_F32);
     char path[512];
-    model_path(path, sizeof path, "errors");
-    CHECK_OK(cm_synth_write(&p, path));
-    cm_model *m = NULL;
-    CHECK_OK(cm_model_load(path, NULL, &m));
-    if (!m) return;
+    cm_model *m;
+    if (!model_make("errors", &p, path, sizeof path, &m, NULL)) return;
     int V = cm_model_hparams(m)->n_vocab;
     cm_ctx_params cp = {.n_ctx = 8, .n_seq_max = 2, .n_batch_max = 8, .n_threads = 1};
     cm_ctx *c = NULL;
@@ -903,8 +886,7 @@ TEST(batch_errors_leave_cache) {
     CHECK(cm_ctx_seq_len(c, 0) == 8);
     free(ref), free(got);
     cm_ctx_destroy(c);
-    cm_model_destroy(m);
-    unlink(path);
+    model_drop(path, m, NULL);
 }
 
 TEST(hparams_and_synth_metadata) {
