@@ -6,26 +6,9 @@
 # table mode prints every test, -d runs them at a depth, and bad flags fail
 # with exit code 2.
 #   CELLM_BIN  the cellm binary (set by ctest)   CELLM_TMP  scratch space
-set -uo pipefail
-bin=${CELLM_BIN:?CELLM_BIN must point at the cellm binary}
-tmp=$(mktemp -d "${CELLM_TMP:-/tmp}/bench.XXXXXX")
-trap 'rm -rf "$tmp"' EXIT
-fails=0
-passes=0
-ok() { passes=$((passes + 1)); echo "ok   $1"; }
-bad() { fails=$((fails + 1)); echo "FAIL $1"; }
-check() { # check NAME CONDITION-COMMAND...
-  local name=$1; shift
-  if "$@"; then ok "$name"; else bad "$name"; fi
-}
-
-model=$tmp/x.gguf
-if ! "$bin" model synth -o "$model" --arch llama --embd 64 --layers 2 --heads 4 --kv-heads 2 --ffn 128 \
-    --vocab 512 --type q4_0 --seed 1 >"$tmp/synth.log" 2>&1; then
-  cat "$tmp/synth.log"
-  echo "FAIL synth: could not write the test model"
-  exit 1
-fi
+source "$(dirname "$0")/lib.sh"
+scratch bench
+synth_model q4_0
 
 "$bin" bench -m "$model" -p 16,32 -n 8 -t 2 -r 3 --json >"$tmp/out.jsonl" 2>"$tmp/err.log"
 check "bench --json exits 0" test $? -eq 0
@@ -78,5 +61,4 @@ check "missing -m exits 2" test $? -eq 2
 "$bin" bench -m "$tmp/missing.gguf" -p 16 -n 0 >/dev/null 2>"$tmp/missing.log"
 check "missing model exits 1 with a message" test $? -eq 1 -a -s "$tmp/missing.log"
 
-echo "$passes passed, $fails failed"
-test "$fails" -eq 0
+summary

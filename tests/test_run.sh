@@ -5,26 +5,9 @@
 # are the ones `run --temp 0` generates, chat formatting and stop strings
 # reach the model and the output, and bad flags fail with a message.
 #   CELLM_BIN  the cellm binary (set by ctest)   CELLM_TMP  scratch space
-set -uo pipefail
-bin=${CELLM_BIN:?CELLM_BIN must point at the cellm binary}
-tmp=$(mktemp -d "${CELLM_TMP:-/tmp}/run.XXXXXX")
-trap 'rm -rf "$tmp"' EXIT
-fails=0
-passes=0
-ok() { passes=$((passes + 1)); echo "ok   $1"; }
-bad() { fails=$((fails + 1)); echo "FAIL $1"; }
-check() { # check NAME CONDITION-COMMAND...
-  local name=$1; shift
-  if "$@"; then ok "$name"; else bad "$name"; fi
-}
-
-model=$tmp/x.gguf
-if ! "$bin" model synth -o "$model" --arch llama --embd 64 --layers 2 --heads 4 --kv-heads 2 --ffn 128 \
-    --vocab 512 --type f16 --seed 1 >"$tmp/synth.log" 2>&1; then
-  cat "$tmp/synth.log"
-  echo "FAIL synth: could not write the test model"
-  exit 1
-fi
+source "$(dirname "$0")/lib.sh"
+scratch run
+synth_model f16
 
 # ids after "generated ids:" / "prompt N tokens:" in a -v run's stderr
 gen_ids() { grep -a 'generated ids:' "$1" | sed 's/.*generated ids://' | xargs; }
@@ -226,5 +209,4 @@ check "run --help exits 0 and lists flags" grep -q -- '--repeat-last-n' "$tmp/he
 "$bin" logits --help >"$tmp/help.out" 2>&1
 check "logits --help exits 0" grep -q -- '"greedy"' "$tmp/help.out"
 
-echo "$passes passed, $fails failed"
-[ "$fails" -eq 0 ]
+summary
