@@ -22,6 +22,7 @@
 #include "xfer/backend.h"
 #include "xfer/wire.h"
 #include "xfer/xfer.h"
+#include "xfer_util.h"
 
 static cm_xfer_key g_key;
 
@@ -54,25 +55,7 @@ static int dial(cm_xfer *x, int port, int n_links, int *peer) {
 }
 
 /* The accepting side's id for the peer that just connected. */
-static int accepted_peer(cm_xfer *x) {
-    cm_xfer_event ev;
-    while (cm_xfer_event_next(x, &ev, 3000) == CM_OK)
-        if (ev.type == CM_XFER_EV_PEER_UP) return ev.peer;
-    return -1;
-}
-
-static int drain(cm_xfer_cq *cq, int n, int *n_err, int timeout_ms) {
-    cm_xfer_completion c[64];
-    int got = 0;
-    uint64_t end = cm_now_ns() + (uint64_t)timeout_ms * 1000000ull;
-    while (got < n && cm_now_ns() < end) {
-        int k = cm_xfer_cq_poll(cq, c, 64, 100);
-        for (int i = 0; i < k; i++)
-            if (c[i].status && n_err) (*n_err)++;
-        if (k > 0) got += k;
-    }
-    return got;
-}
+static int accepted_peer(cm_xfer *x) { return xt_peer_up(x, 3000); }
 
 TEST(key_text) {
     cm_xfer_key k, k2;
@@ -128,12 +111,12 @@ TEST(write_imm_and_counters) {
     CHECK(!memcmp(dst, src, n));
     CHECK(cm_xfer_imm_poll(a, 11) == 0); /* consumed */
     int err = 0;
-    CHECK(drain(cq, 2, &err, 3000) == 2 && err == 0);
+    CHECK(xt_drain(cq, 2, &err, 3000) == 2 && err == 0);
     /* unordered: 40 small writes with 4 immediates, counted, not ordered */
     for (int i = 0; i < 40; i++)
         CHECK_OK(cm_xfer_write_imm(b, pb, msrc, (size_t)i * 1000, &d2, (size_t)i * 1000, 1000, 100 + i % 4, cq, 10 + i));
     for (int k = 0; k < 4; k++) CHECK_OK(cm_xfer_imm_wait(a, pa, 100 + k, 10, 5000));
-    CHECK(drain(cq, 40, &err, 3000) == 40 && err == 0);
+    CHECK(xt_drain(cq, 40, &err, 3000) == 40 && err == 0);
     CHECK(cm_xfer_imm_wait(a, pa, 100, 1, 50) == CM_ETIMEDOUT);
     /* local range checks refuse without a completion */
     CHECK(cm_xfer_write_imm(b, pb, msrc, 0, &d2, n - 10, 11, 1, cq, 0) == CM_ERANGE);
@@ -144,7 +127,7 @@ TEST(write_imm_and_counters) {
     CHECK_OK(cm_xfer_write_paged(b, pb, msrc, sp, &d2, dp, 2, 4096, 77, cq, 99));
     CHECK_OK(cm_xfer_imm_wait(a, pa, 77, 1, 5000));
     CHECK(!memcmp(dst, src + 3 * 4096, 4096) && !memcmp(dst + 5 * 4096, src + 4096, 4096));
-    CHECK(drain(cq, 1, &err, 3000) == 1 && err == 0);
+    CHECK(xt_drain(cq, 1, &err, 3000) == 1 && err == 0);
     cm_xfer_cq_destroy(b, cq);
     cm_xfer_mr_deregister(a, mdst);
     cm_xfer_mr_deregister(b, msrc);
@@ -303,16 +286,11 @@ TEST(send_recv_order) {
     for (int i = 0; i < N / 2; i++) CHECK_OK(cm_xfer_recv_post(a, pa, mr, (size_t)i * 4, 4, cqa, (uint64_t)i));
     for (int i = 0; i < N; i++) CHECK_OK(cm_xfer_send(b, pb, ms, (size_t)i * 4, 4, cqb, (uint64_t)i));
     int err = 0;
-    CHECK(drain(cqb, N, &err, 3000) == N && err == 0);
+    CHECK(xt_drain(cqb, N, &err, 3000) == N && err == 0);
     cm_sleep_ms(50);
     for (int i = N / 2; i < N; i++) CHECK_OK(cm_xfer_recv_post(a, CM_XFER_ANY_PEER, mr, (size_t)i * 4, 4, cqa, (uint64_t)i));
     cm_xfer_completion c[N];
-    int k = 0;
-    uint64_t end = cm_now_ns() + 3000000000ull;
-    while (k < N && cm_now_ns() < end) {
-        int r = cm_xfer_cq_poll(cqa, c + k, N - k, 100);
-        if (r > 0) k += r;
-    }
+    int k = xt_collect(cqa, c, N, 3000);
     CHECK(k == N);
     for (int i = 0; i < k; i++) CHECK(c[i].status == CM_OK && c[i].bytes == 4 && c[i].peer == pa);
     int in_order = 1;
@@ -400,7 +378,7 @@ static void *writer_main(void *p) {
         if (cm_xfer_write_imm(w->x, w->peer, w->src, off, w->dst, off, len, 42, cq, (uint64_t)i)) w->errors++;
     }
     int err = 0;
-    if (drain(cq, w->n_writes, &err, 20000) != w->n_writes) w->errors++;
+    if (xt_drain(cq, w->n_writes, &err, 20000) != w->n_writes) w->errors++;
     w->errors += err;
     cm_xfer_cq_destroy(w->x, cq);
     return NULL;
@@ -456,7 +434,7 @@ TEST(concurrent_writers_and_striping) {
     CHECK_OK(cm_xfer_imm_wait(a, pa, 43, 3, 20000));
     CHECK(!memcmp(dst, src, 32u << 20));
     int err = 0;
-    CHECK(drain(cq, 3, &err, 5000) == 3 && err == 0);
+    CHECK(xt_drain(cq, 3, &err, 5000) == 3 && err == 0);
     CHECK_OK(cm_xfer_peer_links(b, pb, after, 2, &nl));
     uint64_t s0 = after[0].bytes_sent - before[0].bytes_sent, s1 = after[1].bytes_sent - before[1].bytes_sent;
     CHECK_MSG(s0 > (8u << 20) && s1 > (8u << 20), "link bytes %llu / %llu: not striped", (unsigned long long)s0,
@@ -775,7 +753,7 @@ TEST(peer_killed_mid_transfer_and_reconnect) {
     CHECK_MSG(stall_ms < 3000, "stopped peer noticed after %.0f ms (timeout 1000)", stall_ms);
     fprintf(stderr, "  stopped peer detected after %.0f ms\n", stall_ms);
     CHECK(cm_xfer_imm_wait(x, peer, 3, 1, 5000) == CM_EPEER);
-    done += drain(cq, issued - done, &errs, 5000);
+    done += xt_drain(cq, issued - done, &errs, 5000);
     CHECK_MSG(done == issued, "%d of %d writes completed", done, issued);
     CHECK(errs > 0);
     kill(child, SIGKILL);
@@ -801,7 +779,7 @@ TEST(peer_killed_mid_transfer_and_reconnect) {
     double kill_ms = (double)(cm_now_ns() - t0) / 1e6;
     CHECK_MSG(kill_ms < 2000, "killed peer noticed after %.0f ms", kill_ms);
     fprintf(stderr, "  killed peer detected after %.0f ms\n", kill_ms);
-    done += drain(cq, issued - done, &errs, 5000);
+    done += xt_drain(cq, issued - done, &errs, 5000);
     CHECK(done == issued);
     waitpid(child, NULL, 0);
     cm_xfer_event ev;
@@ -821,7 +799,7 @@ TEST(peer_killed_mid_transfer_and_reconnect) {
     CHECK_OK(cm_xfer_write_imm(x, p2, ms, 0, &od, 0, 16, 2, cq, 0));
     CHECK_OK(cm_xfer_imm_wait(other, CM_XFER_ANY_PEER, 2, 1, 3000));
     CHECK(r[0] == 0x33);
-    drain(cq, 1, NULL, 2000);
+    xt_drain(cq, 1, NULL, 2000);
     cm_xfer_mr_deregister(other, mo);
     cm_xfer_cq_destroy(x, cq);
     cm_xfer_mr_deregister(x, ms);
@@ -889,7 +867,7 @@ TEST(spinning_waiter_peer_gone) {
             CHECK_OK(cm_xfer_write_imm(a, pa, m_out_a, 0, &to_b, 0, 8, 8, cq, 0));
             CHECK_OK(cm_xfer_imm_wait(b, pb, 8, 1, 5000));
         }
-        CHECK(drain(cq, 20, NULL, 5000) == 20);
+        CHECK(xt_drain(cq, 20, NULL, 5000) == 20);
         waiter_arg w = {.x = b, .peer = pb, .rc = 1};
         pthread_t th;
         CHECK(pthread_create(&th, NULL, waiter_main, &w) == 0);

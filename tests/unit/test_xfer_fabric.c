@@ -20,16 +20,14 @@
 #include "xfer/backend.h"
 #include "xfer/fabric_proto.h"
 #include "xfer/xfer.h"
+#include "xfer_util.h"
 
 static cm_xfer_key g_key;
 static char g_skip[300];
 
 static cm_xfer *engine(const char *listen, const cm_xfer_key *key, int timeout_ms) {
     cm_xfer_config cfg;
-    cm_xfer_config_init(&cfg);
-    cfg.backend = "fabric";
-    cfg.backend_strict = 1;
-    cfg.key = key ? *key : g_key;
+    xt_config(&cfg, "fabric", key ? key : &g_key);
     cfg.listen = listen;
     cfg.chunk_bytes = 64 << 10;
     if (timeout_ms) cfg.peer_timeout_ms = timeout_ms, cfg.heartbeat_ms = timeout_ms / 5;
@@ -39,33 +37,9 @@ static cm_xfer *engine(const char *listen, const cm_xfer_key *key, int timeout_m
     return x;
 }
 
-static int dial(cm_xfer *x, cm_xfer *server, int *peer) {
-    char a[96];
-    if (cm_xfer_listen_addr(server, a, sizeof a)) return CM_ENOTFOUND;
-    const char *addrs[1] = {a};
-    return cm_xfer_connect(x, addrs, 1, 5000, peer);
-}
+static int dial(cm_xfer *x, cm_xfer *server, int *peer) { return xt_dial(x, server, 5000, peer); }
 
-static int accepted_peer(cm_xfer *x) {
-    cm_xfer_event ev;
-    while (cm_xfer_event_next(x, &ev, 5000) == CM_OK)
-        if (ev.type == CM_XFER_EV_PEER_UP) return ev.peer;
-    return -1;
-}
-
-/* Waits for n completions; counts those that failed. */
-static int drain(cm_xfer_cq *cq, int n, int *n_err, int timeout_ms) {
-    cm_xfer_completion c[64];
-    int got = 0;
-    uint64_t end = cm_now_ns() + (uint64_t)timeout_ms * 1000000ull;
-    while (got < n && cm_now_ns() < end) {
-        int k = cm_xfer_cq_poll(cq, c, 64, 100);
-        for (int i = 0; i < k; i++)
-            if (c[i].status && n_err) (*n_err)++;
-        if (k > 0) got += k;
-    }
-    return got;
-}
+static int accepted_peer(cm_xfer *x) { return xt_peer_up(x, 5000); }
 
 /* Passes a descriptor the way an application does: through its wire form. */
 static cm_xfer_mr_desc desc_through_wire(const cm_xfer_mr *mr) {
@@ -137,7 +111,7 @@ TEST(write_imm_lands_and_counts) {
     CHECK_OK(cm_xfer_write_imm(b, pa, msrc, 4096, &d, 65536, 1u << 20, 7, cq, 2));
     CHECK_OK(cm_xfer_write_imm(b, pa, NULL, 0, &d, 0, 0, 7, cq, 3));
     int errs = 0;
-    CHECK(drain(cq, 3, &errs, 5000) == 3);
+    CHECK(xt_drain(cq, 3, &errs, 5000) == 3);
     CHECK(errs == 0);
     CHECK_OK(cm_xfer_imm_wait(a, pb, 7, 3, 5000));
     CHECK(cm_xfer_imm_poll(a, 7) == 0); /* exactly one per write */
@@ -152,7 +126,7 @@ TEST(write_imm_lands_and_counts) {
     for (int i = 0; i < n; i++)
         CHECK_OK(cm_xfer_write_imm(b, pa, msrc, (size_t)i * 8192, &d, (uint64_t)i * 8192, 8192, i % 2 ? 11 : 12, cq, 10));
     errs = 0;
-    CHECK(drain(cq, n, &errs, 10000) == n);
+    CHECK(xt_drain(cq, n, &errs, 10000) == n);
     CHECK(errs == 0);
     CHECK_OK(cm_xfer_imm_wait(a, pb, 11, n / 2, 5000));
     CHECK_OK(cm_xfer_imm_wait(a, pb, 12, n / 2, 5000));
@@ -164,7 +138,7 @@ TEST(write_imm_lands_and_counts) {
     CHECK_OK(cm_xfer_write_paged(b, pa, msrc, sp, &d, dp, 3, 4096, 13, cq, 20));
     CHECK_OK(cm_xfer_imm_wait(a, pb, 13, 1, 5000));
     for (int i = 0; i < 3; i++) CHECK(!memcmp(dst + dp[i] * 4096, src + sp[i] * 4096, 4096));
-    CHECK(drain(cq, 1, NULL, 2000) == 1);
+    CHECK(xt_drain(cq, 1, NULL, 2000) == 1);
 
     cm_xfer_cq_destroy(b, cq);
     cm_xfer_mr_deregister(a, mdst);
@@ -201,7 +175,7 @@ TEST(send_recv_in_order) {
     CHECK_OK(cm_xfer_send(b, pa, ms, 0, 0, cqb, 3));
     CHECK_OK(cm_xfer_send(b, pa, ms, 0, 100, cqb, 4)); /* lands in a 50-byte buffer */
     int errs = 0;
-    CHECK(drain(cqb, 4, &errs, 5000) == 4);
+    CHECK(xt_drain(cqb, 4, &errs, 5000) == 4);
     CHECK(errs == 0);
     cm_xfer_completion c[4];
     CHECK(cm_xfer_cq_poll(cqa, c, 1, 5000) == 1);
@@ -209,12 +183,7 @@ TEST(send_recv_in_order) {
     CHECK_OK(cm_xfer_recv_post(a, CM_XFER_ANY_PEER, mr, 64, 2 * big, cqa, 101));
     CHECK_OK(cm_xfer_recv_post(a, pb, mr, 64 + 2 * big, 16, cqa, 102));
     CHECK_OK(cm_xfer_recv_post(a, pb, mr, 64 + 2 * big + 16, 50, cqa, 103));
-    int got = 0;
-    uint64_t end = cm_now_ns() + 5000000000ull;
-    while (got < 3 && cm_now_ns() < end) {
-        int k = cm_xfer_cq_poll(cqa, c + got, 3 - got, 100);
-        if (k > 0) got += k;
-    }
+    int got = xt_collect(cqa, c, 3, 5000);
     CHECK_MSG(got == 3, "%d recvs completed (first: %llu, status %d)", got, got ? (unsigned long long)c[0].user_data : 0ull,
               got ? c[0].status : 0);
     if (got == 3) {

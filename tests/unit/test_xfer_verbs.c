@@ -23,6 +23,7 @@
 #include "xfer/verbs_plan.h"
 #include "xfer/verbs_proto.h"
 #include "xfer/xfer.h"
+#include "xfer_util.h"
 
 static cm_xfer_key g_key;
 
@@ -39,10 +40,7 @@ TEST(no_device_path) {
     CHECK(strstr(why, "use --backend tcp") != NULL);
 
     cm_xfer_config cfg;
-    cm_xfer_config_init(&cfg);
-    cfg.key = g_key;
-    cfg.backend = "verbs";
-    cfg.backend_strict = 1;
+    xt_config(&cfg, "verbs", &g_key);
     cm_xfer *x = NULL;
     int rc = cm_xfer_create(&cfg, &x);
     CHECK(rc == CM_EUNSUPPORTED && x == NULL);
@@ -64,14 +62,9 @@ TEST(no_device_path) {
         return;
     }
     CHECK(!strcmp(cm_xfer_backend_name(a), "tcp"));
-    char addr[96];
-    CHECK_OK(cm_xfer_listen_addr(a, addr, sizeof addr));
-    const char *addrs[1] = {addr};
-    int pa = -1, pb = -1;
-    CHECK_OK(cm_xfer_connect(b, addrs, 1, 3000, &pa));
-    cm_xfer_event ev;
-    while (pb < 0 && cm_xfer_event_next(a, &ev, 3000) == CM_OK)
-        if (ev.type == CM_XFER_EV_PEER_UP) pb = ev.peer;
+    int pa = -1;
+    CHECK_OK(xt_dial(b, a, 3000, &pa));
+    int pb = xt_peer_up(a, 3000);
     static uint8_t dst[256], src[256];
     for (int i = 0; i < 256; i++) src[i] = (uint8_t)(255 - i);
     cm_xfer_mr *md = NULL, *ms = NULL;
@@ -482,10 +475,7 @@ TEST(side_records) {
 static int verbs_pair(cm_xfer **a, cm_xfer **b, int *pa, int *pb, char *why, size_t cap) {
     *a = *b = NULL;
     cm_xfer_config cfg;
-    cm_xfer_config_init(&cfg);
-    cfg.key = g_key;
-    cfg.backend = "verbs";
-    cfg.backend_strict = 1;
+    xt_config(&cfg, "verbs", &g_key);
     cfg.listen = "127.0.0.1:0";
     cfg.chunk_bytes = 64 << 10;
     cfg.peer_timeout_ms = 2000;
@@ -502,16 +492,12 @@ static int verbs_pair(cm_xfer **a, cm_xfer **b, int *pa, int *pb, char *why, siz
         *a = NULL;
         return 0;
     }
-    char addr[96];
-    const char *addrs[1] = {addr};
     *pa = *pb = -1;
-    if (cm_xfer_listen_addr(*a, addr, sizeof addr) || cm_xfer_connect(*b, addrs, 1, 5000, pa)) {
+    if (xt_dial(*b, *a, 5000, pa)) {
         snprintf(why, cap, "connect failed: %s", cm_last_error(CM_ECONN));
         return -1;
     }
-    cm_xfer_event ev;
-    while (*pb < 0 && cm_xfer_event_next(*a, &ev, 5000) == CM_OK)
-        if (ev.type == CM_XFER_EV_PEER_UP) *pb = ev.peer;
+    *pb = xt_peer_up(*a, 5000);
     if (*pb < 0) {
         snprintf(why, cap, "the listening engine never saw its peer come up");
         return -1;
@@ -523,173 +509,175 @@ static void fill(uint8_t *p, size_t n, uint32_t seed) {
     for (size_t i = 0; i < n; i++) p[i] = (uint8_t)((i * 2654435761u + seed) >> 13);
 }
 
-TEST(device_write_imm) {
+/* Runs a device test's body on a fresh pair of engines (verbs_pair) and
+ * destroys what the body left (a body that destroys an engine itself sets
+ * its pointer to NULL). Returns verbs_pair's answer: 1 the body ran, 0
+ * verbs cannot run here (why says why: the test skips), -1 the pair failed
+ * (a failed check). */
+typedef void device_body(cm_xfer **ap, cm_xfer **bp, int pa, int pb);
+static int on_verbs_pair(device_body *body, char *why, size_t cap) {
     cm_xfer *a, *b;
     int pa, pb;
-    char why[512];
-    int ok = verbs_pair(&a, &b, &pa, &pb, why, sizeof why);
-    if (ok == 0) TEST_SKIP("%s", why);
-    CHECK_MSG(ok == 1, "%s", why);
-    if (ok != 1) goto out;
-    {
-        size_t n = 3u << 20;
-        uint8_t *dst = calloc(1, n), *src = malloc(n);
-        fill(src, n, 1);
-        cm_xfer_mr *md = NULL, *ms = NULL;
-        CHECK_OK(cm_xfer_mr_register(a, dst, n, CM_XFER_MR_REMOTE_WRITE, &md));
-        CHECK_OK(cm_xfer_mr_allow(a, md, pb));
-        CHECK_OK(cm_xfer_mr_register(b, src, n, 0, &ms));
-        cm_xfer_cq *cq = NULL;
-        CHECK_OK(cm_xfer_cq_create(b, &cq));
-        cm_xfer_mr_desc d;
-        cm_xfer_mr_desc_get(md, &d);
-        CHECK(d.n_rkeys == 1 && d.addr == (uint64_t)(uintptr_t)dst);
-        /* one big write of 48 segments: the counter grows once */
-        CHECK_OK(cm_xfer_write_imm(b, pa, ms, 0, &d, 0, n, 7, cq, 1));
-        CHECK_OK(cm_xfer_imm_wait(a, pb, 7, 1, 5000));
-        CHECK(!memcmp(dst, src, n));
-        CHECK(cm_xfer_imm_poll(a, 7) == 0);
-        /* many small writes in flight at once (more than the send queue and
-         * the peer's receives hold): every one counted once */
-        fill(src, n, 2);
-        int k = 600;
-        for (int i = 0; i < k; i++) CHECK_OK(cm_xfer_write_imm(b, pa, ms, (size_t)i * 4096, &d, (size_t)i * 4096, 4096, 9, cq, 2));
-        CHECK_OK(cm_xfer_imm_wait(a, pb, 9, (uint64_t)k, 10000));
-        CHECK(!memcmp(dst, src, (size_t)k * 4096));
-        /* immediate-only */
-        CHECK_OK(cm_xfer_write_imm(b, pa, NULL, 0, &d, 0, 0, 11, cq, 3));
-        CHECK_OK(cm_xfer_imm_wait(a, pb, 11, 1, 5000));
-        /* every local completion arrives, each OK */
-        int got = 0, bad = 0;
-        cm_xfer_completion c[64];
-        while (got < k + 2) {
-            int m = cm_xfer_cq_poll(cq, c, 64, 5000);
-            if (m <= 0) break;
-            for (int i = 0; i < m; i++) bad += c[i].status != CM_OK;
-            got += m;
-        }
-        CHECK_MSG(got == k + 2 && bad == 0, "%d completions, %d failed", got, bad);
-        cm_xfer_mr_deregister(a, md);
-        cm_xfer_mr_deregister(b, ms);
-        cm_xfer_destroy(b);
-        b = NULL;
-        cm_xfer_cq_destroy(NULL, cq);
-        free(dst);
-        free(src);
-    }
-out:
+    int ok = verbs_pair(&a, &b, &pa, &pb, why, cap);
+    if (ok != 0) CHECK_MSG(ok == 1, "%s", why);
+    if (ok == 1) body(&a, &b, pa, pb);
     cm_xfer_destroy(b);
     cm_xfer_destroy(a);
+    return ok;
+}
+
+static void write_imm_body(cm_xfer **ap, cm_xfer **bp, int pa, int pb) {
+    cm_xfer *a = *ap, *b = *bp;
+    size_t n = 3u << 20;
+    uint8_t *dst = calloc(1, n), *src = malloc(n);
+    fill(src, n, 1);
+    cm_xfer_mr *md = NULL, *ms = NULL;
+    CHECK_OK(cm_xfer_mr_register(a, dst, n, CM_XFER_MR_REMOTE_WRITE, &md));
+    CHECK_OK(cm_xfer_mr_allow(a, md, pb));
+    CHECK_OK(cm_xfer_mr_register(b, src, n, 0, &ms));
+    cm_xfer_cq *cq = NULL;
+    CHECK_OK(cm_xfer_cq_create(b, &cq));
+    cm_xfer_mr_desc d;
+    cm_xfer_mr_desc_get(md, &d);
+    CHECK(d.n_rkeys == 1 && d.addr == (uint64_t)(uintptr_t)dst);
+    /* one big write of 48 segments: the counter grows once */
+    CHECK_OK(cm_xfer_write_imm(b, pa, ms, 0, &d, 0, n, 7, cq, 1));
+    CHECK_OK(cm_xfer_imm_wait(a, pb, 7, 1, 5000));
+    CHECK(!memcmp(dst, src, n));
+    CHECK(cm_xfer_imm_poll(a, 7) == 0);
+    /* many small writes in flight at once (more than the send queue and
+     * the peer's receives hold): every one counted once */
+    fill(src, n, 2);
+    int k = 600;
+    for (int i = 0; i < k; i++) CHECK_OK(cm_xfer_write_imm(b, pa, ms, (size_t)i * 4096, &d, (size_t)i * 4096, 4096, 9, cq, 2));
+    CHECK_OK(cm_xfer_imm_wait(a, pb, 9, (uint64_t)k, 10000));
+    CHECK(!memcmp(dst, src, (size_t)k * 4096));
+    /* immediate-only */
+    CHECK_OK(cm_xfer_write_imm(b, pa, NULL, 0, &d, 0, 0, 11, cq, 3));
+    CHECK_OK(cm_xfer_imm_wait(a, pb, 11, 1, 5000));
+    /* every local completion arrives, each OK */
+    int got = 0, bad = 0;
+    cm_xfer_completion c[64];
+    while (got < k + 2) {
+        int m = cm_xfer_cq_poll(cq, c, 64, 5000);
+        if (m <= 0) break;
+        for (int i = 0; i < m; i++) bad += c[i].status != CM_OK;
+        got += m;
+    }
+    CHECK_MSG(got == k + 2 && bad == 0, "%d completions, %d failed", got, bad);
+    cm_xfer_mr_deregister(a, md);
+    cm_xfer_mr_deregister(b, ms);
+    cm_xfer_destroy(b);
+    *bp = NULL;
+    cm_xfer_cq_destroy(NULL, cq);
+    free(dst);
+    free(src);
+}
+
+TEST(device_write_imm) {
+    char why[512];
+    if (!on_verbs_pair(write_imm_body, why, sizeof why)) TEST_SKIP("%s", why);
+}
+
+static void send_recv_body(cm_xfer **ap, cm_xfer **bp, int pa, int pb) {
+    cm_xfer *a = *ap, *b = *bp;
+    size_t sizes[] = {0, 1, 100, 5000, 70000, 1u << 20};
+    int ns = (int)(sizeof sizes / sizeof sizes[0]);
+    size_t cap = 1u << 20;
+    uint8_t *src = malloc(cap), *dst = calloc((size_t)ns, cap);
+    cm_xfer_mr *ms = NULL, *md = NULL;
+    CHECK_OK(cm_xfer_mr_register(b, src, cap, 0, &ms));
+    CHECK_OK(cm_xfer_mr_register(a, dst, (size_t)ns * cap, 0, &md));
+    cm_xfer_cq *rq = NULL;
+    CHECK_OK(cm_xfer_cq_create(a, &rq));
+    fill(src, cap, 5);
+    /* half the recvs posted before, half after the sends (unexpected path) */
+    for (int i = 0; i < ns / 2; i++) CHECK_OK(cm_xfer_recv_post(a, pb, md, (size_t)i * cap, cap, rq, (uint64_t)i));
+    for (int i = 0; i < ns; i++) CHECK_OK(cm_xfer_send(b, pa, ms, 0, sizes[i], NULL, 0));
+    for (int i = ns / 2; i < ns; i++) CHECK_OK(cm_xfer_recv_post(a, pb, md, (size_t)i * cap, cap, rq, (uint64_t)i));
+    int got = 0;
+    cm_xfer_completion c[8];
+    while (got < ns) {
+        int m = cm_xfer_cq_poll(rq, c, 8, 5000);
+        if (m <= 0) break;
+        for (int i = 0; i < m; i++) {
+            int k = (int)c[i].user_data;
+            CHECK_MSG(c[i].status == CM_OK && c[i].bytes == sizes[k], "recv %d: status %d, %zu bytes", k, c[i].status,
+                      c[i].bytes);
+            CHECK(k == got + i); /* in order */
+            CHECK(!memcmp(dst + (size_t)k * cap, src, sizes[k]));
+        }
+        got += m;
+    }
+    CHECK(got == ns);
+    /* a message larger than the posted buffer: CM_ERANGE, the link lives on */
+    CHECK_OK(cm_xfer_recv_post(a, pb, md, 0, 10, rq, 100));
+    CHECK_OK(cm_xfer_send(b, pa, ms, 0, 11, NULL, 0));
+    CHECK(cm_xfer_cq_poll(rq, c, 1, 5000) == 1 && c[0].status == CM_ERANGE && c[0].user_data == 100);
+    CHECK_OK(cm_xfer_recv_post(a, pb, md, 0, 10, rq, 101));
+    CHECK_OK(cm_xfer_send(b, pa, ms, 0, 10, NULL, 0));
+    CHECK(cm_xfer_cq_poll(rq, c, 1, 5000) == 1 && c[0].status == CM_OK && c[0].bytes == 10);
+    CHECK_OK(cm_xfer_peer_status(b, pa));
+    cm_xfer_mr_deregister(a, md);
+    cm_xfer_mr_deregister(b, ms);
+    cm_xfer_destroy(a);
+    *ap = NULL;
+    cm_xfer_cq_destroy(NULL, rq);
+    free(src);
+    free(dst);
 }
 
 TEST(device_send_recv) {
-    cm_xfer *a, *b;
-    int pa, pb;
     char why[512];
-    int ok = verbs_pair(&a, &b, &pa, &pb, why, sizeof why);
-    if (ok == 0) TEST_SKIP("%s", why);
-    CHECK_MSG(ok == 1, "%s", why);
-    if (ok != 1) goto out;
-    {
-        size_t sizes[] = {0, 1, 100, 5000, 70000, 1u << 20};
-        int ns = (int)(sizeof sizes / sizeof sizes[0]);
-        size_t cap = 1u << 20;
-        uint8_t *src = malloc(cap), *dst = calloc((size_t)ns, cap);
-        cm_xfer_mr *ms = NULL, *md = NULL;
-        CHECK_OK(cm_xfer_mr_register(b, src, cap, 0, &ms));
-        CHECK_OK(cm_xfer_mr_register(a, dst, (size_t)ns * cap, 0, &md));
-        cm_xfer_cq *rq = NULL;
-        CHECK_OK(cm_xfer_cq_create(a, &rq));
-        fill(src, cap, 5);
-        /* half the recvs posted before, half after the sends (unexpected path) */
-        for (int i = 0; i < ns / 2; i++) CHECK_OK(cm_xfer_recv_post(a, pb, md, (size_t)i * cap, cap, rq, (uint64_t)i));
-        for (int i = 0; i < ns; i++) CHECK_OK(cm_xfer_send(b, pa, ms, 0, sizes[i], NULL, 0));
-        for (int i = ns / 2; i < ns; i++) CHECK_OK(cm_xfer_recv_post(a, pb, md, (size_t)i * cap, cap, rq, (uint64_t)i));
-        int got = 0;
-        cm_xfer_completion c[8];
-        while (got < ns) {
-            int m = cm_xfer_cq_poll(rq, c, 8, 5000);
-            if (m <= 0) break;
-            for (int i = 0; i < m; i++) {
-                int k = (int)c[i].user_data;
-                CHECK_MSG(c[i].status == CM_OK && c[i].bytes == sizes[k], "recv %d: status %d, %zu bytes", k, c[i].status,
-                          c[i].bytes);
-                CHECK(k == got + i); /* in order */
-                CHECK(!memcmp(dst + (size_t)k * cap, src, sizes[k]));
-            }
-            got += m;
-        }
-        CHECK(got == ns);
-        /* a message larger than the posted buffer: CM_ERANGE, the link lives on */
-        CHECK_OK(cm_xfer_recv_post(a, pb, md, 0, 10, rq, 100));
-        CHECK_OK(cm_xfer_send(b, pa, ms, 0, 11, NULL, 0));
-        CHECK(cm_xfer_cq_poll(rq, c, 1, 5000) == 1 && c[0].status == CM_ERANGE && c[0].user_data == 100);
-        CHECK_OK(cm_xfer_recv_post(a, pb, md, 0, 10, rq, 101));
-        CHECK_OK(cm_xfer_send(b, pa, ms, 0, 10, NULL, 0));
-        CHECK(cm_xfer_cq_poll(rq, c, 1, 5000) == 1 && c[0].status == CM_OK && c[0].bytes == 10);
-        CHECK_OK(cm_xfer_peer_status(b, pa));
-        cm_xfer_mr_deregister(a, md);
-        cm_xfer_mr_deregister(b, ms);
-        cm_xfer_destroy(a);
-        a = NULL;
-        cm_xfer_cq_destroy(NULL, rq);
-        free(src);
-        free(dst);
-    }
-out:
-    cm_xfer_destroy(b);
-    cm_xfer_destroy(a);
+    if (!on_verbs_pair(send_recv_body, why, sizeof why)) TEST_SKIP("%s", why);
 }
 
 /* A write into a region that is not remotely writable fails the peer (the
  * NIC refuses it on RC; the core's check refuses the frame on UC) instead
  * of landing; a peer that dies wakes its waiters with an error. */
+static void refused_write_body(cm_xfer **ap, cm_xfer **bp, int pa, int pb) {
+    cm_xfer *a = *ap, *b = *bp;
+    (void)pb;
+    static uint8_t dst[8192], src[8192];
+    memset(dst, 0, sizeof dst);
+    memset(src, 0x5a, sizeof src);
+    cm_xfer_mr *md = NULL, *ms = NULL;
+    CHECK_OK(cm_xfer_mr_register(a, dst, sizeof dst, CM_XFER_MR_LOCAL, &md));
+    CHECK_OK(cm_xfer_mr_register(b, src, sizeof src, 0, &ms));
+    cm_xfer_mr_desc d;
+    cm_xfer_mr_desc_get(md, &d);
+    CHECK_OK(cm_xfer_write_imm(b, pa, ms, 0, &d, 0, sizeof src, 3, NULL, 0));
+    int rc = cm_xfer_imm_wait(b, pa, 12345, 1, 5000); /* returns when b sees the peer fail */
+    CHECK_MSG(rc != CM_OK && rc != CM_ETIMEDOUT, "wait returned %d", rc);
+    CHECK(cm_xfer_peer_status(b, pa) != CM_OK);
+    CHECK(cm_xfer_imm_poll(a, 3) == 0);
+    for (size_t i = 0; i < sizeof dst; i++)
+        if (dst[i]) {
+            CHECK_MSG(0, "byte %zu of a read-only region was written", i);
+            break;
+        }
+    cm_xfer_mr_deregister(a, md);
+    cm_xfer_mr_deregister(b, ms);
+}
+
+/* a peer that dies mid-wait */
+static void peer_dies_body(cm_xfer **ap, cm_xfer **bp, int pa, int pb) {
+    cm_xfer *b = *bp;
+    (void)pb;
+    cm_xfer_destroy(*ap);
+    *ap = NULL;
+    int rc = cm_xfer_imm_wait(b, pa, 1, 1, 8000);
+    CHECK_MSG(rc == CM_EPEER || rc == CM_ECLOSED || rc == CM_ETIMEDOUT, "wait returned %d", rc);
+    CHECK(cm_xfer_peer_status(b, pa) != CM_OK);
+}
+
 TEST(device_faults) {
-    cm_xfer *a, *b;
-    int pa, pb;
     char why[512];
-    int ok = verbs_pair(&a, &b, &pa, &pb, why, sizeof why);
+    int ok = on_verbs_pair(refused_write_body, why, sizeof why);
     if (ok == 0) TEST_SKIP("%s", why);
-    CHECK_MSG(ok == 1, "%s", why);
-    if (ok != 1) goto out;
-    {
-        static uint8_t dst[8192], src[8192];
-        memset(dst, 0, sizeof dst);
-        memset(src, 0x5a, sizeof src);
-        cm_xfer_mr *md = NULL, *ms = NULL;
-        CHECK_OK(cm_xfer_mr_register(a, dst, sizeof dst, CM_XFER_MR_LOCAL, &md));
-        CHECK_OK(cm_xfer_mr_register(b, src, sizeof src, 0, &ms));
-        cm_xfer_mr_desc d;
-        cm_xfer_mr_desc_get(md, &d);
-        CHECK_OK(cm_xfer_write_imm(b, pa, ms, 0, &d, 0, sizeof src, 3, NULL, 0));
-        int rc = cm_xfer_imm_wait(b, pa, 12345, 1, 5000); /* returns when b sees the peer fail */
-        CHECK_MSG(rc != CM_OK && rc != CM_ETIMEDOUT, "wait returned %d", rc);
-        CHECK(cm_xfer_peer_status(b, pa) != CM_OK);
-        CHECK(cm_xfer_imm_poll(a, 3) == 0);
-        for (size_t i = 0; i < sizeof dst; i++)
-            if (dst[i]) {
-                CHECK_MSG(0, "byte %zu of a read-only region was written", i);
-                break;
-            }
-        cm_xfer_mr_deregister(a, md);
-        cm_xfer_mr_deregister(b, ms);
-    }
-    cm_xfer_destroy(b);
-    cm_xfer_destroy(a);
-    /* a peer that dies mid-wait */
-    ok = verbs_pair(&a, &b, &pa, &pb, why, sizeof why);
-    CHECK_MSG(ok == 1, "%s", why);
-    if (ok != 1) goto out;
-    cm_xfer_destroy(a);
-    a = NULL;
-    {
-        int rc = cm_xfer_imm_wait(b, pa, 1, 1, 8000);
-        CHECK_MSG(rc == CM_EPEER || rc == CM_ECLOSED || rc == CM_ETIMEDOUT, "wait returned %d", rc);
-        CHECK(cm_xfer_peer_status(b, pa) != CM_OK);
-    }
-out:
-    cm_xfer_destroy(b);
-    cm_xfer_destroy(a);
+    if (ok != 1) return;
+    ok = on_verbs_pair(peer_dies_body, why, sizeof why);
+    if (ok == 0) CHECK_MSG(ok == 1, "%s", why);
 }
 
 static void run_device_tests(void) {

@@ -301,6 +301,13 @@ static int m_post_send(struct ibv_qp *qp, struct ibv_send_wr *wr, struct ibv_sen
 
 /* ---- the entry points ---- */
 
+/* Counts a verbs object made (+1) or freed (-1): check_clean wants none left. */
+static void live_add(int d) {
+    pthread_mutex_lock(&g_mu);
+    g_live += d;
+    pthread_mutex_unlock(&g_mu);
+}
+
 struct ibv_device **ibv_get_device_list(int *num_devices) {
     struct ibv_device **l = calloc(2, sizeof *l);
     l[0] = &g_dev;
@@ -319,16 +326,12 @@ struct ibv_context *ibv_open_device(struct ibv_device *device) {
     c->ops.req_notify_cq = m_req_notify_cq;
     c->ops.post_send = m_post_send;
     c->ops.post_recv = m_post_recv;
-    pthread_mutex_lock(&g_mu);
-    g_live++;
-    pthread_mutex_unlock(&g_mu);
+    live_add(1);
     return c;
 }
 
 int ibv_close_device(struct ibv_context *context) {
-    pthread_mutex_lock(&g_mu);
-    g_live--;
-    pthread_mutex_unlock(&g_mu);
+    live_add(-1);
     free(context);
     return 0;
 }
@@ -377,9 +380,7 @@ int ibv_query_gid(struct ibv_context *context, uint8_t port_num, int index, unio
 struct ibv_pd *ibv_alloc_pd(struct ibv_context *context) {
     struct ibv_pd *pd = calloc(1, sizeof *pd);
     pd->context = context;
-    pthread_mutex_lock(&g_mu);
-    g_live++;
-    pthread_mutex_unlock(&g_mu);
+    live_add(1);
     return pd;
 }
 
@@ -410,9 +411,7 @@ struct ibv_comp_channel *ibv_create_comp_channel(struct ibv_context *context) {
     c->ch.context = context;
     c->ch.fd = p[0];
     c->wfd = p[1];
-    pthread_mutex_lock(&g_mu);
-    g_live++;
-    pthread_mutex_unlock(&g_mu);
+    live_add(1);
     return &c->ch;
 }
 
@@ -709,10 +708,7 @@ TEST(mock_one_sge_packed) {
 /* One end RC, the other UC: refused at connect with a sentence saying so. */
 TEST(mock_type_mismatch) {
     cm_xfer_config cfg;
-    cm_xfer_config_init(&cfg);
-    cfg.key = g_key;
-    cfg.backend = "verbs";
-    cfg.backend_strict = 1;
+    xt_config(&cfg, "verbs", &g_key);
     cfg.listen = "127.0.0.1:0";
     cfg.peer_timeout_ms = 2000;
     unsetenv("CELLM_VERBS_QP");
@@ -723,11 +719,8 @@ TEST(mock_type_mismatch) {
     CHECK_OK(cm_xfer_create(&cfg, &b));
     unsetenv("CELLM_VERBS_QP");
     if (a && b) {
-        char addr[96];
-        const char *addrs[1] = {addr};
         int p = -1;
-        CHECK_OK(cm_xfer_listen_addr(a, addr, sizeof addr));
-        int rc = cm_xfer_connect(b, addrs, 1, 3000, &p);
+        int rc = xt_dial(b, a, 3000, &p);
         CHECK(rc != CM_OK);
         CHECK_MSG(strstr(cm_last_error(rc), "queue pairs") != NULL, "message: %s", cm_last_error(rc));
     }
@@ -739,10 +732,7 @@ TEST(mock_type_mismatch) {
 /* Wrong cell key: refused before any queue-pair info is exchanged. */
 TEST(mock_wrong_key) {
     cm_xfer_config cfg;
-    cm_xfer_config_init(&cfg);
-    cfg.key = g_key;
-    cfg.backend = "verbs";
-    cfg.backend_strict = 1;
+    xt_config(&cfg, "verbs", &g_key);
     cfg.listen = "127.0.0.1:0";
     cm_xfer *a = NULL, *b = NULL;
     CHECK_OK(cm_xfer_create(&cfg, &a));
@@ -750,11 +740,8 @@ TEST(mock_wrong_key) {
     cfg.key.bytes[0] ^= 1;
     CHECK_OK(cm_xfer_create(&cfg, &b));
     if (a && b) {
-        char addr[96];
-        const char *addrs[1] = {addr};
         int p = -1;
-        CHECK_OK(cm_xfer_listen_addr(a, addr, sizeof addr));
-        CHECK(cm_xfer_connect(b, addrs, 1, 3000, &p) == CM_EAUTH);
+        CHECK(xt_dial(b, a, 3000, &p) == CM_EAUTH);
     }
     cm_xfer_destroy(b);
     cm_xfer_destroy(a);
