@@ -383,29 +383,27 @@ TEST(api_parse) {
     expect_bad(CM_API_CHAT, "{\"messages\":[{\"role\":\"wizard\",\"content\":\"hi\"}]}", "messages[0].role");
     expect_bad(CM_API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":5}]}", "messages[0].content");
     const char *m = "\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]";
+    /* one bad field beside valid messages: the error names that field */
+    static const struct {
+        const char *field, *param;
+    } bad_fields[] = {
+        {"\"temperature\":\"hot\"", "temperature"},
+        {"\"temperature\":3", "temperature"},
+        {"\"max_tokens\":1.5", "max_tokens"},
+        {"\"max_tokens\":0", "max_tokens"},
+        {"\"stream\":\"yes\"", "stream"},
+        {"\"stop\":[1]", "stop"},
+        {"\"n\":2", "n"},
+        {"\"top_logprobs\":2", "top_logprobs"},
+        {"\"model\":7", "model"},
+        {"\"tools\":[{\"type\":\"function\"}]", "tools"},
+        {"\"response_format\":{\"type\":\"json_object\"}", "response_format"},
+    };
     char b[256];
-    snprintf(b, sizeof b, "{%s,\"temperature\":\"hot\"}", m);
-    expect_bad(CM_API_CHAT, b, "temperature");
-    snprintf(b, sizeof b, "{%s,\"temperature\":3}", m);
-    expect_bad(CM_API_CHAT, b, "temperature");
-    snprintf(b, sizeof b, "{%s,\"max_tokens\":1.5}", m);
-    expect_bad(CM_API_CHAT, b, "max_tokens");
-    snprintf(b, sizeof b, "{%s,\"max_tokens\":0}", m);
-    expect_bad(CM_API_CHAT, b, "max_tokens");
-    snprintf(b, sizeof b, "{%s,\"stream\":\"yes\"}", m);
-    expect_bad(CM_API_CHAT, b, "stream");
-    snprintf(b, sizeof b, "{%s,\"stop\":[1]}", m);
-    expect_bad(CM_API_CHAT, b, "stop");
-    snprintf(b, sizeof b, "{%s,\"n\":2}", m);
-    expect_bad(CM_API_CHAT, b, "n");
-    snprintf(b, sizeof b, "{%s,\"top_logprobs\":2}", m);
-    expect_bad(CM_API_CHAT, b, "top_logprobs");
-    snprintf(b, sizeof b, "{%s,\"model\":7}", m);
-    expect_bad(CM_API_CHAT, b, "model");
-    snprintf(b, sizeof b, "{%s,\"tools\":[{\"type\":\"function\"}]}", m);
-    expect_bad(CM_API_CHAT, b, "tools");
-    snprintf(b, sizeof b, "{%s,\"response_format\":{\"type\":\"json_object\"}}", m);
-    expect_bad(CM_API_CHAT, b, "response_format");
+    for (size_t i = 0; i < sizeof bad_fields / sizeof bad_fields[0]; i++) {
+        snprintf(b, sizeof b, "{%s,%s}", m, bad_fields[i].field);
+        expect_bad(CM_API_CHAT, b, bad_fields[i].param);
+    }
     expect_bad(CM_API_COMPLETION, "{\"prompt\":{}}", "prompt");
     expect_bad(CM_API_COMPLETION, "{\"prompt\":[-1]}", "prompt");
     expect_bad(CM_API_COMPLETION, "{\"prompt\":\"x\",\"logprobs\":true}", "logprobs");
@@ -537,19 +535,23 @@ TEST(prometheus_text) {
     cm_sched_stats st = {.n_queued = 2, .n_active = 3, .n_slots = 4, .kv_used_tokens = 10, .kv_cap_tokens = 40,
                          .kv_bytes = 4096};
     char *t = cm_metrics_prometheus(m, &st, "tiny\"model");
-    CHECK(strstr(t, "cellm_requests_total{code=\"200\"} 2\n") != NULL);
-    CHECK(strstr(t, "cellm_requests_total{code=\"429\"} 1\n") != NULL);
-    CHECK(strstr(t, "cellm_requests_total{code=\"other\"} 1\n") != NULL);
-    CHECK(strstr(t, "cellm_generated_tokens_total 11\n") != NULL);
-    CHECK(strstr(t, "cellm_time_to_first_token_seconds_bucket{le=\"0.025\"} 1\n") != NULL);
-    CHECK(strstr(t, "cellm_time_to_first_token_seconds_bucket{le=\"5\"} 1\n") != NULL);
-    CHECK(strstr(t, "cellm_time_to_first_token_seconds_bucket{le=\"10\"} 2\n") != NULL);
-    CHECK(strstr(t, "cellm_time_to_first_token_seconds_count 2\n") != NULL);
-    CHECK(strstr(t, "cellm_queue_depth 2\n") != NULL);
-    CHECK(strstr(t, "cellm_active_sequences 3\n") != NULL);
-    CHECK(strstr(t, "cellm_kv_cache_usage_ratio 0.250000\n") != NULL);
-    CHECK(strstr(t, "cellm_kv_cache_allocated_bytes 4096\n") != NULL);
-    CHECK(strstr(t, "model=\"tiny\\\"model\"") != NULL);
+    static const char *const want[] = {
+        "cellm_requests_total{code=\"200\"} 2\n",
+        "cellm_requests_total{code=\"429\"} 1\n",
+        "cellm_requests_total{code=\"other\"} 1\n",
+        "cellm_generated_tokens_total 11\n",
+        "cellm_time_to_first_token_seconds_bucket{le=\"0.025\"} 1\n",
+        "cellm_time_to_first_token_seconds_bucket{le=\"5\"} 1\n",
+        "cellm_time_to_first_token_seconds_bucket{le=\"10\"} 2\n",
+        "cellm_time_to_first_token_seconds_count 2\n",
+        "cellm_queue_depth 2\n",
+        "cellm_active_sequences 3\n",
+        "cellm_kv_cache_usage_ratio 0.250000\n",
+        "cellm_kv_cache_allocated_bytes 4096\n",
+        "model=\"tiny\\\"model\"",
+    };
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
+        CHECK_MSG(strstr(t, want[i]) != NULL, "the exposition lacks %s", want[i]);
     free(t);
     char *j = cm_metrics_json(m, &st, "tiny", 1.5);
     cJSON *root = cJSON_Parse(j);

@@ -158,15 +158,35 @@ static void check_text(const cm_tokenizer *t, const int32_t *ids, int n, bool sp
     free(s);
 }
 
+/* Each text tokenizes (with a BOS when bos) to some ids that detokenize
+ * back to exactly the text. */
+static void check_roundtrip(const cm_tokenizer *t, const char *const *texts, size_t n_texts, bool bos) {
+    for (size_t i = 0; i < n_texts; i++) {
+        int32_t *ids = NULL;
+        int n = tok(t, texts[i], strlen(texts[i]), bos, false, &ids);
+        CHECK(n > 0);
+        if (n > 0) check_text(t, ids, n, false, texts[i]);
+        free(ids);
+    }
+}
+
+/* Loads the vocabulary a write_*_vocab call just wrote: path is that
+ * call's result, NULL when writing failed. Both steps are checks. */
+static cm_tokenizer *load_synthetic(const char *path, cm_gguf **g) {
+    *g = NULL;
+    if (!path) {
+        CHECK(!"writing the synthetic vocabulary failed");
+        return NULL;
+    }
+    cm_tokenizer *t = load_path(path, g);
+    CHECK(t != NULL);
+    return t;
+}
+
 TEST(spm_synthetic) {
     char path[512];
-    if (!write_spm_vocab(path, sizeof path)) {
-        CHECK(!"writing the synthetic vocabulary failed");
-        return;
-    }
-    cm_gguf *g = NULL;
-    cm_tokenizer *t = load_path(path, &g);
-    CHECK(t != NULL);
+    cm_gguf *g;
+    cm_tokenizer *t = load_synthetic(write_spm_vocab(path, sizeof path), &g);
     if (!t) return;
     CHECK(cm_tokenizer_n_vocab(t) == 270);
     CHECK(cm_tokenizer_bos(t) == 1 && cm_tokenizer_eos(t) == 2);
@@ -211,13 +231,7 @@ TEST(spm_synthetic) {
     CHECK(cm_tokenize(t, "hi", 2, false, false, one, 1, &n_out) == CM_ERANGE && n_out == 3 && one[0] == 259);
 
     const char *rt[] = {"hello world", " leading space", "a  b\n\ttab", "\xe4\xbd\xa0\xe5\xa5\xbd", "trailing "};
-    for (size_t i = 0; i < sizeof rt / sizeof rt[0]; i++) {
-        int32_t *ids = NULL;
-        int n = tok(t, rt[i], strlen(rt[i]), true, false, &ids);
-        CHECK(n > 0);
-        if (n > 0) check_text(t, ids, n, false, rt[i]);
-        free(ids);
-    }
+    check_roundtrip(t, rt, sizeof rt / sizeof rt[0], true);
     cm_tokenizer_destroy(t);
     cm_gguf_close(g);
 }
@@ -268,13 +282,8 @@ static const char *write_bpe_vocab(char *path, size_t n_path, const char *pre) {
 
 TEST(bpe_synthetic) {
     char path[512];
-    if (!write_bpe_vocab(path, sizeof path, "gpt-2")) {
-        CHECK(!"writing the synthetic vocabulary failed");
-        return;
-    }
-    cm_gguf *g = NULL;
-    cm_tokenizer *t = load_path(path, &g);
-    CHECK(t != NULL);
+    cm_gguf *g;
+    cm_tokenizer *t = load_synthetic(write_bpe_vocab(path, sizeof path, "gpt-2"), &g);
     if (!t) return;
     CHECK(cm_tokenizer_n_vocab(t) == 270);
     CHECK(cm_tokenizer_bos(t) == -1 && cm_tokenizer_eos(t) == 264);
@@ -306,13 +315,7 @@ TEST(bpe_synthetic) {
     /* Byte-level BPE is lossless on any bytes, invalid UTF-8 included. */
     const char *rt[] = {"hello world", "  two  spaces  ", "tab\tnew\nline\r\n", "\xff\xfe\x80 \xc3", "caf\xc3\xa9 \xf0\x9f\x98\x80",
                         "it's 12345 o'clock"};
-    for (size_t i = 0; i < sizeof rt / sizeof rt[0]; i++) {
-        int32_t *ids = NULL;
-        int n = tok(t, rt[i], strlen(rt[i]), false, false, &ids);
-        CHECK(n > 0);
-        if (n > 0) check_text(t, ids, n, false, rt[i]);
-        free(ids);
-    }
+    check_roundtrip(t, rt, sizeof rt / sizeof rt[0], false);
     cm_tokenizer_destroy(t);
     cm_gguf_close(g);
 }
@@ -334,13 +337,8 @@ TEST(bpe_pre_tokenizers) {
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char path[512];
-        if (!write_bpe_vocab(path, sizeof path, cases[i].pre)) {
-            CHECK(!"writing the synthetic vocabulary failed");
-            return;
-        }
-        cm_gguf *g = NULL;
-        cm_tokenizer *t = load_path(path, &g);
-        CHECK(t != NULL);
+        cm_gguf *g;
+        cm_tokenizer *t = load_synthetic(write_bpe_vocab(path, sizeof path, cases[i].pre), &g);
         if (t) check_ids(t, "1234", false, false, cases[i].want, cases[i].n);
         cm_tokenizer_destroy(t);
         cm_gguf_close(g);
@@ -378,13 +376,8 @@ static void *tokenize_job(void *arg) {
 
 TEST(concurrent_tokenize) {
     char path[512];
-    if (!write_bpe_vocab(path, sizeof path, "llama-bpe")) {
-        CHECK(!"writing the synthetic vocabulary failed");
-        return;
-    }
-    cm_gguf *g = NULL;
-    cm_tokenizer *t = load_path(path, &g);
-    CHECK(t != NULL);
+    cm_gguf *g;
+    cm_tokenizer *t = load_synthetic(write_bpe_vocab(path, sizeof path, "llama-bpe"), &g);
     if (!t) return;
     static const char *const texts[] = {"hello world hello", "1234 5678 <|im_end|> tail", "  spaces\n\n\ttabs ",
                                         "caf\xc3\xa9 \xe4\xbd\xa0\xe5\xa5\xbd \xff\xfe", "<tool>hello<|endoftext|>"};
