@@ -287,66 +287,83 @@ static ALWAYS_INLINE __m256i scale_pairs_u8(const uint8_t *p) {
     return _mm256_or_si256(v, _mm256_slli_epi32(v, 16));
 }
 
-/* Row halves [h0, h1) of a q4_K tile against T tokens: isum[t][h] +=
+/* Row halves [h0, h1) of a q4_K tile (q5 == 0) or q5_K tile (q5 == 1: the
+ * same tile plus the 5th-bit planes) against T tokens: isum[t][h] +=
  * sum_j sc[j] * dot(sub-block j). One or two tokens take both halves in
  * one pass, so that each activation broadcast serves 16 rows straight from
  * a register; more tokens take one half at a time (their i16 sums would
- * not fit in registers for both). */
-static ALWAYS_INLINE void q4_K_halves(const uint8_t *tl, const uint8_t *act, size_t arb, int64_t i, const int T,
-                                      const int h0, const int h1, __m256i isum[][2]) {
+ * not fit in registers for both). A q5_K weight (0..31) makes pairs of up
+ * to 2 * 31 * 128 = 7936, so its i16 sums cover 4 groups, not 8. */
+static ALWAYS_INLINE void k45_halves(const int q5, const uint8_t *tl, const uint8_t *act, size_t arb, int64_t i,
+                                     const int T, const int h0, const int h1, __m256i isum[][2]) {
     const __m256i m4 = _mm256_set1_epi8(0x0f);
+    const __m256i b0 = _mm256_set1_epi8(0x01);
+    const int qs_at = q5 ? K5_QS : K4_QS;
     /* p and g stay loops: unrolled, gcc hoisted the products of every g
      * and spilled them to the stack */
     for (int p = 0; p < 4; p++) {
-        /* sub-blocks 2p (low nibbles) and 2p + 1 (high nibbles) */
-        __m256i s0[TILE_T][2], s1[TILE_T][2];
+        /* sub-blocks 2p (low nibbles) and 2p + 1 (high nibbles); q5_K: bits
+         * 2p and 2p + 1 of qh, moved to bit 4 */
+        const __m128i sh0 = _mm_cvtsi32_si128(2 * p), sh1 = _mm_cvtsi32_si128(2 * p + 1);
+        const int n_gh = q5 ? 2 : 1;
         UNROLL
-        for (int t = 0; t < T; t++)
-            UNROLL
-            for (int h = h0; h < h1; h++) s0[t][h] = s1[t][h] = _mm256_setzero_si256();
-        for (int g = 0; g < 8; g++) {
-            UNROLL
-            for (int h = h0; h < h1; h++) {
-                const __m256i x = _mm256_loadu_si256((const __m256i *)(tl + K4_QS + (p * 8 + g) * 64 + 32 * h));
-                const __m256i lo = _mm256_and_si256(x, m4);
-                const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(x, 4), m4);
-                UNROLL
-                for (int t = 0; t < T; t++) {
-                    const int8_t *qa = ((const cm_block_q8_K *)(act + (size_t)t * arb) + i)->qs + 64 * p + 4 * g;
-                    s0[t][h] = _mm256_add_epi16(s0[t][h], _mm256_maddubs_epi16(lo, bcast(qa)));
-                    s1[t][h] = _mm256_add_epi16(s1[t][h], _mm256_maddubs_epi16(hi, bcast(qa + 32)));
-                }
-            }
-        }
-        UNROLL
-        for (int h = h0; h < h1; h++) {
-            const __m256i sc0 = scale_pairs_u8(tl + K4_SC + (2 * p) * RR + 8 * h);
-            const __m256i sc1 = scale_pairs_u8(tl + K4_SC + (2 * p + 1) * RR + 8 * h);
+        for (int gh = 0; gh < n_gh; gh++) {
+            __m256i s0[TILE_T][2], s1[TILE_T][2];
             UNROLL
             for (int t = 0; t < T; t++)
-                isum[t][h] = _mm256_add_epi32(isum[t][h], _mm256_add_epi32(_mm256_madd_epi16(s0[t][h], sc0),
-                                                                           _mm256_madd_epi16(s1[t][h], sc1)));
+                UNROLL
+                for (int h = h0; h < h1; h++) s0[t][h] = s1[t][h] = _mm256_setzero_si256();
+            for (int g = q5 ? 4 * gh : 0; g < (q5 ? 4 * gh + 4 : 8); g++) {
+                UNROLL
+                for (int h = h0; h < h1; h++) {
+                    const __m256i x = _mm256_loadu_si256((const __m256i *)(tl + qs_at + (p * 8 + g) * 64 + 32 * h));
+                    __m256i lo = _mm256_and_si256(x, m4);
+                    __m256i hi = _mm256_and_si256(_mm256_srli_epi16(x, 4), m4);
+                    if (q5) {
+                        const __m256i qh = _mm256_loadu_si256((const __m256i *)(tl + K5_QH + g * 64 + 32 * h));
+                        lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(_mm256_srl_epi16(qh, sh0), b0), 4));
+                        hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srl_epi16(qh, sh1), b0), 4));
+                    }
+                    UNROLL
+                    for (int t = 0; t < T; t++) {
+                        const int8_t *qa = ((const cm_block_q8_K *)(act + (size_t)t * arb) + i)->qs + 64 * p + 4 * g;
+                        s0[t][h] = _mm256_add_epi16(s0[t][h], _mm256_maddubs_epi16(lo, bcast(qa)));
+                        s1[t][h] = _mm256_add_epi16(s1[t][h], _mm256_maddubs_epi16(hi, bcast(qa + 32)));
+                    }
+                }
+            }
+            UNROLL
+            for (int h = h0; h < h1; h++) {
+                const __m256i sc0 = scale_pairs_u8(tl + K4_SC + (2 * p) * RR + 8 * h);
+                const __m256i sc1 = scale_pairs_u8(tl + K4_SC + (2 * p + 1) * RR + 8 * h);
+                UNROLL
+                for (int t = 0; t < T; t++)
+                    isum[t][h] = _mm256_add_epi32(isum[t][h], _mm256_add_epi32(_mm256_madd_epi16(s0[t][h], sc0),
+                                                                               _mm256_madd_epi16(s1[t][h], sc1)));
+            }
         }
     }
 }
 
-/* One 16-row q4_K group (tiles at `wg`) against T tokens: y[t * ys + 0..15]. */
-static ALWAYS_INLINE void q4_K_group(const uint8_t *wg, int64_t nb, const uint8_t *act, size_t arb, const int T,
-                                     float *y, int64_t ys) {
+/* One 16-row q4_K or q5_K group (tiles at `wg`) against T tokens:
+ * y[t * ys + 0..15]. The two tiles share every offset but the quants'. */
+static_assert(K5_D == K4_D && K5_DMIN == K4_DMIN && K5_SC == K4_SC && K5_MN == K4_MN, "q4_K / q5_K tile offsets");
+static ALWAYS_INLINE void k45_group(const int q5, const uint8_t *wg, int64_t nb, const uint8_t *act, size_t arb,
+                                    const int T, float *y, int64_t ys) {
     __m256 acc[TILE_T][2];
     UNROLL
     for (int t = 0; t < T; t++) acc[t][0] = acc[t][1] = _mm256_setzero_ps();
     for (int64_t i = 0; i < nb; i++) {
-        const uint8_t *tl = wg + i * K4_TILE;
-        if (T <= 2) prefetch_ahead(tl, K4_TILE);
+        const uint8_t *tl = wg + i * (q5 ? K5_TILE : K4_TILE);
+        if (T <= 2) prefetch_ahead(tl, q5 ? K5_TILE : K4_TILE);
         __m256i isum[TILE_T][2];
         UNROLL
         for (int t = 0; t < T; t++) isum[t][0] = isum[t][1] = _mm256_setzero_si256();
         if (T <= 2) {
-            q4_K_halves(tl, act, arb, i, T, 0, 2, isum);
+            k45_halves(q5, tl, act, arb, i, T, 0, 2, isum);
         } else {
-            q4_K_halves(tl, act, arb, i, T, 0, 1, isum);
-            q4_K_halves(tl, act, arb, i, T, 1, 2, isum);
+            k45_halves(q5, tl, act, arb, i, T, 0, 1, isum);
+            k45_halves(q5, tl, act, arb, i, T, 1, 2, isum);
         }
         UNROLL
         for (int t = 0; t < T; t++) {
@@ -386,7 +403,7 @@ static ALWAYS_INLINE void q4_K_group(const uint8_t *wg, int64_t nb, const uint8_
 
 /* Row halves [h0, h1) of a q6_K tile against T tokens: isum[t][h] +=
  * sum_k sc[k] * dot(sub-block k) with q unsigned (0..63); both halves in
- * one pass for one or two tokens, as for q4_K. */
+ * one pass for one or two tokens, as for q4_K and q5_K. */
 static ALWAYS_INLINE void q6_K_halves(const uint8_t *tl, const uint8_t *act, size_t arb, int64_t i, const int T,
                                       const int h0, const int h1, __m256i isum[][2]) {
     const __m256i m4 = _mm256_set1_epi8(0x0f);
@@ -495,10 +512,10 @@ static ALWAYS_INLINE void q6_K_group(const uint8_t *wg, int64_t nb, const uint8_
     }
 }
 
-static void q4_K_matmul(const void *w, int64_t n_cols, int64_t r0, int64_t r1, const void *act, size_t arb,
-                        int64_t n_tokens, float *y, int64_t ys) {
+static ALWAYS_INLINE void k45_matmul(const int q5, const void *w, int64_t n_cols, int64_t r0, int64_t r1,
+                                     const void *act, size_t arb, int64_t n_tokens, float *y, int64_t ys) {
     const int64_t nb = n_cols / CM_QK_K;
-    const size_t group_bytes = (size_t)nb * K4_TILE;
+    const size_t group_bytes = (size_t)nb * (q5 ? K5_TILE : K4_TILE);
     const int64_t chunk = token_chunk(arb, TILE_Q4_K);
     for (int64_t c0 = 0; c0 < n_tokens; c0 += chunk) {
         const int64_t c1 = c0 + chunk < n_tokens ? c0 + chunk : n_tokens;
@@ -508,12 +525,22 @@ static void q4_K_matmul(const void *w, int64_t n_cols, int64_t r0, int64_t r1, c
                 const uint8_t *a = (const uint8_t *)act + (size_t)t * arb;
                 float *yt = y + t * ys + r;
                 const int n = c1 - t >= TILE_Q4_K ? TILE_Q4_K : (int)(c1 - t);
-#define CALL(T) q4_K_group(wg, nb, a, arb, (T) <= TILE_Q4_K ? (T) : TILE_Q4_K, yt, ys)
+#define CALL(T) k45_group(q5, wg, nb, a, arb, (T) <= TILE_Q4_K ? (T) : TILE_Q4_K, yt, ys)
                 DISPATCH_T(n, TILE_Q4_K, CALL);
 #undef CALL
             }
         }
     }
+}
+
+static void q4_K_matmul(const void *w, int64_t n_cols, int64_t r0, int64_t r1, const void *act, size_t arb,
+                        int64_t n_tokens, float *y, int64_t ys) {
+    k45_matmul(0, w, n_cols, r0, r1, act, arb, n_tokens, y, ys);
+}
+
+static void q5_K_matmul(const void *w, int64_t n_cols, int64_t r0, int64_t r1, const void *act, size_t arb,
+                        int64_t n_tokens, float *y, int64_t ys) {
+    k45_matmul(1, w, n_cols, r0, r1, act, arb, n_tokens, y, ys);
 }
 
 static void q6_K_matmul(const void *w, int64_t n_cols, int64_t r0, int64_t r1, const void *act, size_t arb,
@@ -557,10 +584,21 @@ static const cm_repack_ops q6_K_ops = {
     .unpack_row = cm_repack_q6_K_unpack_row,
 };
 
+static const cm_repack_ops q5_K_ops = {
+    .type = CM_TYPE_Q5_K_R16,
+    .src_type = CM_TYPE_Q5_K,
+    .name = "q5_K_r16",
+    .bytes = cm_repack_q5_K_bytes,
+    .pack = cm_repack_q5_K_pack,
+    .matmul = q5_K_matmul,
+    .unpack_row = cm_repack_q5_K_unpack_row,
+};
+
 const struct cm_repack_ops *cm_repack_k_avx2(int src_type) {
     switch (src_type) {
     case CM_TYPE_Q4_K: return &q4_K_ops;
     case CM_TYPE_Q6_K: return &q6_K_ops;
+    case CM_TYPE_Q5_K: return &q5_K_ops;
     default: return NULL;
     }
 }
