@@ -2,12 +2,11 @@
  *
  * The x86 kernels have them: AVX-512 VNNI (x86/repack_avx512.c for q4_0
  * and q8_0, x86/repack_k_avx512.c for the K formats) when cm_kernels_init
- * chose "avx512-vnni", AVX2 (x86/repack_avx2.c: q4_0, q8_0 and the K
- * formats it has kernels for) when it chose "avx2" (a CPU without AVX-512
- * VNNI, or CELLM_KERNELS=avx2). Both read the same bytes under the same
- * type ids. CELLM_KERNELS=ref turns them off with the rest, and
- * CELLM_REPACK=off turns off just the repacking (to compare against the
- * file layout). Portable and ARM builds have none.
+ * chose "avx512-vnni", AVX2 (x86/repack_avx2.c: all five) when it chose
+ * "avx2" (a CPU without AVX-512 VNNI, or CELLM_KERNELS=avx2). Both read
+ * the same bytes under the same type ids. CELLM_KERNELS=ref turns them off
+ * with the rest, and CELLM_REPACK=off turns off just the repacking (to
+ * compare against the file layout). Portable and ARM builds have none.
  *
  * cm_repack_ops_of answers for a type id already handed out, whatever
  * CELLM_REPACK says now: a matrix that was repacked must stay computable.

@@ -8,8 +8,12 @@
  * group's scales together, then the quants in 4-byte groups, one group per
  * row, so that one 512-bit load holds the same 4 weight bytes of 16 rows (one
  * int32 lane per row) and one VPDPBUSD against 4 broadcast activation bytes
- * advances 16 dot products at once. Every kernel for a repacked type is a
- * matrix multiply: matrix-vector (decode) is the one-token case.
+ * advances 16 dot products at once (AVX2 reads the same line as two
+ * 256-bit loads of 8 rows each, with VPMADDUBSW + VPMADDWD in place of
+ * VPDPBUSD: x86/repack_avx2.c). Every kernel for a repacked type is a
+ * matrix multiply: matrix-vector (decode) is the one-token case. The
+ * layouts' bytes / pack / unpack_row are the same whichever kernels read
+ * them (x86/repack_layout.c, compiled for the baseline target).
  *
  * Repacked types have ids of their own (CM_TYPE_*_R16 below): never found in
  * a file and never accepted from one; only cm_repack_find hands them out.

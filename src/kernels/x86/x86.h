@@ -130,7 +130,7 @@ const struct cm_repack_ops *cm_repack_k_avx512(int src_type);
 /* The same layouts (same type ids, same pack / unpack_row) with AVX2 + FMA +
  * F16C kernels (repack_avx2.c): the ops for src_type, or NULL. Call only
  * when cm_x86_has_avx2(). cm_repack_q_avx2: q4_0, q8_0; cm_repack_k_avx2:
- * the K formats it has kernels for. */
+ * q4_K, q5_K, q6_K. */
 const struct cm_repack_ops *cm_repack_q_avx2(int src_type);
 const struct cm_repack_ops *cm_repack_k_avx2(int src_type);
 
