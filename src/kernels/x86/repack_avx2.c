@@ -36,7 +36,7 @@
  * them. These kernels also serve prompts: against the per-row AVX2 dots on
  * the file layout they measured about 4x the prompt tokens/s (cellm bench
  * -p 64, q4_0 1B model, 2 threads). For one or two tokens (decode) they
- * prefetch ahead of their weight stream (prefetch_ahead, below). Nothing
+ * prefetch ahead of their weight stream (cm_x86_prefetch_ahead, x86.h). Nothing
  * here allocates. */
 #include <immintrin.h>
 #include <stdint.h>
@@ -71,17 +71,6 @@
 typedef int32_t i32u __attribute__((may_alias, aligned(1)));
 
 static ALWAYS_INLINE __m256i bcast(const void *p) { return _mm256_set1_epi32(*(const i32u *)p); }
-
-/* Decode's prefetch ahead of the weight stream (the CM_X86_PF_AHEAD
- * distance and hint of x86.h), written with a constant count of lines and
- * unrolled: inlined into these kernels, gcc 12 deleted the loop of
- * cm_x86_prefetch_ahead as one without side effects (no prefetch
- * instruction was left in the object), so it is spelled out here. */
-static ALWAYS_INLINE void prefetch_ahead(const uint8_t *p, const int bytes) {
-    const char *q = (const char *)p + CM_X86_PF_AHEAD;
-    UNROLL
-    for (int o = 0; o < bytes; o += 64) _mm_prefetch(q + o, CM_X86_PF_HINT);
-}
 
 /* ---- q4_0, q8_0 ---- */
 
@@ -131,7 +120,7 @@ static ALWAYS_INLINE void group_tile(const int q8, const uint8_t *wg, int64_t i0
     }
     for (int64_t i = 0; i < n_blk; i++) {
         const uint8_t *c = wg + (size_t)i * col;
-        if (T <= 2) prefetch_ahead(c, (int)col);
+        if (T <= 2) cm_x86_prefetch_ahead(c, (int)col);
         UNROLL
         for (int h = 0; h < 2; h++) {
             /* rows 8h .. 8h + 7 */
@@ -360,7 +349,7 @@ static ALWAYS_INLINE void k45_group(const int q5, const uint8_t *wg, int64_t nb,
     for (int t = 0; t < T; t++) acc[t][0] = acc[t][1] = _mm256_setzero_ps();
     for (int64_t i = 0; i < nb; i++) {
         const uint8_t *tl = wg + i * (q5 ? K5_TILE : K4_TILE);
-        if (T <= 2) prefetch_ahead(tl, q5 ? K5_TILE : K4_TILE);
+        if (T <= 2) cm_x86_prefetch_ahead(tl, q5 ? K5_TILE : K4_TILE);
         __m256i isum[TILE_T][2];
         UNROLL
         for (int t = 0; t < T; t++) isum[t][0] = isum[t][1] = _mm256_setzero_si256();
@@ -475,7 +464,7 @@ static ALWAYS_INLINE void q6_K_group(const uint8_t *wg, int64_t nb, const uint8_
     for (int t = 0; t < T; t++) acc[t][0] = acc[t][1] = _mm256_setzero_ps();
     for (int64_t i = 0; i < nb; i++) {
         const uint8_t *tl = wg + i * K6_TILE;
-        if (T <= 2) prefetch_ahead(tl, K6_TILE);
+        if (T <= 2) cm_x86_prefetch_ahead(tl, K6_TILE);
         __m256i isum[TILE_T][2];
         /* the -32 per weight first: -32 * sum_k sc[k] * bsums[k], scale
          * pairs against bsum pairs */

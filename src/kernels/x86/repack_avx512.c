@@ -96,7 +96,7 @@ static ALWAYS_INLINE void group_tile(const int q8, const uint8_t *wg, int64_t i0
     for (int t = 0; t < T; t++) acc[t] = accumulate ? _mm512_loadu_ps(y + t * ys) : _mm512_setzero_ps();
     for (int64_t i = 0; i < n_blk; i++) {
         const uint8_t *c = wg + (size_t)i * col;
-        if (T <= 2) cm_x86_prefetch_ahead(c, col);
+        if (T <= 2) cm_x86_prefetch_ahead(c, (int)col);
         const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)c));
         __m512i W[8];
         if (q8) {
