@@ -233,25 +233,9 @@ static void q8_0_matmul(const void *w, int64_t n_cols, int64_t r0, int64_t r1, c
 
 /* Same type ids and pack functions as the AVX-512 ops: a matrix packed for
  * one is valid for the other. */
-static const cm_repack_ops q4_0_ops = {
-    .type = CM_TYPE_Q4_0_R16,
-    .src_type = CM_TYPE_Q4_0,
-    .name = "q4_0_r16",
-    .bytes = cm_repack_q4_0_bytes,
-    .pack = cm_repack_q4_0_pack,
-    .matmul = q4_0_matmul,
-    .unpack_row = cm_repack_q4_0_unpack_row,
-};
+CM_REPACK_OPS(q4_0, Q4_0);
 
-static const cm_repack_ops q8_0_ops = {
-    .type = CM_TYPE_Q8_0_R16,
-    .src_type = CM_TYPE_Q8_0,
-    .name = "q8_0_r16",
-    .bytes = cm_repack_q8_0_bytes,
-    .pack = cm_repack_q8_0_pack,
-    .matmul = q8_0_matmul,
-    .unpack_row = cm_repack_q8_0_unpack_row,
-};
+CM_REPACK_OPS(q8_0, Q8_0);
 
 const struct cm_repack_ops *cm_repack_q_avx2(int src_type) {
     switch (src_type) {
@@ -558,35 +542,11 @@ static void q6_K_matmul(const void *w, int64_t n_cols, int64_t r0, int64_t r1, c
     }
 }
 
-static const cm_repack_ops q4_K_ops = {
-    .type = CM_TYPE_Q4_K_R16,
-    .src_type = CM_TYPE_Q4_K,
-    .name = "q4_K_r16",
-    .bytes = cm_repack_q4_K_bytes,
-    .pack = cm_repack_q4_K_pack,
-    .matmul = q4_K_matmul,
-    .unpack_row = cm_repack_q4_K_unpack_row,
-};
+CM_REPACK_OPS(q4_K, Q4_K);
 
-static const cm_repack_ops q6_K_ops = {
-    .type = CM_TYPE_Q6_K_R16,
-    .src_type = CM_TYPE_Q6_K,
-    .name = "q6_K_r16",
-    .bytes = cm_repack_q6_K_bytes,
-    .pack = cm_repack_q6_K_pack,
-    .matmul = q6_K_matmul,
-    .unpack_row = cm_repack_q6_K_unpack_row,
-};
+CM_REPACK_OPS(q6_K, Q6_K);
 
-static const cm_repack_ops q5_K_ops = {
-    .type = CM_TYPE_Q5_K_R16,
-    .src_type = CM_TYPE_Q5_K,
-    .name = "q5_K_r16",
-    .bytes = cm_repack_q5_K_bytes,
-    .pack = cm_repack_q5_K_pack,
-    .matmul = q5_K_matmul,
-    .unpack_row = cm_repack_q5_K_unpack_row,
-};
+CM_REPACK_OPS(q5_K, Q5_K);
 
 const struct cm_repack_ops *cm_repack_k_avx2(int src_type) {
     switch (src_type) {

@@ -194,25 +194,9 @@ static void q8_0_matmul(const void *w, int64_t n_cols, int64_t r0, int64_t r1, c
     matmul_q(1, w, n_cols, r0, r1, act, arb, n_tokens, y, ys);
 }
 
-static const cm_repack_ops q4_0_ops = {
-    .type = CM_TYPE_Q4_0_R16,
-    .src_type = CM_TYPE_Q4_0,
-    .name = "q4_0_r16",
-    .bytes = cm_repack_q4_0_bytes,
-    .pack = cm_repack_q4_0_pack,
-    .matmul = q4_0_matmul,
-    .unpack_row = cm_repack_q4_0_unpack_row,
-};
+CM_REPACK_OPS(q4_0, Q4_0);
 
-static const cm_repack_ops q8_0_ops = {
-    .type = CM_TYPE_Q8_0_R16,
-    .src_type = CM_TYPE_Q8_0,
-    .name = "q8_0_r16",
-    .bytes = cm_repack_q8_0_bytes,
-    .pack = cm_repack_q8_0_pack,
-    .matmul = q8_0_matmul,
-    .unpack_row = cm_repack_q8_0_unpack_row,
-};
+CM_REPACK_OPS(q8_0, Q8_0);
 
 const struct cm_repack_ops *cm_repack_q_avx512(int src_type) {
     switch (src_type) {

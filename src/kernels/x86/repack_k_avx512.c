@@ -92,15 +92,7 @@ static ALWAYS_INLINE void k4_bsum_pairs(const cm_block_q8_K *yb, int32_t out[8])
 static void q4_K_matmul(const void *w, int64_t n_cols, int64_t r0, int64_t r1, const void *act, size_t arb,
                         int64_t n_tokens, float *y, int64_t ys);
 
-static const cm_repack_ops q4_K_ops = {
-    .type = CM_TYPE_Q4_K_R16,
-    .src_type = CM_TYPE_Q4_K,
-    .name = "q4_K_r16",
-    .bytes = cm_repack_q4_K_bytes,
-    .pack = cm_repack_q4_K_pack,
-    .matmul = q4_K_matmul,
-    .unpack_row = cm_repack_q4_K_unpack_row,
-};
+CM_REPACK_OPS(q4_K, Q4_K);
 
 /* ---- q6_K ---- */
 
@@ -229,15 +221,7 @@ static void q6_K_matmul(const void *w, int64_t n_cols, int64_t r0, int64_t r1, c
     }
 }
 
-static const cm_repack_ops q6_K_ops = {
-    .type = CM_TYPE_Q6_K_R16,
-    .src_type = CM_TYPE_Q6_K,
-    .name = "q6_K_r16",
-    .bytes = cm_repack_q6_K_bytes,
-    .pack = cm_repack_q6_K_pack,
-    .matmul = q6_K_matmul,
-    .unpack_row = cm_repack_q6_K_unpack_row,
-};
+CM_REPACK_OPS(q6_K, Q6_K);
 
 /* ---- q5_K ----
  * The q4_K tile with the 5th bits added: u8 qh[8][16][4], group g = bytes
@@ -378,15 +362,7 @@ static void q5_K_matmul(const void *w, int64_t n_cols, int64_t r0, int64_t r1, c
     k45_matmul(1, w, n_cols, r0, r1, act, arb, n_tokens, y, ys);
 }
 
-static const cm_repack_ops q5_K_ops = {
-    .type = CM_TYPE_Q5_K_R16,
-    .src_type = CM_TYPE_Q5_K,
-    .name = "q5_K_r16",
-    .bytes = cm_repack_q5_K_bytes,
-    .pack = cm_repack_q5_K_pack,
-    .matmul = q5_K_matmul,
-    .unpack_row = cm_repack_q5_K_unpack_row,
-};
+CM_REPACK_OPS(q5_K, Q5_K);
 
 const struct cm_repack_ops *cm_repack_k_avx512(int src_type) {
     switch (src_type) {

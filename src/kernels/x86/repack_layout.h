@@ -55,6 +55,18 @@ static inline size_t k6_qh_at(int h, int g, int r) { return K6_QH + (size_t)(((h
 #define K5_QS (K5_QH + 32 * CM_REPACK_ROWS)
 #define K5_TILE (K5_QS + 128 * CM_REPACK_ROWS)
 
+/* `static const cm_repack_ops t_ops`: layout t (source type CM_TYPE_T,
+ * repacked id CM_TYPE_T_R16) with the including file's t_matmul and the
+ * shared bytes / pack / unpack_row below. */
+#define CM_REPACK_OPS(t, T)                                                                                      \
+    static const cm_repack_ops t##_ops = {.type = CM_TYPE_##T##_R16,                                            \
+                                          .src_type = CM_TYPE_##T,                                              \
+                                          .name = #t "_r16",                                                    \
+                                          .bytes = cm_repack_##t##_bytes,                                       \
+                                          .pack = cm_repack_##t##_pack,                                         \
+                                          .matmul = t##_matmul,                                                 \
+                                          .unpack_row = cm_repack_##t##_unpack_row}
+
 /* bytes / pack / unpack_row of cm_repack_ops for each layout */
 #define CM_REPACK_LAYOUT_DECLARE(t)                                                                             \
     size_t cm_repack_##t##_bytes(int64_t n_rows, int64_t n_cols);                                            \
