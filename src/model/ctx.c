@@ -39,7 +39,7 @@ int cm_ctx_create(cm_model *m, const cm_ctx_params *params, cm_ctx **out) {
     if (params->kv_type != CM_KV_F16 && params->kv_type != CM_KV_Q8_0)
         return cm_errorf(CM_EINVAL, "unknown KV cache type %d (f16 or q8_0)", params->kv_type);
     if (params->kv_type == CM_KV_Q8_0 && hp->head_dim % CM_QK != 0)
-        return cm_errorf(CM_EINVAL, "a q8_0 KV cache needs a head size that is a multiple of %d (this model's is %d); use f16",
+        return cm_errorf(CM_EINVAL, "a q8_0 KV cache needs a head size that is a multiple of %d (this model's is %d); use the f16 cache (--kv-type f16)",
                          CM_QK, hp->head_dim);
     int rc = CM_ENOMEM;
     cm_ctx *c = calloc(1, sizeof *c);
